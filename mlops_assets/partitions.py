@@ -1,0 +1,9 @@
+"""The daily UTC partitions shared by every daily asset."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.settings import partitions_start
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date=partitions_start(), timezone="UTC")
