@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -42,34 +43,37 @@ def combine_hashes(hashes: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def write_partition(table: pa.Table | pd.DataFrame, directory: Path, filename: str = PART_FILE) -> Path:
-    """Replace ``directory`` with one holding ``filename``, atomically.
+@contextmanager
+def atomic_directory(directory: Path) -> Iterator[Path]:
+    """Yield a staging folder; on success it replaces ``directory`` in one rename.
 
-    The data is written to a temporary sibling folder which is then renamed into place, so a
-    reader sees either the old partition or the new one, never half of one.
+    A reader sees either the old folder or the new one, never half of one; on error the old
+    folder is left untouched and the staging folder is removed.
     """
-    if isinstance(table, pd.DataFrame):
-        table = pa.Table.from_pandas(table, preserve_index=False)
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        pq.write_table(table, staging / filename, compression="zstd")
-        _swap_into_place(staging, directory)
+        yield staging
+        if directory.exists():
+            retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
+            os.replace(directory, retired)
+            os.replace(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return directory / filename
 
 
-def _swap_into_place(staging: Path, directory: Path) -> None:
-    if directory.exists():
-        retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
-        os.replace(directory, retired)
-        os.replace(staging, directory)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, directory)
+def write_partition(table: pa.Table | pd.DataFrame, directory: Path, filename: str = PART_FILE) -> Path:
+    """Replace ``directory`` with one holding ``filename`` (Parquet), atomically."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_directory(directory) as staging:
+        pq.write_table(table, staging / filename, compression="zstd")
+    return Path(directory) / filename
 
 
 def write_file_atomic(data: bytes, path: Path) -> Path:
