@@ -176,7 +176,9 @@ def inject_quality_incident(
         zero_copy_only=False
     )
     text = text.astype(object)
-    text[unparsable] = np.array(["n/a", "12,50", "??", "unknown"], dtype=object)[np.arange(len(unparsable)) % 4]
+    text[unparsable] = np.array(["n/a", "12,50", "??", "unknown"], dtype=object)[
+        np.arange(len(unparsable)) % 4
+    ]
     customer = events.column("customer_id").to_numpy(zero_copy_only=False).astype(object)
     customer[null_ids] = None
 

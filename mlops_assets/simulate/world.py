@@ -140,8 +140,20 @@ class SimulationSummary:
     churn_rate: float
     customers_total: int  # initial population plus signups
 
+    def __str__(self) -> str:
+        rows = ", ".join(f"{table}={count:,}" for table, count in self.rows.items())
+        text = (
+            f"wrote {len(self.files)} files to {self.out} ({self.days} days from {self.start}, seed {self.seed}): "
+            f"{rows} rows; {self.customers_total:,} customers; churn rate {self.churn_rate:.1%}"
+        )
+        for s in self.scenarios:
+            text += f"; {s.name} from {s.date} (day {s.day})"
+            if s.injected:
+                text += " injected " + ", ".join(f"{k}={v}" for k, v in s.injected.items())
+        return text
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (paths relative to ``out``)."""
+        """A JSON-ready view of the summary (the number of files, not their paths)."""
         return {
             "out": str(self.out),
             "start": self.start,
@@ -327,6 +339,17 @@ class _World:
         rho = self.p.mood_persistence
         self.mood = rho * self.mood + np.sqrt(1 - rho**2) * self.p.mood_sd * rng.standard_normal(self.total)
 
+    def customer_records(self, d: int, initial: int, rng: np.random.Generator) -> pa.Table:
+        """The day's customer records: the initial population on day 0, then signups and plan changes."""
+        new = np.flatnonzero(self.signup_day == d)
+        changed, changed_us = self.plan_changes(d, rng)
+        idx = np.concatenate([np.arange(initial if d == 0 else 0), new, changed])
+        updated = np.concatenate(
+            [np.full(initial if d == 0 else 0, self.start_us), self.active_from[new], changed_us]
+        )
+        order = np.argsort(idx, kind="stable")
+        return self.customers_table(idx[order], updated[order].astype(np.int64))
+
     def plan_changes(self, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         day_us = self.start_us + d * DAY_US
         eligible = np.flatnonzero((self.signup_day < d) & (self.active_until == np.iinfo(np.int64).max))
@@ -345,7 +368,13 @@ def simulate(
     file_format: str = "parquet",
     params: WorldParams | None = None,
 ) -> SimulationSummary:
-    """Simulate the shop for ``days`` days and write one events, labels and customers file per day under ``out``."""
+    """Simulate the shop for ``days`` days and write one events, labels and customers file per day under ``out``.
+
+    Files are ``out/<table>/<table>_YYYY-MM-DD.<parquet|csv>`` (tables: events, labels, customers), written
+    atomically; the same arguments always give byte-identical files. Labels begin once a customer has a full
+    ``params.window_days`` of history in the data (day 30 for the initial population), then come monthly.
+    Scenarios are names like ``covariate_drift``, ``concept_drift@day60`` or ``quality_incident@2026-02-15``.
+    """
     if customers < 1 or days < 1:
         raise ValueError(f"customers and days must be positive, got customers={customers}, days={days}")
     if seed < 0:
@@ -392,19 +421,7 @@ def simulate(
         churned_total += int(pc.sum(labels.column("churned")).as_py() or 0)
         write("labels", day_text, labels)
 
-        if d == 0:
-            initial = np.arange(customers)
-            cust_idx = [initial]
-            cust_us = [np.full(customers, world.start_us, dtype=np.int64)]
-        else:
-            cust_idx, cust_us = [], []
-        new = np.flatnonzero(world.signup_day == d)
-        changed, changed_us = world.plan_changes(d, rng)
-        cust_idx += [new, changed]
-        cust_us += [world.active_from[new], changed_us]
-        idx, upd = np.concatenate(cust_idx), np.concatenate(cust_us)
-        order = np.argsort(idx, kind="stable")
-        write("customers", day_text, world.customers_table(idx[order], upd[order]))
+        write("customers", day_text, world.customer_records(d, customers, rng))
 
         events = world.events(d, rng, login_factor, amount_factor)
         if "quality_incident" in by_name and d == by_name["quality_incident"][0]:
