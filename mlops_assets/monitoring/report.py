@@ -235,7 +235,8 @@ def run_drift(
             categorical_method=categorical_method,
         )
     except (DriftInputError, ValueError) as exc:
-        err.write(f"error: {exc}\n")
+        where = "" if str(reference) in str(exc) or str(current) in str(exc) else f" [reference: {reference}, current: {current}]"
+        err.write(f"error: {exc}{where}\n")
         return 2
     if as_json:
         out.write(json.dumps(report.to_dict(), indent=2) + "\n")

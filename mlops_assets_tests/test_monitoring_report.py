@@ -1,0 +1,110 @@
+"""Drift report rendering (markdown, PNG histograms) and the `mlops drift` command core on files."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mlops_assets.monitoring.drift import DriftInputError, compute_drift, drift_from_files
+from mlops_assets.monitoring.report import drift_command, render_markdown, save_drift_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _frames(n: int = 600) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(42)
+    ref = pd.DataFrame({
+        "avg_order_value_30d": rng.gamma(2.0, 25.0, n),
+        "days_since_last_login": rng.integers(0, 30, n).astype(float),
+        "plan": rng.choice(["basic", "standard", "premium"], n),
+    })
+    cur = pd.DataFrame({
+        "avg_order_value_30d": rng.gamma(2.0, 40.0, n),  # drifted
+        "days_since_last_login": ref["days_since_last_login"].to_numpy(),  # identical
+        "plan": ref["plan"].to_numpy(),
+    })
+    return ref, cur
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = drift_command(argv, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_drift_command_json_has_documented_shape_and_matches_the_statistics(tmp_path: Path, fmt: str) -> None:
+    ref, cur = _frames()
+    ref_path, cur_path = tmp_path / f"ref.{fmt}", tmp_path / f"cur.{fmt}"
+    for frame, path in ((ref, ref_path), (cur, cur_path)):
+        frame.to_parquet(path) if fmt == "parquet" else frame.to_csv(path, index=False)
+    code, out, err = _run([str(ref_path), str(cur_path), "--json"])
+    assert code == 0, err
+    doc = json.loads(out)
+    assert isinstance(doc["dataset_drift"], bool) and isinstance(doc["drift_share"], float)
+    rows = {f["feature"]: f for f in doc["features"]}
+    assert set(rows) == set(ref.columns)
+    for row in rows.values():
+        assert {"feature", "test", "statistic", "p_value", "drifted"} <= set(row)
+    x_ref, x_cur = ref["avg_order_value_30d"], pd.read_csv(cur_path) if fmt == "csv" else cur
+    ks = stats.ks_2samp(x_ref, x_cur["avg_order_value_30d"])
+    assert rows["avg_order_value_30d"]["test"] == "ks"
+    assert rows["avg_order_value_30d"]["p_value"] == pytest.approx(ks.pvalue, rel=1e-9, abs=1e-12)
+    assert rows["avg_order_value_30d"]["drifted"] is True
+    assert rows["days_since_last_login"]["drifted"] is False and rows["plan"]["test"] == "chi2"
+    assert doc["drift_share"] == pytest.approx(1 / 3) and doc["dataset_drift"] is False
+
+
+def test_drift_command_prints_a_markdown_table_and_fails_on_drift_when_asked(tmp_path: Path) -> None:
+    ref, cur = _frames()
+    ref.to_parquet(tmp_path / "ref.parquet")
+    cur.to_parquet(tmp_path / "cur.parquet")
+    args = [str(tmp_path / "ref.parquet"), str(tmp_path / "cur.parquet")]
+    code, out, _ = _run(args)
+    assert code == 0
+    assert "| avg_order_value_30d | numeric | ks |" in out and "| plan | categorical | chi2 |" in out
+    code, _, _ = _run([*args, "--drift-share", "0.3", "--fail-on-drift"])
+    assert code == 1
+    code, out, _ = _run([*args, "--json", "--method", "psi"])
+    assert code == 0 and {f["test"] for f in json.loads(out)["features"]} == {"psi"}
+
+
+def test_bad_input_gives_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    ref, cur = _frames(50)
+    ref.to_parquet(tmp_path / "ref.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"not a parquet file")
+    code, out, err = _run([str(tmp_path / "ref.parquet"), str(tmp_path / "missing.csv")])
+    assert code == 2 and out == "" and "current file not found" in err and "missing.csv" in err
+    code, _, err = _run([str(tmp_path / "ref.parquet"), str(tmp_path / "broken.parquet")])
+    assert code == 2 and "cannot read current file" in err and "broken.parquet" in err
+    pd.DataFrame({"other": [1, 2]}).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(DriftInputError, match="no column in common.*other.csv"):
+        drift_from_files(tmp_path / "ref.parquet", tmp_path / "other.csv")
+    code, _, err = _run([str(tmp_path / "ref.parquet"), str(tmp_path / "other.csv")])
+    assert code == 2 and "no column in common" in err and "other.csv" in err
+    code, _, _ = _run(["only-one-argument"])
+    assert code == 2
+
+
+def test_saved_report_has_markdown_json_and_one_png_per_feature(tmp_path: Path) -> None:
+    ref, cur = _frames()
+    report = compute_drift(ref, cur)
+    saved = save_drift_report(report, ref, cur, tmp_path / "reports", name="2026-03-01")
+    files = sorted(p.name for p in (tmp_path / "reports").iterdir())
+    assert all("drift" in name for name in files)
+    assert saved.markdown_path.read_text() == saved.markdown
+    assert json.loads(saved.json_path.read_text()) == json.loads(json.dumps(report.to_dict()))
+    assert set(saved.image_paths) == set(ref.columns)
+    for feature, path in saved.image_paths.items():
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        assert f"![{feature}]({path.name})" in saved.markdown
+    for row in report.features:
+        assert f"| {row.feature} | {row.kind} | {row.test} |" in saved.markdown
+    embedded = render_markdown(report, saved.image_paths, embed_images=True)
+    assert embedded.count("data:image/png;base64,") == len(saved.image_paths)
