@@ -1,0 +1,46 @@
+# mlops_assets — every target creates the environment from uv.lock by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --locked
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export UV_LINK_MODE ?= copy
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast ui bench lint format env clean dagster-home
+
+env: .venv/.synced
+
+.venv/.synced: uv.lock pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --locked
+	@touch $@
+
+dagster-home: env
+	@$(RUN) python -c "from mlops_assets.instance import ensure_dagster_home; ensure_dagster_home()"
+
+demo: dagster-home
+	$(RUN) mlops demo
+
+test: env
+	$(RUN) pytest $(PYTEST_ARGS)
+
+test-fast: env
+	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+
+ui: dagster-home
+	$(RUN) dagster dev -w workspace.yaml --host 127.0.0.1
+
+bench: env
+	$(RUN) python -m benchmarks.run_all
+
+lint: env
+	$(RUN) ruff check mlops_assets mlops_assets_tests benchmarks
+	$(RUN) ruff format --check mlops_assets mlops_assets_tests benchmarks
+
+format: env
+	$(RUN) ruff check --fix mlops_assets mlops_assets_tests benchmarks
+	$(RUN) ruff format mlops_assets mlops_assets_tests benchmarks
+
+clean:
+	rm -rf .venv .dagster_home .pytest_cache .ruff_cache

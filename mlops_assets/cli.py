@@ -1,0 +1,84 @@
+"""The `mlops` command: simulate data, run the demo lifecycle, and the tools of each domain."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from mlops_assets.simulate.world import simulate
+
+    summary = simulate(
+        out=Path(args.out),
+        customers=args.customers,
+        days=args.days,
+        start=args.start,
+        seed=args.seed,
+        scenarios=args.scenario or (),
+        file_format=args.format,
+    )
+    print(summary)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mlops_assets.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        customers=args.customers,
+        days=args.days,
+        start=args.start,
+        seed=args.seed,
+        scenarios=tuple(args.scenario) if args.scenario else DemoConfig().scenarios,
+        fresh=args.fresh,
+    )
+    return run_demo(config)
+
+
+def _add_world_arguments(parser: argparse.ArgumentParser, customers: int, days: int) -> None:
+    parser.add_argument(
+        "--customers", type=int, default=customers, help=f"number of customers (default {customers})"
+    )
+    parser.add_argument("--days", type=int, default=days, help=f"number of days (default {days})")
+    parser.add_argument("--start", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME[@DATE|@dayN]",
+        help="switch on a scenario (repeatable): covariate_drift, concept_drift, quality_incident",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    simulate = sub.add_parser("simulate", help="write simulated landing files (customers, events, labels)")
+    _add_world_arguments(simulate, customers=5000, days=120)
+    simulate.add_argument("--out", default="data/landing", help="landing folder (default data/landing)")
+    simulate.add_argument("--format", default="parquet", choices=("parquet", "csv"), help="file format")
+    simulate.set_defaults(func=_cmd_simulate)
+
+    demo = sub.add_parser("demo", help="run the whole lifecycle on simulated data with embedded defaults")
+    _add_world_arguments(demo, customers=5000, days=120)
+    demo.add_argument("--fresh", action="store_true", help="delete data/ runtime state first")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mlops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The Dagster instance the CLI and demo run against: $DAGSTER_HOME, default <project>/.dagster_home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlops_assets.settings import PROJECT_ROOT
+
+DEFAULT_DAGSTER_YAML = """\
+# Local Dagster instance for mlops_assets (SQLite storage under this folder).
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 2
+"""
+
+
+def ensure_dagster_home() -> Path:
+    """Set DAGSTER_HOME to the project-local folder when unset and give it a dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DEFAULT_DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home

@@ -1,0 +1,69 @@
+"""Shared fixtures: an isolated data folder and Dagster home per test, and landing-file writers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlops_assets.settings import DataPaths
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataPaths:
+    """A fresh data folder, also exported as MLOPS_DATA_DIR for code that reads the environment."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(root))
+    return DataPaths(root)
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def events_frame(day: str, n: int = 40, prefix: str | None = None) -> pd.DataFrame:
+    """n clean events inside ``day``: logins and purchases of n distinct customers."""
+    start = pd.Timestamp(day, tz="UTC")
+    prefix = prefix or day
+    is_purchase = [i % 3 == 0 for i in range(n)]
+    return pd.DataFrame(
+        {
+            "event_id": [f"{prefix}-{i:05d}" for i in range(n)],
+            "customer_id": [f"C{i:06d}" for i in range(n)],
+            "event_timestamp": start + pd.to_timedelta([i * 30 for i in range(n)], unit="s"),
+            "event_type": ["purchase" if p else "login" for p in is_purchase],
+            "amount": [float(10 + i) if p else None for i, p in enumerate(is_purchase)],
+        }
+    )
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path
+
+
+def write_events(
+    paths: DataPaths, day: str, frame: pd.DataFrame | None = None, name: str | None = None
+) -> Path:
+    frame = events_frame(day) if frame is None else frame
+    return write_parquet(frame, paths.landing_dir("raw_events") / (name or f"events_{day}.parquet"))

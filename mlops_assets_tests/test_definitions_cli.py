@@ -1,0 +1,89 @@
+"""The code location loads, validates, and backfills a date range from the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets.cli import main
+from mlops_assets_tests.conftest import write_events
+
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def test_definitions_load_with_every_domain():
+    from mlops_assets.definitions import defs
+
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"raw_events", "raw_labels", "customers"} <= keys
+    assert defs.get_sensor_def("landing_files_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.get_job_def("ingestion_job") is not None
+
+
+def _env(data_dir, dagster_home) -> dict[str, str]:
+    return {**os.environ, "MLOPS_DATA_DIR": str(data_dir.root), "DAGSTER_HOME": str(dagster_home)}
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate_passes(data_dir, dagster_home):
+    proc = subprocess.run(
+        [BIN / "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT,
+        env=_env(data_dir, dagster_home),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Validation successful" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_partition_range_backfill_is_one_run(data_dir, dagster_home):
+    days = ["2026-02-01", "2026-02-02", "2026-02-03"]
+    for day in days:
+        write_events(data_dir, day)
+    proc = subprocess.run(
+        [
+            BIN / "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "mlops_assets.definitions",
+            "--select",
+            "raw_events",
+            "--partition-range",
+            f"{days[0]}...{days[-1]}",
+        ],
+        cwd=PROJECT,
+        env=_env(data_dir, dagster_home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for day in days:
+        assert (data_dir.partition_dir("raw_events", day) / "part-0.parquet").exists()
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1
+        status = instance.get_status_by_partition(
+            dg.AssetKey("raw_events"),
+            partition_keys=days,
+            partitions_def=dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC"),
+        )
+        assert status == {day: dg.AssetPartitionStatus.MATERIALIZED for day in days}
+
+
+def test_cli_reports_bad_arguments_without_a_stack_trace(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--customers", "many"])
+    assert exc.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
