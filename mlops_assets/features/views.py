@@ -235,3 +235,35 @@ def get_view(name: str) -> FeatureView:
 def model_feature_names(views: tuple[FeatureView, ...] = FEATURE_VIEWS) -> list[str]:
     """Features meant as model inputs (every feature not tagged sensitive)."""
     return [f.name for v in views for f in v.features if not f.sensitive]
+
+
+def resolve_features(
+    features: list[str] | tuple[str, ...] | None, views: tuple[FeatureView, ...] = FEATURE_VIEWS
+) -> dict[str, list[str]]:
+    """Map feature references to ``{view: [feature, ...]}`` in request order; None means all.
+
+    A reference is ``"view:feature"``, ``"view:*"`` (every feature of the view) or a bare
+    feature name (names are unique across views).
+    """
+    by_view = {v.name: v for v in views}
+    if features is None:
+        return {v.name: v.feature_names for v in views}
+    if isinstance(features, str):
+        raise TypeError("features must be a list of 'view:feature' strings, not one string")
+    owner = {f: v.name for v in views for f in v.feature_names}
+    out: dict[str, list[str]] = {}
+    for ref in features:
+        if ":" in ref:
+            view_name, feat = ref.split(":", 1)
+            if view_name not in by_view:
+                raise KeyError(f"unknown feature view {view_name!r} in {ref!r}; known: {sorted(by_view)}")
+            names = by_view[view_name].feature_names if feat == "*" else [feat]
+            for name in names:
+                by_view[view_name].feature(name)
+        elif ref in owner:
+            view_name, names = owner[ref], [ref]
+        else:
+            raise KeyError(f"unknown feature {ref!r}; use 'view:feature' (see list_features())")
+        bucket = out.setdefault(view_name, [])
+        bucket.extend(n for n in names if n not in bucket)
+    return out

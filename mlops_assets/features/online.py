@@ -1,0 +1,229 @@
+"""SQLite online store: the latest feature row per entity per view, swapped in atomically.
+
+Each :func:`refresh` builds a complete new database file next to the live one and renames it
+over ``<data_root>/online/online_store.db``. A reader keeps its connection open and notices a new
+file by its inode, so one read sees either the old refresh or the new one, never half of one.
+
+A read returns each view's values with a status:
+
+* ``ok``: the entity's latest row is within the view's TTL at read time;
+* ``expired``: the row is older than the TTL: its values are returned as null;
+* ``missing``: the entity has no row in that view.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from mlops_assets.features.compute import feature_files
+from mlops_assets.features.views import FEATURE_VIEWS, FeatureView, resolve_features
+from mlops_assets.settings import DataPaths
+
+DB_NAME = "online_store.db"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def online_db_path(paths: DataPaths) -> Path:
+    """Where the live online database lives."""
+    return paths.online / DB_NAME
+
+
+_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
+
+
+def _us(ts: datetime) -> int:
+    return (ts - _EPOCH) // _US
+
+
+def _from_us(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + value * _US
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _latest_rows(view: FeatureView, files: list[str]) -> pd.DataFrame:
+    file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    cols = ", ".join(_q(f) for f in view.feature_names)
+    sql = f"""
+        SELECT {_q(view.entity)} AS entity, epoch_us(feature_timestamp) AS fts, {cols}
+        FROM read_parquet([{file_list}], file_row_number = true)
+        WHERE {_q(view.entity)} IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}
+            ORDER BY feature_timestamp DESC, file_index DESC, file_row_number DESC) = 1
+    """
+    con = duckdb.connect()
+    try:
+        return con.sql(sql).to_arrow_table().to_pandas()
+    finally:
+        con.close()
+
+
+def refresh(
+    views: Sequence[FeatureView], paths: DataPaths, now: datetime | None = None
+) -> dict[str, dict]:
+    """Rebuild the online store from the offline partitions of ``views``; return per-view metadata."""
+    now = now or datetime.now(UTC)
+    target = online_db_path(paths)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{DB_NAME}.tmp-", dir=target.parent)
+    os.close(fd)
+    meta: dict[str, dict] = {}
+    try:
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute("PRAGMA journal_mode = OFF")
+            con.execute("PRAGMA synchronous = OFF")
+            con.execute("CREATE TABLE _views (view TEXT PRIMARY KEY, version TEXT, ttl_seconds REAL, "
+                        "refreshed_at_us INTEGER, rows INTEGER, features TEXT)")
+            for view in views:
+                files = feature_files(paths, view.name)
+                frame = _latest_rows(view, files) if files else pd.DataFrame(
+                    columns=["entity", "fts", *view.feature_names])
+                cols = ", ".join(_q(f) for f in view.feature_names)
+                con.execute(f"CREATE TABLE {_q('v_' + view.name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols})")
+                rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+                marks = ", ".join("?" * (len(view.feature_names) + 2))
+                con.executemany(f"INSERT INTO {_q('v_' + view.name)} VALUES ({marks})", rows)
+                ttl = None if view.ttl is None else view.ttl.total_seconds()
+                con.execute("INSERT INTO _views VALUES (?, ?, ?, ?, ?, ?)",
+                            (view.name, view.version(), ttl, _us(now), len(frame), json.dumps(view.feature_names)))
+                meta[view.name] = {"rows": len(frame), "version": view.version(), "files": len(files)}
+            con.commit()
+        finally:
+            con.close()
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return meta
+
+
+class OnlineStore:
+    """Reads the online store; keeps one read-only connection and follows atomic swaps."""
+
+    def __init__(self, paths: DataPaths, views: Sequence[FeatureView] = FEATURE_VIEWS) -> None:
+        self.path = online_db_path(paths)
+        self.views = tuple(views)
+        self._lock = threading.Lock()
+        self._con: sqlite3.Connection | None = None
+        self._inode: int | None = None
+        self._meta: dict[str, tuple[float | None, int, list[str]]] = {}
+
+    def _connection(self) -> sqlite3.Connection | None:
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+        if inode != self._inode or self._con is None:
+            if self._con is not None:
+                self._con.close()
+            con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            self._meta = {
+                view: (ttl, refreshed, json.loads(feats))
+                for view, ttl, refreshed, feats in con.execute(
+                    "SELECT view, ttl_seconds, refreshed_at_us, features FROM _views")
+            }
+            # if the file was swapped between stat and open, the next read sees a new inode and
+            # reopens; each read uses one connection, so it sees one complete refresh
+            self._con, self._inode = con, inode
+        return self._con
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+            self._con = None
+            self._inode = None
+
+    def lookup(
+        self, entity_id: str, wanted: dict[str, list[str]], now: datetime | None = None
+    ) -> dict[str, dict]:
+        """One entity: ``{view: {"status", "feature_timestamp", "refreshed_at", "values": {...}}}``."""
+        return self.lookup_many([entity_id], wanted, now)[0]
+
+    def lookup_many(
+        self, entity_ids: Sequence[str], wanted: dict[str, list[str]], now: datetime | None = None
+    ) -> list[dict[str, dict]]:
+        """Like :meth:`lookup` for many entities, all read from the same refresh."""
+        now_us = _us(now or datetime.now(UTC))
+        out: list[dict[str, dict]] = [{} for _ in entity_ids]
+        with self._lock:
+            con = self._connection()
+            for view, feats in wanted.items():
+                ttl, refreshed, known = self._meta.get(view, (None, None, []))
+                found: dict[str, tuple] = {}
+                if con is not None and view in self._meta:
+                    unknown = [f for f in feats if f not in known]
+                    if unknown:
+                        raise KeyError(f"online store has no {unknown} in view {view!r}; refresh it")
+                    cols = ", ".join(["entity", "fts", *(_q(f) for f in feats)])
+                    table = _q("v_" + view)
+                    if len(entity_ids) == 1:
+                        row = con.execute(f"SELECT {cols} FROM {table} WHERE entity = ?", (entity_ids[0],)).fetchone()
+                        if row is not None:
+                            found[row[0]] = row
+                    else:
+                        unique = list(dict.fromkeys(entity_ids))
+                        for start in range(0, len(unique), 500):
+                            chunk = unique[start:start + 500]
+                            marks = ", ".join("?" * len(chunk))
+                            for row in con.execute(f"SELECT {cols} FROM {table} WHERE entity IN ({marks})", chunk):
+                                found[row[0]] = row
+                refreshed_at = _from_us(refreshed)
+                for slot, entity in zip(out, entity_ids, strict=True):
+                    row = found.get(entity)
+                    if row is None:
+                        slot[view] = {"status": "missing", "feature_timestamp": None,
+                                      "refreshed_at": refreshed_at, "values": dict.fromkeys(feats)}
+                    elif ttl is not None and now_us - row[1] > ttl * 1_000_000:
+                        slot[view] = {"status": "expired", "feature_timestamp": _from_us(row[1]),
+                                      "refreshed_at": refreshed_at, "values": dict.fromkeys(feats)}
+                    else:
+                        slot[view] = {"status": "ok", "feature_timestamp": _from_us(row[1]),
+                                      "refreshed_at": refreshed_at, "values": dict(zip(feats, row[2:], strict=True))}
+        return out
+
+    def read(
+        self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
+    ) -> pd.DataFrame:
+        """A frame: ``customer_id``, the features, and per view ``<view>__status`` / ``__feature_timestamp``."""
+        wanted = resolve_features(features, self.views)
+        results = self.lookup_many(list(entity_ids), wanted, now)
+        rows = []
+        for entity, res in zip(entity_ids, results, strict=True):
+            row: dict = {"customer_id": entity}
+            for view, item in res.items():
+                row.update(item["values"])
+                row[f"{view}__status"] = item["status"]
+                row[f"{view}__feature_timestamp"] = item["feature_timestamp"]
+            rows.append(row)
+        columns = ["customer_id"] + [c for view, feats in wanted.items()
+                                     for c in (*feats, f"{view}__status", f"{view}__feature_timestamp")]
+        frame = pd.DataFrame(rows, columns=columns)
+        for view in wanted:
+            frame[f"{view}__feature_timestamp"] = pd.to_datetime(frame[f"{view}__feature_timestamp"], utc=True)
+        return frame
+
+
+def read(
+    entity_ids: Sequence[str], features: list[str] | None, paths: DataPaths, now: datetime | None = None
+) -> pd.DataFrame:
+    """One-off read of the online store (opens and closes a connection)."""
+    store = OnlineStore(paths)
+    try:
+        return store.read(entity_ids, features, now)
+    finally:
+        store.close()

@@ -1,0 +1,140 @@
+"""The FeatureStore facade: historical (point-in-time) and online features, catalog, training sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from mlops_assets.features import online
+from mlops_assets.features.compute import feature_files, materialize_view
+from mlops_assets.features.pit import TS_SUFFIX, FeatureSource, assert_no_leakage, point_in_time_join
+from mlops_assets.features.views import FEATURE_VIEWS, FeatureView, resolve_features, validate_views
+from mlops_assets.settings import data_paths
+from mlops_assets.storage import frame_hash
+
+LABEL_COLUMNS = ("customer_id", "label_timestamp", "churned")
+
+
+class FeatureStore:
+    """Features defined once, read point-in-time correct offline and fresh online.
+
+    ``FeatureStore()`` uses the project's data folder (``$MLOPS_DATA_DIR`` or ``<project>/data``).
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, views: Sequence[FeatureView] = FEATURE_VIEWS) -> None:
+        self.paths = data_paths(data_dir)
+        self.views = tuple(views)
+        validate_views(self.views)
+        self._by_name = {v.name: v for v in self.views}
+        self._online: online.OnlineStore | None = None
+
+    def get_view(self, name: str) -> FeatureView:
+        """The view called ``name``."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no feature view {name!r}; known: {sorted(self._by_name)}") from None
+
+    def _sources(self, features: list[str] | None) -> list[FeatureSource]:
+        wanted = resolve_features(features, self.views)
+        return [
+            FeatureSource(name, feature_files(self.paths, name), feats, ttl=self.get_view(name).ttl,
+                          entity=self.get_view(name).entity)
+            for name, feats in wanted.items()
+        ]
+
+    def get_historical_features(
+        self, entity_df: pd.DataFrame, features: list[str] | None = None, timestamp_column: str = "event_timestamp"
+    ) -> pd.DataFrame:
+        """Point-in-time features for each row of ``entity_df`` (``customer_id`` + ``event_timestamp``).
+
+        Returns one row per entity row, in order: ``entity_df``'s columns, then per view its
+        requested features and ``<view>__feature_timestamp`` (the time of the joined feature row;
+        null when none was within the view's TTL). ``features`` are ``"view:feature"`` strings
+        (default: every feature).
+        """
+        return point_in_time_join(entity_df, self._sources(features), event_timestamp=timestamp_column)
+
+    def get_online_features(
+        self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
+    ) -> pd.DataFrame:
+        """Latest served values per entity, with ``<view>__status`` (ok / expired / missing)."""
+        if self._online is None:
+            self._online = online.OnlineStore(self.paths, self.views)
+        return self._online.read(list(entity_ids), features, now)
+
+    def online_store(self) -> online.OnlineStore:
+        """The open online-store reader (for low-latency single lookups)."""
+        if self._online is None:
+            self._online = online.OnlineStore(self.paths, self.views)
+        return self._online
+
+    def list_features(self, search: str | None = None) -> pd.DataFrame:
+        """The feature catalog; ``search`` matches feature or view name, tag or owner (case-insensitive)."""
+        rows = []
+        for view in self.views:
+            for feat in view.features:
+                rows.append({
+                    "reference": f"{view.name}:{feat.name}",
+                    "view": view.name,
+                    "feature": feat.name,
+                    "dtype": feat.dtype,
+                    "aggregation": feat.aggregation,
+                    "window_days": feat.window_days,
+                    "description": feat.description,
+                    "owner": view.owner,
+                    "tags": ",".join(dict.fromkeys((*view.tags, *feat.tags))),
+                    "ttl": None if view.ttl is None else str(view.ttl),
+                    "sensitive": feat.sensitive,
+                    "version": view.version(),
+                })
+        frame = pd.DataFrame(rows)
+        if search:
+            needle = search.lower()
+            hay = (frame["feature"] + " " + frame["view"] + " " + frame["owner"]).str.lower()
+            tag_hit = frame["tags"].map(lambda t: any(needle in tag.lower() for tag in t.split(",") if tag))
+            frame = frame[hay.str.contains(needle, regex=False) | tag_hit].reset_index(drop=True)
+        return frame
+
+    def build_training_set(
+        self, labels_df: pd.DataFrame, features: list[str] | None = None
+    ) -> tuple[pd.DataFrame, dict]:
+        """Labels joined point-in-time to the features, plus metadata (rows, label rate, nulls, hash).
+
+        ``labels_df`` has ``customer_id``, ``label_timestamp``, ``churned``; every label row is
+        kept, in order, even when no feature qualifies.
+        """
+        missing = [c for c in LABEL_COLUMNS if c not in labels_df.columns]
+        if missing:
+            raise ValueError(f"labels need columns {list(LABEL_COLUMNS)}; missing {missing}")
+        labels = labels_df[list(LABEL_COLUMNS)]
+        frame = self.get_historical_features(labels, features, timestamp_column="label_timestamp")
+        return frame, self.training_set_metadata(frame)
+
+    def training_set_metadata(self, frame: pd.DataFrame) -> dict:
+        """Rows, label rate, per-feature null rates, time range, content hash, leakage count."""
+        feature_cols = [c for c in frame.columns if c not in LABEL_COLUMNS and not c.endswith(TS_SUFFIX)]
+        ttls = {v.name: v.ttl for v in self.views}
+        times = frame["label_timestamp"]
+        return {
+            "rows": len(frame),
+            "label_rate": float(frame["churned"].mean()) if len(frame) else None,
+            "null_rates": {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in feature_cols},
+            "time_min": None if frame.empty else times.min().isoformat(),
+            "time_max": None if frame.empty else times.max().isoformat(),
+            "content_hash": frame_hash(frame),
+            "view_versions": {v.name: v.version() for v in self.views},
+            "leakage_violations": len(assert_no_leakage(frame, "label_timestamp", ttls)),
+        }
+
+    def materialize(self, day: str, views: Sequence[str] | None = None) -> dict[str, dict]:
+        """Compute and write day ``day`` of the given views (default all) to the offline store."""
+        names = list(views) if views is not None else [v.name for v in self.views]
+        return {name: materialize_view(self.get_view(name), day, self.paths) for name in names}
+
+    def refresh_online(self, now: datetime | None = None) -> dict[str, dict]:
+        """Rebuild the online store from the offline store (atomic swap)."""
+        return online.refresh(self.views, self.paths, now)
