@@ -1,0 +1,68 @@
+"""A small synthetic training set with a learnable churn signal, for tests, benchmarks and examples."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from mlops_assets.ingestion.schema import AGE_GROUPS, PLANS, REGIONS
+
+NUMERIC_FEATURES = [
+    "logins_30d",
+    "total_purchases_30d",
+    "total_spend_30d",
+    "avg_order_value_30d",
+    "days_since_last_login",
+    "tickets_30d",
+    "account_age_days",
+]
+CATEGORICAL_FEATURES = ["plan", "region"]
+SENSITIVE_ATTRIBUTES = ["age_group"]
+
+
+def synthetic_training_set(
+    n_rows: int = 400,
+    n_days: int = 10,
+    seed: int = 0,
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
+) -> pd.DataFrame:
+    """Labelled customers over ``n_days`` label days; low engagement and many tickets raise churn odds."""
+    rng = np.random.default_rng(seed)
+    engagement = rng.normal(0.0, 1.0, n_rows)
+    logins = rng.poisson(np.exp(1.8 + 0.6 * engagement))
+    purchases = rng.poisson(np.exp(0.3 + 0.7 * engagement))
+    values = np.where(purchases > 0, rng.gamma(4.0, 9.0, n_rows), np.nan)
+    spend = np.where(purchases > 0, purchases * values, 0.0)
+    tickets = rng.poisson(np.exp(-1.5 - 0.8 * engagement))
+    since_login = np.where(logins > 0, rng.exponential(30.0 / (logins + 1.0)), np.nan)
+    plan = rng.choice(PLANS, n_rows, p=[0.5, 0.3, 0.2])
+    logit = (
+        2.4
+        - 1.6 * np.log1p(logins)
+        - 1.2 * np.log1p(purchases)
+        + 0.9 * np.minimum(tickets, 10)
+        + 0.08 * np.nan_to_num(np.minimum(since_login, 30.0), nan=30.0)
+        + np.select([plan == "basic", plan == "premium"], [0.6, -0.6], 0.0)
+    )
+    churned = (rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit))).astype("int64")
+    day = rng.integers(0, n_days, n_rows)
+    seconds = rng.integers(0, 86_400, n_rows)
+    stamps = [start + timedelta(days=int(d), seconds=int(s)) for d, s in zip(day, seconds, strict=True)]
+    frame = pd.DataFrame({
+        "customer_id": [f"C{i:06d}" for i in range(n_rows)],
+        "label_timestamp": pd.to_datetime(stamps, utc=True),
+        "churned": churned,
+        "logins_30d": logins.astype("float64"),
+        "total_purchases_30d": purchases.astype("float64"),
+        "total_spend_30d": spend,
+        "avg_order_value_30d": values,
+        "days_since_last_login": since_login,
+        "tickets_30d": tickets.astype("float64"),
+        "account_age_days": rng.integers(30, 2000, n_rows).astype("float64"),
+        "plan": pd.array(plan, dtype="str"),
+        "region": pd.array(rng.choice(REGIONS, n_rows), dtype="str"),
+        "age_group": pd.array(rng.choice(AGE_GROUPS, n_rows), dtype="str"),
+    })
+    return frame.sort_values(["label_timestamp", "customer_id"]).reset_index(drop=True)
