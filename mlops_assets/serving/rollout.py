@@ -1,0 +1,243 @@
+"""Gradual rollout: canary 5% -> 25% -> 50% -> 100%, advanced while guardrails hold, rolled back when one breaks.
+
+:func:`evaluate_step` judges one step from a window of the prediction log; :func:`apply_decision`
+turns the decision into the next rollout state. :class:`RolloutController` does both against the
+state file and appends every transition, with its reason and time, to
+``<data_root>/serving/rollout_history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from mlops_assets.serving.routing import (
+    CHALLENGER,
+    CHAMPION,
+    RolloutState,
+    read_state,
+    state_path,
+    write_state,
+)
+from mlops_assets.settings import data_paths
+
+CANARY_STEPS: tuple[float, ...] = (0.05, 0.25, 0.50, 1.00)
+HISTORY_FILE = "rollout_history.jsonl"
+
+Action = Literal["advance", "hold", "rollback"]
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """Bounds a canary step must stay within (challenger arm, over the step's window)."""
+
+    max_error_rate: float = 0.01
+    max_p99_latency_ms: float = 100.0
+    max_mean_score_shift: float = 0.10  # |mean challenger score - mean champion score|
+    max_score_psi: float = 0.25  # PSI of challenger scores against champion scores
+    min_requests: int = 200  # challenger requests needed before a step can advance
+    min_error_requests: int = 20  # requests needed before an error rate can trigger a rollback
+
+
+@dataclass(frozen=True)
+class ArmWindow:
+    """One arm's requests in a window: counts, latencies and scores of successful requests."""
+
+    requests: int
+    errors: int
+    latencies_ms: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p99_latency_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 99)) if len(self.latencies_ms) else 0.0
+
+
+@dataclass(frozen=True)
+class MetricsWindow:
+    """Per-arm metrics over the requests of one rollout step."""
+
+    arms: dict[str, ArmWindow]
+
+    def arm(self, name: str) -> ArmWindow:
+        return self.arms.get(name, ArmWindow(0, 0, np.array([]), np.array([])))
+
+
+def metrics_window(log: pd.DataFrame, include_shadow: bool = True) -> MetricsWindow:
+    """Per-arm counts, latencies and scores from prediction-log rows (see prediction_log.read_since)."""
+    arms = {}
+    frame = log if include_shadow else log.loc[~log["shadow"].astype(bool)]
+    for arm, rows in frame.groupby("arm", sort=True):
+        ok = rows["status"] == "ok"
+        arms[str(arm)] = ArmWindow(
+            requests=len(rows),
+            errors=int((~ok).sum()),
+            latencies_ms=rows.loc[ok, "latency_ms"].to_numpy(dtype=float),
+            scores=rows.loc[ok, "score"].dropna().to_numpy(dtype=float),
+        )
+    return MetricsWindow(arms)
+
+
+def score_psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, eps: float = 1e-4) -> float:
+    """Population stability index of scores on equal-width bins over [0, 1]."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ref = np.histogram(np.clip(reference, 0, 1), edges)[0] / max(len(reference), 1)
+    cur = np.histogram(np.clip(current, 0, 1), edges)[0] / max(len(current), 1)
+    ref, cur = np.clip(ref, eps, None), np.clip(cur, eps, None)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with the rollout now, why, and the numbers it was based on."""
+
+    action: Action
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    promote: bool = False  # advancing past the last step: the challenger becomes the champion
+
+
+def evaluate_step(state: RolloutState, window: MetricsWindow, guardrails: Guardrails = Guardrails()) -> Decision:
+    """Advance, hold or roll back the current canary step from the challenger's window."""
+    if state.mode != "canary":
+        return Decision("hold", f"mode is {state.mode!r}, not a canary rollout")
+    ch, champ = window.arm(CHALLENGER), window.arm(CHAMPION)
+    metrics: dict[str, float] = {
+        "challenger_requests": float(ch.requests),
+        "challenger_error_rate": ch.error_rate,
+        "challenger_p99_latency_ms": ch.p99_latency_ms,
+        "champion_requests": float(champ.requests),
+    }
+    broken = []
+    if ch.requests >= guardrails.min_error_requests and ch.error_rate > guardrails.max_error_rate:
+        broken.append(f"error rate {ch.error_rate:.3f} > {guardrails.max_error_rate}")
+    if len(ch.latencies_ms) >= guardrails.min_error_requests and ch.p99_latency_ms > guardrails.max_p99_latency_ms:
+        broken.append(f"p99 latency {ch.p99_latency_ms:.1f} ms > {guardrails.max_p99_latency_ms} ms")
+    if len(ch.scores) >= guardrails.min_error_requests and len(champ.scores) >= guardrails.min_error_requests:
+        shift = abs(float(ch.scores.mean()) - float(champ.scores.mean()))
+        psi = score_psi(champ.scores, ch.scores)
+        metrics.update({"mean_score_shift": shift, "score_psi": psi})
+        if shift > guardrails.max_mean_score_shift:
+            broken.append(f"mean score shift {shift:.3f} > {guardrails.max_mean_score_shift}")
+        if psi > guardrails.max_score_psi:
+            broken.append(f"score PSI {psi:.3f} > {guardrails.max_score_psi}")
+    if broken:
+        return Decision("rollback", "guardrail broken: " + "; ".join(broken), metrics)
+    if ch.requests < guardrails.min_requests:
+        return Decision("hold", f"{ch.requests} challenger requests so far, {guardrails.min_requests} needed",
+                        metrics)
+    last = state.step >= len(CANARY_STEPS) - 1
+    return Decision("advance", "guardrails held over the step" + ("; rollout complete" if last else ""),
+                    metrics, promote=last)
+
+
+def apply_decision(state: RolloutState, decision: Decision) -> RolloutState:
+    """The rollout state after ``decision``."""
+    if decision.action == "rollback":
+        return state.with_(mode="direct", challenger_share=0.0, step=0, reason=decision.reason)
+    if decision.action == "hold":
+        return state
+    if decision.promote:
+        return state.with_(mode="direct", challenger_share=0.0, step=len(CANARY_STEPS) - 1, reason=decision.reason)
+    step = state.step + 1
+    return state.with_(step=step, challenger_share=CANARY_STEPS[step], reason=decision.reason)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One recorded change of the rollout."""
+
+    at: str
+    action: str
+    reason: str
+    from_mode: str
+    to_mode: str
+    from_share: float
+    to_share: float
+    experiment: str
+    metrics: dict[str, float]
+    promote: bool = False
+
+
+class RolloutController:
+    """Drives a canary rollout through the state file and records every transition."""
+
+    def __init__(self, data_root: str | Path | None = None, state_file: str | Path | None = None,
+                 history_file: str | Path | None = None) -> None:
+        self.state_file = Path(state_file) if state_file else state_path(data_root)
+        self.history_file = Path(history_file) if history_file else data_paths(data_root).serving / HISTORY_FILE
+        self._lock = threading.Lock()
+
+    def state(self) -> RolloutState:
+        """The current rollout state."""
+        return read_state(self.state_file)
+
+    def _record(self, action: str, reason: str, before: RolloutState, after: RolloutState,
+                metrics: dict[str, float] | None = None, promote: bool = False) -> Transition:
+        t = Transition(datetime.now(UTC).isoformat(), action, reason, before.mode, after.mode,
+                       before.challenger_share, after.challenger_share, after.experiment, metrics or {}, promote)
+        self.history_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.history_file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(t), sort_keys=True) + "\n")
+        return t
+
+    def set_mode(self, state: RolloutState, reason: str) -> RolloutState:
+        """Write ``state`` (any mode) and record the change."""
+        with self._lock:
+            before = self.state()
+            state = state.with_(reason=reason)
+            write_state(state, self.state_file)
+            self._record("set", reason, before, state)
+            return state
+
+    def start_canary(self, experiment: str, reason: str = "canary rollout started",
+                     champion_version: str | None = None, challenger_version: str | None = None) -> RolloutState:
+        """Begin a canary at the first step under a new experiment salt."""
+        state = RolloutState(mode="canary", challenger_share=CANARY_STEPS[0], step=0, experiment=experiment,
+                             champion_version=champion_version, challenger_version=challenger_version)
+        with self._lock:
+            before = self.state()
+            state = state.with_(reason=reason)
+            write_state(state, self.state_file)
+            self._record("start", reason, before, state)
+            return state
+
+    def step(self, window: MetricsWindow, guardrails: Guardrails = Guardrails()) -> Decision:
+        """Evaluate the current step on ``window``, write the next state and record it (holds are not written)."""
+        with self._lock:
+            before = self.state()
+            decision = evaluate_step(before, window, guardrails)
+            if decision.action != "hold":
+                after = apply_decision(before, decision)
+                write_state(after, self.state_file)
+                self._record(decision.action, decision.reason, before, after, decision.metrics, decision.promote)
+            return decision
+
+    def rollback(self, reason: str) -> RolloutState:
+        """Send all traffic back to the champion now."""
+        with self._lock:
+            before = self.state()
+            after = before.with_(mode="direct", challenger_share=0.0, step=0, reason=reason)
+            write_state(after, self.state_file)
+            self._record("rollback", reason, before, after)
+            return after
+
+    def history(self) -> pd.DataFrame:
+        """Every recorded transition, oldest first."""
+        rows: list[dict[str, Any]] = []
+        if self.history_file.exists():
+            rows = [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+        frame = pd.DataFrame(rows, columns=list(Transition.__dataclass_fields__))
+        frame["at"] = pd.to_datetime(frame["at"], utc=True, format="ISO8601")
+        return frame

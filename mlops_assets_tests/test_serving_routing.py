@@ -1,0 +1,193 @@
+"""Routing shares and stickiness, Thompson sampling, the canary controller and the prediction log."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mlops_assets.serving import prediction_log as plog
+from mlops_assets.serving.rollout import (
+    CANARY_STEPS,
+    Guardrails,
+    RolloutController,
+    apply_decision,
+    evaluate_step,
+    metrics_window,
+    score_psi,
+)
+from mlops_assets.serving.routing import (
+    ArmPosterior,
+    MemoryAssignments,
+    RolloutState,
+    SqliteAssignments,
+    StateFile,
+    assign,
+    bucket,
+    read_state,
+    update_posteriors,
+    write_state,
+)
+
+CUSTOMERS = [f"C{i:06d}" for i in range(20_000)]
+
+
+def test_buckets_are_uniform_and_independent_across_experiments():
+    a = np.array([bucket(c, "exp-1") for c in CUSTOMERS])
+    b = np.array([bucket(c, "exp-2") for c in CUSTOMERS])
+    assert stats.kstest(a, "uniform").pvalue > 0.001
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+
+
+@pytest.mark.parametrize(("mode", "share"), [("canary", 0.05), ("canary", 0.25), ("ab", 0.5)])
+def test_split_modes_send_the_configured_share_and_are_sticky(mode, share):
+    state = RolloutState(mode=mode, challenger_share=share, experiment="exp")
+    arms = [assign(state, c).arm for c in CUSTOMERS]
+    observed = np.mean([a == "challenger" for a in arms])
+    assert abs(observed - share) < 4 * np.sqrt(share * (1 - share) / len(CUSTOMERS))
+    assert [assign(state, c).arm for c in CUSTOMERS[:500]] == arms[:500]
+
+
+def test_raising_the_canary_share_only_moves_customers_to_the_challenger():
+    on = {}
+    for share in CANARY_STEPS:
+        state = RolloutState(mode="canary", challenger_share=share, experiment="exp")
+        now = {c for c in CUSTOMERS[:5000] if assign(state, c).arm == "challenger"}
+        for previous in on.values():
+            assert previous <= now
+        on[share] = now
+    assert len(on[1.0]) == 5000
+
+
+def test_direct_and_shadow_answer_with_the_champion():
+    assert assign(RolloutState(), "C1").arm == "champion"
+    shadow = assign(RolloutState(mode="shadow"), "C1")
+    assert shadow.arm == "champion" and shadow.shadow
+
+
+def test_thompson_sampling_follows_the_posteriors_reproducibly_and_sticks(tmp_path):
+    state = update_posteriors(RolloutState(mode="bandit", experiment="b1", seed=3),
+                              {"champion": (30, 300), "challenger": (45, 300)})
+    arms = [assign(state, c).arm for c in CUSTOMERS[:4000]]
+    # the share on the challenger equals P(challenger draw > champion draw), computed by Monte Carlo
+    rng = np.random.default_rng(0)
+    p_ch = np.mean(rng.beta(46, 256, 200_000) > rng.beta(31, 271, 200_000))
+    assert abs(np.mean([a == "challenger" for a in arms]) - p_ch) < 0.03
+    assert [assign(state, c).arm for c in CUSTOMERS[:4000]] == arms  # reproducible with the seed
+    # once assigned, a customer keeps the arm even when the posteriors flip
+    store = SqliteAssignments(tmp_path / "assign.sqlite")
+    first = {c: assign(state, c, store).arm for c in CUSTOMERS[:300]}
+    flipped = update_posteriors(state, {"champion": (90, 300), "challenger": (10, 300)})
+    assert {c: assign(flipped, c, store).arm for c in CUSTOMERS[:300]} == first
+    again = SqliteAssignments(tmp_path / "assign.sqlite")  # another worker process sees the same table
+    assert {c: assign(flipped, c, again).arm for c in CUSTOMERS[:300]} == first
+    fresh = [assign(flipped.with_(experiment="b2"), c, MemoryAssignments()).arm for c in CUSTOMERS[:1000]]
+    assert np.mean([a == "champion" for a in fresh]) > 0.99  # a new experiment follows the new posteriors
+
+
+def test_state_file_round_trip_and_reload_on_change(tmp_path):
+    path = tmp_path / "serving" / "rollout_state.json"
+    watcher = StateFile(path)
+    assert watcher.get().mode == "direct"  # no file yet: everything to the champion
+    state = RolloutState(mode="bandit", experiment="x", posteriors={"champion": ArmPosterior(2, 3)})
+    write_state(state, path)
+    assert read_state(path).posteriors["champion"] == ArmPosterior(2, 3)
+    assert watcher.get().mode == "bandit"
+    write_state(state.with_(mode="canary", challenger_share=0.25), path)
+    os.utime(path, ns=(1, 1))  # same-second rewrites are still seen (mtime, size and inode are compared)
+    assert watcher.get().mode == "canary"
+    path.write_text("{not json")
+    assert watcher.get().mode == "canary" and watcher.last_error  # a broken file keeps the last good state
+    with pytest.raises(ValueError):
+        RolloutState(mode="sideways")
+
+
+def _log_rows(n, arm, error_rate=0.0, latency=5.0, score_mean=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    err = rng.random(n) < error_rate
+    return pd.DataFrame({
+        "request_id": [f"{arm}-{i}" for i in range(n)], "customer_id": [f"C{i}" for i in range(n)],
+        "arm": arm, "model_version": "1",
+        "score": np.where(err, np.nan, np.clip(rng.normal(score_mean, 0.1, n), 0, 1)),
+        "latency_ms": rng.gamma(5.0, latency / 5.0, n), "ts": pd.Timestamp.now(tz="UTC"), "mode": "canary",
+        "shadow": False, "status": np.where(err, "error", "ok"), "error": None,
+    })
+
+
+def test_canary_advances_through_every_step_then_promotes(tmp_path):
+    controller = RolloutController(tmp_path)
+    controller.start_canary("exp-1", champion_version="1", challenger_version="2")
+    window = metrics_window(pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=1)]))
+    shares = [controller.state().challenger_share]
+    for _ in range(len(CANARY_STEPS)):
+        decision = controller.step(window)
+        assert decision.action == "advance", decision.reason
+        shares.append(controller.state().challenger_share)
+    assert shares[:-1] == list(CANARY_STEPS)
+    assert decision.promote and controller.state().mode == "direct"
+    history = controller.history()
+    assert list(history["action"]) == ["start", "advance", "advance", "advance", "advance"]
+    assert history["at"].is_monotonic_increasing and history["reason"].str.len().gt(0).all()
+
+
+@pytest.mark.parametrize(("challenger", "needle"), [
+    (dict(error_rate=0.05), "error rate"),
+    (dict(latency=400.0), "p99 latency"),
+    (dict(score_mean=0.6), "mean score shift"),
+])
+def test_a_broken_guardrail_rolls_back_to_the_champion(tmp_path, challenger, needle):
+    controller = RolloutController(tmp_path)
+    controller.start_canary("exp-1")
+    controller.step(metrics_window(pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=1)])))
+    window = metrics_window(pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=2,
+                                                                              **challenger)]))
+    decision = controller.step(window)
+    assert decision.action == "rollback" and needle in decision.reason
+    state = controller.state()
+    assert state.mode == "direct" and state.challenger_share == 0.0
+    assert controller.history()["action"].iloc[-1] == "rollback"
+
+
+def test_too_few_requests_hold_the_step():
+    state = RolloutState(mode="canary", challenger_share=0.05)
+    decision = evaluate_step(state, metrics_window(pd.concat([_log_rows(100, "champion"),
+                                                              _log_rows(50, "challenger")])), Guardrails())
+    assert decision.action == "hold" and apply_decision(state, decision) == state
+
+
+def test_score_psi_matches_hand_computation():
+    ref = np.array([0.05, 0.15, 0.15, 0.95])
+    cur = np.array([0.05, 0.05, 0.15, 0.95])
+    # bins [0, .1) and [.1, .2) carry 1/4, 2/4 in ref and 2/4, 1/4 in cur; the last bin is equal
+    expected = (0.5 - 0.25) * np.log(0.5 / 0.25) + (0.25 - 0.5) * np.log(0.25 / 0.5)
+    assert score_psi(ref, cur) == pytest.approx(expected)
+
+
+def test_prediction_log_rotates_per_day_and_reads_back(tmp_path):
+    logger = plog.PredictionLogger(tmp_path)
+    day1 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    for i, ts in enumerate([day1, day1, day1 + timedelta(seconds=2)]):
+        logger.write(plog.PredictionRecord(f"r{i}", "C1", "champion", "3", 0.25 + i / 10, 1.5, ts.isoformat(),
+                                           "direct"))
+    other = plog.PredictionLogger(tmp_path)
+    other.name = "otherhost-1.jsonl"  # a second worker process writes its own file
+    other.write(plog.PredictionRecord("r9", "C2", "challenger", "4", 0.9, 2.0, day1.isoformat(), "canary",
+                                      shadow=True))
+    logger.close()
+    other.close()
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl"))
+    assert files[0].startswith("date=2026-03-01/") and files[-1].startswith("date=2026-03-02/")
+    with open(next((tmp_path / "date=2026-03-01").glob("otherhost*")), "a") as handle:
+        handle.write('{"request_id": "half')  # a record still being written is skipped
+    day = plog.read_day("2026-03-01", directory=tmp_path)
+    assert list(day["request_id"]) == ["r0", "r1", "r9"]
+    assert day["ts"].dt.tz is not None and day["shadow"].tolist() == [False, False, True]
+    since = plog.read_since(day1 - timedelta(seconds=1), directory=tmp_path, until=day1 + timedelta(seconds=5))
+    assert len(since) == 4
+    assert json.loads(next((tmp_path / "date=2026-03-02").glob("*.jsonl")).read_text())["score"] == pytest.approx(0.45)
+    assert plog.read_day("2026-03-05", directory=tmp_path).empty
