@@ -32,11 +32,13 @@ def reference_psi(ref: np.ndarray, cur: np.ndarray, bins: int = 10, eps: float =
     return float(np.sum(rel_entr(c, r) + rel_entr(r, c)))
 
 
-@pytest.mark.parametrize("n_ref,n_cur", [(300, 450), (12_000, 15_000)])  # exact and asymptotic KS regimes
-def test_numeric_statistics_equal_scipy_on_tied_data(n_ref: int, n_cur: int) -> None:
+# exact KS regime, then the asymptotic regime in its central and tail branches
+@pytest.mark.parametrize("n_ref,n_cur,shift", [(300, 450, 0.3), (12_000, 15_000, 0.3), (30_000, 30_000, 0.0),
+                                               (30_000, 30_000, 0.1)])
+def test_numeric_statistics_equal_scipy_on_tied_data(n_ref: int, n_cur: int, shift: float) -> None:
     rng = np.random.default_rng(7)
-    ref = np.round(rng.normal(10, 2, n_ref), 0)  # heavy ties
-    cur = np.round(rng.normal(10.3, 2.2, n_cur), 0)
+    ref = np.round(rng.normal(10, 2, n_ref), 1)  # ties
+    cur = np.round(rng.normal(10 + shift, 2.0, n_cur), 1)
     row = feature_drift("x", ref, cur)
     ks = stats.ks_2samp(ref, cur)
     assert row.ks_statistic == pytest.approx(ks.statistic, **TOL)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.special import rel_entr
+from scipy.special import gammaln, rel_entr
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -211,8 +211,7 @@ def numeric_statistics(
         ks_statistic, ks_p_value = float(ks.statistic), float(ks.pvalue)
     else:
         ks_statistic = float(np.abs(cdf_gap).max())
-        m, n = sorted([float(n_ref), float(n_cur)], reverse=True)
-        ks_p_value = float(np.clip(stats.kstwo.sf(ks_statistic, np.round(m * n / (m + n))), 0.0, 1.0))
+        ks_p_value = _ks_asymptotic_p_value(ks_statistic, n_ref, n_cur)
 
     distance = float(np.sum(np.abs(cdf_gap[:-1]) * np.diff(pooled)))
     scale = float(np.std(ref))
@@ -228,6 +227,38 @@ def numeric_statistics(
         "wasserstein": wasserstein,
         "psi": psi,
     }
+
+
+def _ks_asymptotic_p_value(d: float, n_ref: int, n_cur: int) -> float:
+    """``scipy.stats.ks_2samp``'s large-sample p-value: ``kstwo.sf(d, round(n_ref n_cur / (n_ref + n_cur)))``.
+
+    In the tail (2.2 <= n d^2 < 370, n > 140, d < 0.5) scipy evaluates ``2 * smirnov(n, d)``, which
+    costs ~0.1-0.4 s at n ~ 50,000; there the same quantity is computed with the Birnbaum-Tingey sum
+    in log space (all terms positive, relative difference ~1e-10). Elsewhere scipy is called.
+    """
+    m, n = sorted([float(n_ref), float(n_cur)], reverse=True)
+    en = float(np.round(m * n / (m + n)))
+    t = en * d
+    nd2 = t * d
+    if en > 140 and 1.0 < t < en - 1 and d < 0.5 and nd2 >= 2.2:
+        if nd2 >= 370.0:
+            return 0.0
+        return float(np.clip(2.0 * _smirnov_sf(en, d), 0.0, 1.0))
+    return float(np.clip(stats.kstwo.sf(d, en), 0.0, 1.0))
+
+
+def _smirnov_sf(n: float, x: float) -> float:
+    """P(D+_n >= x) of the one-sided one-sample KS statistic (Birnbaum-Tingey sum, log space)."""
+    j = np.arange(0, int(np.floor(n * (1.0 - x))) + 1, dtype="float64")
+    with np.errstate(divide="ignore"):
+        log_terms = (
+            gammaln(n + 1) - gammaln(j + 1) - gammaln(n - j + 1)
+            + (n - j) * np.log(1.0 - x - j / n)
+            + (j - 1) * np.log(x + j / n)
+        )
+    log_terms = log_terms[np.isfinite(log_terms)]
+    top = log_terms.max()
+    return float(x * np.exp(top) * np.sum(np.exp(log_terms - top)))
 
 
 def _bin_counts(sorted_values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
