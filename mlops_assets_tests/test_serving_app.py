@@ -1,0 +1,266 @@
+"""The serving app under a real uvicorn server on 127.0.0.1: routing, shadow, rollback, validation, metrics, reload."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from mlops_assets.serving import prediction_log as plog
+from mlops_assets.serving.app import MappingFeatureSource, ServingConfig, create_app
+from mlops_assets.serving.models import InMemoryModelSource, compile_predictor
+from mlops_assets.serving.rollout import Guardrails, RolloutController, metrics_window
+from mlops_assets.serving.routing import MemoryAssignments, RolloutState, bucket, write_state
+from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
+from mlops_assets.training.train import TrainConfig, fit_model
+from mlops_assets_tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+
+
+@pytest.fixture(scope="module")
+def world():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        frame = synthetic_training_set(500, seed=9)
+        champion = fit_model(frame, TrainConfig(model_type="logistic_regression"), NUMERIC_FEATURES,
+                             CATEGORICAL_FEATURES)
+        challenger = fit_model(frame, TrainConfig(hyperparameters={"max_iter": 30}), NUMERIC_FEATURES,
+                               CATEGORICAL_FEATURES)
+    rows = {}
+    for i, rec in enumerate(frame[FEATURES].to_dict("records")):
+        rows[f"C{i:05d}"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in rec.items()}
+    return champion, challenger, rows
+
+
+class Server:
+    """A uvicorn server in a thread on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve(world, tmp_path):
+    champion, challenger, rows = world
+
+    def start(state: RolloutState | None = None, challenger_model=challenger, poll: float = 0.0):
+        source = InMemoryModelSource({"champion": ("1", champion), "challenger": ("2", challenger_model)})
+        config = ServingConfig(data_root=tmp_path, model_source=source, feature_source=MappingFeatureSource(rows),
+                               assignments=MemoryAssignments(), poll_interval_s=poll)
+        if state is not None:
+            write_state(state, tmp_path / "serving" / "rollout_state.json")
+        return Server(create_app(config)), source
+
+    return start
+
+
+def _predict(client: httpx.Client, customer: str, **extra):
+    response = client.post("/predict", json={"customer_id": customer, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_canary_share_within_tolerance_and_sticky_per_customer(serve, world, tmp_path):
+    _, _, rows = world
+    customers = list(rows)[:400]
+    server, _ = serve(RolloutState(mode="canary", challenger_share=0.25, experiment="exp-7"))
+    with server, httpx.Client(base_url=server.url) as client:
+        first = {c: _predict(client, c)["arm"] for c in customers}
+        again = {c: _predict(client, c)["arm"] for c in customers[:100]}
+    assert all(first[c] == again[c] for c in again)
+    share = np.mean([a == "challenger" for a in first.values()])
+    assert abs(share - 0.25) < 4 * math.sqrt(0.25 * 0.75 / len(customers))
+    # the arm is exactly the one the hash assigns
+    assert all((first[c] == "challenger") == (bucket(c, "exp-7") < 0.25) for c in customers)
+
+
+def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(serve, world, tmp_path):
+    champion, challenger, rows = world
+    customers = list(rows)[:60]
+    server, _ = serve(RolloutState(mode="shadow"))
+    with server, httpx.Client(base_url=server.url) as client:
+        answers = [_predict(client, c) for c in customers]
+        time.sleep(0.3)  # shadow scores are written after the response
+    champ, chall = compile_predictor(champion), compile_predictor(challenger)
+    for answer, c in zip(answers, customers, strict=True):
+        assert answer["arm"] == "champion" and answer["model_version"] == "1"
+        assert answer["score"] == pytest.approx(champ.predict_one(rows[c]), abs=1e-12)
+    day = plog.read_day(datetime.now(UTC).date(), tmp_path)
+    shadow = day.loc[day["shadow"]]
+    assert len(shadow) == len(customers) and set(shadow["arm"]) == {"challenger"}
+    by_request = shadow.set_index("request_id")
+    for answer, c in zip(answers, customers, strict=True):
+        logged = by_request.loc[answer["request_id"], "score"]
+        assert logged == pytest.approx(chall.predict_one(rows[c]), abs=1e-12)
+        assert logged != pytest.approx(answer["score"], abs=1e-9)  # the two models really differ
+
+
+class _Broken:
+    """A challenger that fails on every request (the injected error spike)."""
+
+    feature_names_in_ = np.array(FEATURES, dtype=object)
+
+    def predict_proba(self, frame):
+        raise RuntimeError("injected failure")
+
+
+def test_error_spike_rolls_back_and_the_server_follows_the_state_file(serve, world, tmp_path):
+    _, _, rows = world
+    customers = list(rows)[:300]
+    controller = RolloutController(tmp_path)
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    server, _ = serve(challenger_model=_Broken())
+    controller.start_canary("exp-9")
+    controller.step(metrics_window(plog.read_since(start, tmp_path)), Guardrails(min_requests=0))  # 5% -> 25%
+    assert controller.state().challenger_share == 0.25
+    with server, httpx.Client(base_url=server.url) as client:
+        answers = [_predict(client, c) for c in customers]  # callers never see the failures: the champion answers
+        assert {a["arm"] for a in answers} == {"champion"}
+        window = metrics_window(plog.read_since(start, tmp_path))
+        assert window.arm("challenger").errors > 40
+        decision = controller.step(window, Guardrails())
+        assert decision.action == "rollback" and "error rate" in decision.reason
+        after = [_predict(client, c) for c in customers[:50]]
+        health = client.get("/health").json()
+    assert health["rollout"]["mode"] == "direct"
+    assert {a["mode"] for a in after} == {"direct"}
+    history = controller.history()
+    assert list(history["action"]) == ["start", "advance", "rollback"]
+
+
+MALFORMED = [
+    (b"", "empty body"),
+    (b"not json", "not JSON"),
+    (b'{"customer_id": "C00001"', "truncated JSON"),
+    (b"[1, 2, 3]", "a list"),
+    (b'"C00001"', "a string"),
+    (b"{}", "missing customer_id"),
+    (b'{"customer_id": 17}', "number id"),
+    (b'{"customer_id": ""}', "empty id"),
+    (b'{"customer_id": null}', "null id"),
+    (b'{"customer_id": "' + b"x" * 300 + b'"}', "long id"),
+    (b'{"customer_id": "a\\u0001b"}', "control character"),
+    (b'{"customer_id": "C00001", "extra": 1}', "unknown field"),
+    (b'{"customer_id": "C00001", "features": [1, 2]}', "features as a list"),
+    (b'{"customer_id": "C00001", "features": {"logins_30d": [1]}}', "nested value"),
+    (b'{"customer_id": "C00001", "features": {"logins_30d": 1}}', "missing features"),
+    (b'{"customer_id": "nobody"}', "unknown customer"),
+    (b'\xff\xfe{"customer_id": "C00001"}', "invalid UTF-8"),
+    (b"[" * 5000 + b"]" * 5000, "deep nesting"),
+]
+
+
+def _full_features(rows, **change):
+    return {"customer_id": "C00001", "features": dict(rows["C00001"]) | change}
+
+
+def test_malformed_requests_get_a_4xx_with_a_message_never_a_500(serve, world):
+    _, _, rows = world
+    typed = [
+        (_full_features(rows, logins_30d="many"), "string for a number"),
+        (_full_features(rows, logins_30d=True), "bool for a number"),
+        (_full_features(rows, plan=3), "number for a category"),
+        (_full_features(rows, unknown_feature=1.0), "unknown feature"),
+    ]
+    server, _ = serve()
+    with server, httpx.Client(base_url=server.url) as client:
+        for body, what in MALFORMED:
+            response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert 400 <= response.status_code < 500, (what, response.status_code, response.text)
+            assert response.json()["error"], what
+        for body, what in typed:
+            response = client.post("/predict", json=body)
+            assert response.status_code == 422, (what, response.text)
+        for literal in (b"NaN", b"Infinity", b"1e400"):
+            body = b'{"customer_id": "C00001", "features": {"logins_30d": ' + literal + b"}}"
+            assert 400 <= client.post("/predict", content=body).status_code < 500, literal
+        big = client.post("/predict", content=b'{"customer_id": "' + b"x" * 20_000 + b'"}')
+        assert big.status_code == 413 and "larger than" in big.json()["error"]
+
+        def chunks():  # no content-length: the limit holds on the streamed body too
+            for _ in range(40):
+                yield b" " * 1000
+
+        assert client.post("/predict", content=chunks()).status_code == 413
+        assert client.get("/predict").status_code == 405
+        assert client.get("/nowhere").status_code == 404
+        assert _predict(client, "C00001", features=rows["C00001"])["arm"] == "champion"  # and good ones still work
+        metrics = client.get("/metrics").text
+    assert 'mlops_serving_rejected_total{status_code="422"}' in metrics
+    assert "status_code=\"500\"" not in metrics
+
+
+def test_prometheus_metrics_by_model_version_and_arm(serve, world):
+    _, _, rows = world
+    server, _ = serve(RolloutState(mode="ab", challenger_share=0.5, experiment="m"))
+    with server, httpx.Client(base_url=server.url) as client:
+        answers = [_predict(client, c) for c in list(rows)[:40]]
+        text = client.get("/metrics").text
+        health = client.get("/health").json()
+    n_ch = sum(a["arm"] == "challenger" for a in answers)
+    assert f'mlops_serving_requests_total{{arm="challenger",model_version="2",status="ok"}} {float(n_ch)}' in text
+    assert f'mlops_serving_requests_total{{arm="champion",model_version="1",status="ok"}} {float(40 - n_ch)}' in text
+    assert 'mlops_serving_latency_seconds_bucket{arm="champion",le="0.005",model_version="1"}' in text
+    assert 'mlops_serving_latency_seconds_count{arm="challenger",model_version="2"}' in text
+    assert health["status"] == "ok" and health["models"]["champion"]["fast_path"] is True
+
+
+def test_alias_change_is_picked_up_without_downtime(serve, world):
+    champion, challenger, rows = world
+    server, source = serve(poll=0.1)
+    customers = list(rows)[:50]
+    statuses, versions, stop = [], [], threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=server.url) as client:
+            while not stop.is_set():
+                for c in customers:
+                    r = client.post("/predict", json={"customer_id": c})
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        versions.append(r.json()["model_version"])
+
+    with server:
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        time.sleep(0.3)
+        source.set("champion", "7", challenger)
+        deadline = time.monotonic() + 5
+        while (not versions or versions[-1] != "7") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        stop.set()
+        worker.join()
+        with httpx.Client(base_url=server.url) as client:
+            text = client.get("/metrics").text
+    assert set(statuses) == {200}
+    assert versions[0] == "1" and versions[-1] == "7"
+    switch = versions.index("7")
+    assert set(versions[switch:]) == {"7"}  # once swapped, never back
+    assert 'mlops_serving_model_reloads_total{alias="champion"} 2.0' in text
