@@ -291,3 +291,16 @@ def test_alert_sink_writes_file_and_posts_webhook(tmp_path, data):
     dead = AlertSink(tmp_path / "alerts" / "alerts.jsonl", "http://127.0.0.1:9/none", timeout_s=1)
     assert dead.send(gate_failure_alert(failed, model_name="churn-model", version=8)).webhook_error
     assert len(read_alerts(tmp_path / "alerts" / "alerts.jsonl")) == 2
+
+
+def test_tracking_defaults_follow_data_root_and_environment(tmp_path, monkeypatch):
+    from mlops_assets.training.tracking import TrackingConfig, sqlite_path
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = TrackingConfig.for_data_root(tmp_path)
+    assert sqlite_path(local.tracking_uri) == tmp_path / "mlflow" / "mlflow.db"
+    assert local.artifact_location == str(tmp_path / "mlflow" / "artifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    server = TrackingConfig.for_data_root(tmp_path)
+    assert server.tracking_uri == "http://127.0.0.1:5000" and server.artifact_location == ""
+    assert sqlite_path(server.tracking_uri) is None

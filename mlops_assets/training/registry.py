@@ -292,7 +292,7 @@ def _download_version(client, mv, dst: str) -> str:
     source = client.get_model_version_download_uri(mv.name, mv.version)
     from mlflow.artifacts import download_artifacts
 
-    return download_artifacts(artifact_uri=source, dst_path=dst)
+    return download_artifacts(artifact_uri=source, dst_path=dst, tracking_uri=client.tracking_uri)
 
 
 def load_model_by_alias(client, alias: str = CHAMPION, *, model_name: str = MODEL_NAME,

@@ -28,8 +28,10 @@ def default_tracking_uri(data_root: str | Path | None = None) -> str:
     return f"sqlite:///{data_paths(data_root).mlflow / 'mlflow.db'}"
 
 
-def default_artifact_location(data_root: str | Path | None = None) -> str:
-    """Artifact root of the experiment: ``<data_root>/mlflow/artifacts``."""
+def default_artifact_location(data_root: str | Path | None = None, tracking_uri: str | None = None) -> str:
+    """``<data_root>/mlflow/artifacts`` for a local store; empty (the server's default) for a tracking server."""
+    if tracking_uri and urlparse(tracking_uri).scheme not in ("", "file", "sqlite"):
+        return ""
     return str(data_paths(data_root).mlflow / "artifacts")
 
 
@@ -45,10 +47,8 @@ class TrackingConfig:
     @classmethod
     def for_data_root(cls, data_root: str | Path | None = None, **overrides: str) -> TrackingConfig:
         """The default layout under a data root (the tracking URI honours ``$MLFLOW_TRACKING_URI``)."""
-        values = {
-            "tracking_uri": default_tracking_uri(data_root),
-            "artifact_location": default_artifact_location(data_root),
-        }
+        uri = overrides.get("tracking_uri") or default_tracking_uri(data_root)
+        values = {"tracking_uri": uri, "artifact_location": default_artifact_location(data_root, uri)}
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**values)
 
@@ -89,10 +89,16 @@ def ensure_tracking_store(config: TrackingConfig) -> str:
         client.search_experiments(max_results=1)
         experiment = client.get_experiment_by_name(config.experiment_name)
         if experiment is None:
-            artifact_location = config.artifact_location
-            if "://" not in artifact_location:
+            artifact_location = config.artifact_location or None  # None: the tracking server decides
+            if artifact_location and "://" not in artifact_location:
                 Path(artifact_location).mkdir(parents=True, exist_ok=True)
-            experiment_id = client.create_experiment(config.experiment_name, artifact_location=artifact_location)
+            try:
+                experiment_id = client.create_experiment(config.experiment_name,
+                                                         artifact_location=artifact_location)
+            except MlflowException as exc:  # another process (no file lock on a server) created it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment_id = client.get_experiment_by_name(config.experiment_name).experiment_id
         else:
             experiment_id = experiment.experiment_id
         try:
