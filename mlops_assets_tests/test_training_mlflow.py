@@ -17,6 +17,7 @@ from mlops_assets.training import registry
 from mlops_assets.training.alerts import AlertSink, read_alerts
 from mlops_assets.training.evaluate import evaluate
 from mlops_assets.training.gates import GateThresholds, evaluate_gates
+from mlops_assets.training.lifecycle import run_lifecycle
 from mlops_assets.training.reproduce import reproduce
 from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
 from mlops_assets.training.tracking import TrackingConfig, client_for
@@ -265,3 +266,22 @@ def test_two_processes_train_against_one_fresh_store(tmp_path):
     versions = sorted(int(line.split()[1]) for out, _ in outputs for line in out.splitlines()
                       if line.startswith("VERSION"))
     assert versions == [1, 2]
+
+
+def test_lifecycle_promotes_a_passing_challenger_over_the_champion(store, second, tmp_path):
+    tracking, df, first, _ = store
+    changed, retrained = second
+    client = client_for(tracking)
+    _reset_aliases(client, tracking.model_name)
+    history = tmp_path / "history.sqlite"
+    registry.promote(client, first.version, "baseline", history_path=history)
+    lenient = GateThresholds(max_accuracy_drop=1.0, min_roc_auc=0.0, max_p99_latency_ms=10_000, max_bias_score=1.0,
+                             min_test_coverage=0.0)
+    result = run_lifecycle(changed, CONFIG, **FEATURES, thresholds=lenient, tracking=tracking, data_root=tmp_path,
+                           history_path=history, latency_calls=5)
+    assert result.trained.cached and result.trained.version == retrained.version
+    assert result.evaluation.report.champion_version == first.version
+    assert result.promotion is not None and result.promotion.version == retrained.version
+    assert int(registry.alias_version(client, registry.CHAMPION).version) == retrained.version
+    assert all(p.parent == tmp_path / "reports" for p in result.evaluation.paths.values())
+    assert list(registry.read_promotion_history(history)["version"]) == [first.version, retrained.version]
