@@ -85,7 +85,7 @@ def test_missing_store_reads_as_missing(tmp_path):
 def test_atomic_refresh_under_concurrent_reads(tmp_path):
     """A reader hammering the store while refreshes swap it never sees a mix of two refreshes."""
     fs = FeatureStore(tmp_path, views=[X, Y])
-    ids = [f"C{i}" for i in range(300)]
+    ids = [f"C{i}" for i in range(200)]
     stop = threading.Event()
     seen: set[int] = set()
     errors: list[str] = []
@@ -111,7 +111,7 @@ def test_atomic_refresh_under_concurrent_reads(tmp_path):
     publish(0)
     thread = threading.Thread(target=reader)
     thread.start()
-    for k in range(1, 25):
+    for k in range(1, 11):
         publish(k)
     stop.set()
     thread.join(timeout=30)

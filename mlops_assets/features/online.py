@@ -196,25 +196,31 @@ class OnlineStore:
                                       "refreshed_at": refreshed_at, "values": dict(zip(feats, row[2:], strict=True))}
         return out
 
+    def read_dict(
+        self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
+    ) -> dict[str, list]:
+        """Columns as lists (the fast path): ``customer_id``, features, ``<view>__status`` / ``__feature_timestamp``."""
+        wanted = resolve_features(features, self.views)
+        ids = list(entity_ids)
+        results = self.lookup_many(ids, wanted, now)
+        columns: dict[str, list] = {"customer_id": ids}
+        for view, feats in wanted.items():
+            items = [res[view] for res in results]
+            for feat in feats:
+                columns[feat] = [item["values"][feat] for item in items]
+            columns[f"{view}__status"] = [item["status"] for item in items]
+            columns[f"{view}__feature_timestamp"] = [item["feature_timestamp"] for item in items]
+        return columns
+
     def read(
         self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
     ) -> pd.DataFrame:
-        """A frame: ``customer_id``, the features, and per view ``<view>__status`` / ``__feature_timestamp``."""
-        wanted = resolve_features(features, self.views)
-        results = self.lookup_many(list(entity_ids), wanted, now)
-        rows = []
-        for entity, res in zip(entity_ids, results, strict=True):
-            row: dict = {"customer_id": entity}
-            for view, item in res.items():
-                row.update(item["values"])
-                row[f"{view}__status"] = item["status"]
-                row[f"{view}__feature_timestamp"] = item["feature_timestamp"]
-            rows.append(row)
-        columns = ["customer_id"] + [c for view, feats in wanted.items()
-                                     for c in (*feats, f"{view}__status", f"{view}__feature_timestamp")]
-        frame = pd.DataFrame(rows, columns=columns)
-        for view in wanted:
-            frame[f"{view}__feature_timestamp"] = pd.to_datetime(frame[f"{view}__feature_timestamp"], utc=True)
+        """:meth:`read_dict` as a DataFrame (feature timestamps as UTC datetimes)."""
+        columns = self.read_dict(entity_ids, features, now)
+        frame = pd.DataFrame(columns)
+        for name in columns:
+            if name.endswith("__feature_timestamp"):
+                frame[name] = pd.Series(columns[name], dtype="datetime64[us, UTC]")
         return frame
 
 

@@ -104,7 +104,8 @@ def _source_relation(con: duckdb.DuckDBPyConnection, src: FeatureSource, alias: 
         if not files:
             return "", ""
         scan = f"read_parquet([{', '.join(_lit(f) for f in files)}], file_row_number = true)"
-        order_fields = ["'f': CAST(file_index AS BIGINT)", "'r': CAST(file_row_number AS BIGINT)"]
+        # one BIGINT: file position in the high bits, row in the file in the low 32 bits
+        order_fields = ["'r': CAST(file_index AS BIGINT) * 4294967296 + CAST(file_row_number AS BIGINT)"]
     ts = _q(src.timestamp)
     key_fields = [f"'t': {ts}"]
     ent_fields = ["'t': __ts"]
@@ -112,7 +113,7 @@ def _source_relation(con: duckdb.DuckDBPyConnection, src: FeatureSource, alias: 
         key_fields.append(f"'c': CAST({_q(src.created)} AS TIMESTAMPTZ)")
         ent_fields.append("'c': 'infinity'::TIMESTAMPTZ")
     key_fields += order_fields
-    ent_fields += [f"{f.split(':')[0]}: {_BIG}" for f in order_fields]
+    ent_fields.append(f"'r': {_BIG}")
     select = ", ".join([f"CAST({_q(src.entity)} AS VARCHAR) AS __key", f"{ts} AS __fts"]
                        + [f"{_q(f)} AS {_q(f'__f{i}')}" for i, f in enumerate(src.features)])
     sql = (f"SELECT {select}, {{{', '.join(key_fields)}}} AS __k FROM {scan} "
@@ -160,13 +161,17 @@ def point_in_time_join(
             out_cols += [f"CASE WHEN {ok} THEN {alias}.{_q(f'__f{j}')} END AS {_q(out)}"
                          for j, out in enumerate(src.out_features)]
             out_cols.append(f"CASE WHEN {ok} THEN {alias}.__fts END AS {_q(src.timestamp_column)}")
-        query = (f"SELECT {', '.join(out_cols) if out_cols else '1 AS __none'} "
-                 f"FROM (SELECT *{''.join(ent_keys)} FROM __entities) e {' '.join(joins)} ORDER BY e.__row")
+        query = (f"SELECT {', '.join(['e.__row', *out_cols])} "
+                 f"FROM (SELECT *{''.join(ent_keys)} FROM __entities) e {' '.join(joins)}")
         result = con.sql(query).to_arrow_table()
     finally:
         con.close()
+    # back to input order: __row is a permutation of 0..n-1, so invert it (cheaper than a SQL sort)
+    rows = result.column("__row").to_numpy()
+    order = np.empty_like(rows)
+    order[rows] = np.arange(len(rows), dtype=rows.dtype)
     out = entity_df.reset_index(drop=True)
-    frame = result.to_pandas()
+    frame = result.take(order).to_pandas()
     frame.index = out.index
     pieces = [out]
     for i, src in enumerate(sources):

@@ -62,9 +62,13 @@ class FeatureStore:
         self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
     ) -> pd.DataFrame:
         """Latest served values per entity, with ``<view>__status`` (ok / expired / missing)."""
-        if self._online is None:
-            self._online = online.OnlineStore(self.paths, self.views)
-        return self._online.read(list(entity_ids), features, now)
+        return self.online_store().read(list(entity_ids), features, now)
+
+    def get_online_features_dict(
+        self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
+    ) -> dict[str, list]:
+        """Like :meth:`get_online_features` as ``{column: [values]}``: the low-latency path for serving."""
+        return self.online_store().read_dict(list(entity_ids), features, now)
 
     def online_store(self) -> online.OnlineStore:
         """The open online-store reader (for low-latency single lookups)."""
