@@ -255,7 +255,7 @@ def main() -> None:
     lines = [
         "# Drift benchmark: mlops_assets vs Evidently",
         "",
-        f"Command: `uv run --locked python benchmarks/bench_drift.py{' --quick' if args.quick else ''}` "
+        f"Command: `{' '.join(['uv run --locked python benchmarks/bench_drift.py', *sys.argv[1:]])}` "
         f"({time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} cores, shared machine; "
         "each side in its own subprocess with one BLAS/OpenMP thread).",
         "",
