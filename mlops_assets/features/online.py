@@ -49,6 +49,17 @@ def _from_us(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + value * _US
 
 
+_CHUNK = 5000  # keys per IN (...) query, below SQLite's variable limit
+
+
+def _status(row: tuple | None, ttl: float | None, now_us: int) -> str:
+    if row is None:
+        return "missing"
+    if ttl is not None and now_us - row[1] > ttl * 1_000_000:
+        return "expired"
+    return "ok"
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -92,7 +103,8 @@ def refresh(
                 frame = _latest_rows(view, files) if files else pd.DataFrame(
                     columns=["entity", "fts", *view.feature_names])
                 cols = ", ".join(_q(f) for f in view.feature_names)
-                con.execute(f"CREATE TABLE {_q('v_' + view.name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols})")
+                con.execute(f"CREATE TABLE {_q('v_' + view.name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) "
+                            "WITHOUT ROWID")
                 rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
                 marks = ", ".join("?" * (len(view.feature_names) + 2))
                 con.executemany(f"INSERT INTO {_q('v_' + view.name)} VALUES ({marks})", rows)
@@ -130,6 +142,7 @@ class OnlineStore:
             if self._con is not None:
                 self._con.close()
             con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            con.execute("PRAGMA mmap_size = 268435456")  # read pages from the mapped file, no syscalls
             self._meta = {
                 view: (ttl, refreshed, json.loads(feats))
                 for view, ttl, refreshed, feats in con.execute(
@@ -154,12 +167,11 @@ class OnlineStore:
         """One entity: ``{view: {"status", "feature_timestamp", "refreshed_at", "values": {...}}}``."""
         return self.lookup_many([entity_id], wanted, now)[0]
 
-    def lookup_many(
-        self, entity_ids: Sequence[str], wanted: dict[str, list[str]], now: datetime | None = None
-    ) -> list[dict[str, dict]]:
-        """Like :meth:`lookup` for many entities, all read from the same refresh."""
-        now_us = _us(now or datetime.now(UTC))
-        out: list[dict[str, dict]] = [{} for _ in entity_ids]
+    def _snapshot(
+        self, entity_ids: Sequence[str], wanted: dict[str, list[str]]
+    ) -> dict[str, tuple[float | None, int | None, dict[str, tuple]]]:
+        """Per view: (ttl seconds, refreshed-at µs, {entity: row}), all from one refresh."""
+        out: dict[str, tuple[float | None, int | None, dict[str, tuple]]] = {}
         with self._lock:
             con = self._connection()
             for view, feats in wanted.items():
@@ -177,23 +189,32 @@ class OnlineStore:
                             found[row[0]] = row
                     else:
                         unique = list(dict.fromkeys(entity_ids))
-                        for start in range(0, len(unique), 500):
-                            chunk = unique[start:start + 500]
+                        for start in range(0, len(unique), _CHUNK):
+                            chunk = unique[start:start + _CHUNK]
                             marks = ", ".join("?" * len(chunk))
-                            for row in con.execute(f"SELECT {cols} FROM {table} WHERE entity IN ({marks})", chunk):
-                                found[row[0]] = row
-                refreshed_at = _from_us(refreshed)
-                for slot, entity in zip(out, entity_ids, strict=True):
-                    row = found.get(entity)
-                    if row is None:
-                        slot[view] = {"status": "missing", "feature_timestamp": None,
-                                      "refreshed_at": refreshed_at, "values": dict.fromkeys(feats)}
-                    elif ttl is not None and now_us - row[1] > ttl * 1_000_000:
-                        slot[view] = {"status": "expired", "feature_timestamp": _from_us(row[1]),
-                                      "refreshed_at": refreshed_at, "values": dict.fromkeys(feats)}
-                    else:
-                        slot[view] = {"status": "ok", "feature_timestamp": _from_us(row[1]),
-                                      "refreshed_at": refreshed_at, "values": dict(zip(feats, row[2:], strict=True))}
+                            rows = con.execute(f"SELECT {cols} FROM {table} WHERE entity IN ({marks})", chunk)
+                            found.update({row[0]: row for row in rows.fetchall()})
+                out[view] = (ttl, refreshed, found)
+        return out
+
+    def lookup_many(
+        self, entity_ids: Sequence[str], wanted: dict[str, list[str]], now: datetime | None = None
+    ) -> list[dict[str, dict]]:
+        """Like :meth:`lookup` for many entities, all read from the same refresh."""
+        now_us = _us(now or datetime.now(UTC))
+        out: list[dict[str, dict]] = [{} for _ in entity_ids]
+        for view, (ttl, refreshed, found) in self._snapshot(entity_ids, wanted).items():
+            feats = wanted[view]
+            refreshed_at = _from_us(refreshed)
+            for slot, entity in zip(out, entity_ids, strict=True):
+                row = found.get(entity)
+                status = _status(row, ttl, now_us)
+                slot[view] = {
+                    "status": status,
+                    "feature_timestamp": None if row is None else _from_us(row[1]),
+                    "refreshed_at": refreshed_at,
+                    "values": dict(zip(feats, row[2:], strict=True)) if status == "ok" else dict.fromkeys(feats),
+                }
         return out
 
     def read_dict(
@@ -202,14 +223,20 @@ class OnlineStore:
         """Columns as lists (the fast path): ``customer_id``, features, ``<view>__status`` / ``__feature_timestamp``."""
         wanted = resolve_features(features, self.views)
         ids = list(entity_ids)
-        results = self.lookup_many(ids, wanted, now)
+        now_us = _us(now or datetime.now(UTC))
         columns: dict[str, list] = {"customer_id": ids}
-        for view, feats in wanted.items():
-            items = [res[view] for res in results]
-            for feat in feats:
-                columns[feat] = [item["values"][feat] for item in items]
-            columns[f"{view}__status"] = [item["status"] for item in items]
-            columns[f"{view}__feature_timestamp"] = [item["feature_timestamp"] for item in items]
+        stamps: dict[int, datetime | None] = {}  # rows of a view mostly share a few timestamps
+        for view, (ttl, _refreshed, found) in self._snapshot(ids, wanted).items():
+            rows = [found.get(e) for e in ids]
+            limit = None if ttl is None else now_us - ttl * 1_000_000
+            statuses = ["missing" if row is None else "expired" if limit is not None and row[1] < limit else "ok"
+                        for row in rows]
+            for j, feat in enumerate(wanted[view], start=2):
+                columns[feat] = [row[j] if st == "ok" else None for row, st in zip(rows, statuses, strict=True)]
+            columns[f"{view}__status"] = statuses
+            columns[f"{view}__feature_timestamp"] = [
+                None if row is None else stamps.get(row[1]) or stamps.setdefault(row[1], _from_us(row[1]))
+                for row in rows]
         return columns
 
     def read(
