@@ -19,13 +19,14 @@ the same bytes (and content hash).
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from mlops_assets.features.pit import duckdb_cursor
 from mlops_assets.features.views import FeatureView
 from mlops_assets.settings import DataPaths, partitions_start
 from mlops_assets.storage import partition_glob, table_hash, write_partition
@@ -76,7 +77,12 @@ def feature_files(paths: DataPaths, view_name: str) -> list[str]:
     table_dir = feature_table_dir(paths, view_name)
     if not table_dir.is_dir():
         return []
-    return [str(p) for p in sorted(table_dir.glob("date=*/*.parquet"))]
+    files = []
+    with os.scandir(table_dir) as days:
+        for day in sorted(d.path for d in days if d.name.startswith("date=") and d.is_dir()):
+            with os.scandir(day) as parts:
+                files += sorted(p.path for p in parts if p.name.endswith(".parquet"))
+    return files
 
 
 def _ts(value: datetime) -> str:
@@ -178,9 +184,8 @@ def compute_view_table(view: FeatureView, day: str, paths: DataPaths) -> pa.Tabl
     if not files:
         return schema.empty_table()
     sql = (_event_view_sql if view.lookback_days is not None else _snapshot_view_sql)(view, files, day)
-    con = duckdb.connect()
+    con = duckdb_cursor()
     try:
-        con.execute("SET TimeZone = 'UTC'")
         table = con.sql(sql).to_arrow_table()
     finally:
         con.close()

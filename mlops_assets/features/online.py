@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 from mlops_assets.features.compute import feature_files
+from mlops_assets.features.pit import duckdb_cursor
 from mlops_assets.features.views import FEATURE_VIEWS, FeatureView, resolve_features
 from mlops_assets.settings import DataPaths
 
@@ -74,7 +74,7 @@ def _latest_rows(view: FeatureView, files: list[str]) -> pd.DataFrame:
         QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}
             ORDER BY feature_timestamp DESC, file_index DESC, file_row_number DESC) = 1
     """
-    con = duckdb.connect()
+    con = duckdb_cursor()
     try:
         return con.sql(sql).to_arrow_table().to_pandas()
     finally:

@@ -21,6 +21,8 @@ tie rule costs no extra pass.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -55,6 +57,23 @@ class FeatureSource:
     @property
     def out_features(self) -> list[str]:
         return list(self.output_names) if self.output_names else list(self.features)
+
+
+_BASE: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_BASE_LOCK = threading.Lock()
+
+
+def duckdb_cursor() -> duckdb.DuckDBPyConnection:
+    """A fresh cursor on a per-process in-memory DuckDB (connecting costs tens of ms; a cursor does not)."""
+    global _BASE
+    with _BASE_LOCK:
+        if _BASE is None or _BASE[0] != os.getpid():
+            con = duckdb.connect()
+            con.execute("SET GLOBAL TimeZone = 'UTC'")
+            _BASE = (os.getpid(), con)
+        cursor = _BASE[1].cursor()
+    cursor.execute("SET TimeZone = 'UTC'")
+    return cursor
 
 
 def _q(name: str) -> str:
@@ -137,9 +156,8 @@ def point_in_time_join(
     clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(entity_df.columns)))
     if clash:
         raise ValueError(f"output column names collide: {clash}")
-    con = duckdb.connect()
+    con = duckdb_cursor()
     try:
-        con.execute("SET TimeZone = 'UTC'")
         con.register("__entities", _entity_table(entity_df, entity, event_timestamp))
         joins: list[str] = []
         ent_keys: list[str] = []
