@@ -5,6 +5,8 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --locked
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export UV_LINK_MODE ?= copy
+# compile .pyc files at install: imports stay fast even where PYTHONDONTWRITEBYTECODE is set
+export UV_COMPILE_BYTECODE ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast ui bench lint format env clean dagster-home

@@ -38,6 +38,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config)
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from mlops_assets.featurestore import FeatureStore
+
+    catalog = FeatureStore().list_features(search=args.search)
+    if catalog.empty:
+        print(f"no feature matches {args.search!r}")
+        return 1
+    columns = ["reference", "dtype", "aggregation", "ttl", "owner", "tags", "description"]
+    print(catalog[columns].to_string(index=False, max_colwidth=60))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mlops_assets.serving.app import serve
+
+    serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    return 0
+
+
 def _add_world_arguments(parser: argparse.ArgumentParser, customers: int, days: int) -> None:
     parser.add_argument(
         "--customers", type=int, default=customers, help=f"number of customers (default {customers})"
@@ -67,10 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world_arguments(demo, customers=5000, days=120)
     demo.add_argument("--fresh", action="store_true", help="delete data/ runtime state first")
     demo.set_defaults(func=_cmd_demo)
+
+    drift = sub.add_parser(
+        "drift",
+        help="drift statistics between two Parquet/CSV files (mlops drift REFERENCE CURRENT [--json])",
+        add_help=False,
+    )
+    drift.add_argument("args", nargs="*", help="see `mlops drift --help`")
+
+    features = sub.add_parser("features", help="the feature catalog")
+    features_sub = features.add_subparsers(dest="features_command", required=True)
+    listing = features_sub.add_parser("list", help="list feature views and features")
+    listing.add_argument("--search", default=None, help="match feature/view name, tag or owner")
+    listing.set_defaults(func=_cmd_features)
+
+    serve = sub.add_parser("serve", help="serve the champion over HTTP (FastAPI + uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["drift"]:  # the drift command owns its options (argparse's REMAINDER skips leading flags)
+        from mlops_assets.monitoring.report import drift_command
+
+        return drift_command(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -87,3 +88,56 @@ def test_cli_reports_bad_arguments_without_a_stack_trace(capsys):
         main(["simulate", "--customers", "many"])
     assert exc.value.code == 2
     assert "invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_job_backfill_is_run_by_the_daemon(data_dir, dagster_home):
+    days = ["2026-02-10", "2026-02-11"]
+    for day in days:
+        write_events(data_dir, day)
+    env = _env(data_dir, dagster_home)
+    proc = subprocess.run(
+        [BIN / "dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "ingestion_job"]
+        + ["--from", days[0], "--to", days[-1], "--noprompt"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Launched backfill job" in proc.stdout + proc.stderr
+    log = open(dagster_home / "daemon.log", "w")  # noqa: SIM115 - closed below
+    daemon = subprocess.Popen(
+        [BIN / "dagster-daemon", "run", "-w", "workspace.yaml"],
+        cwd=PROJECT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        statuses: list = []
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            while time.monotonic() < deadline:
+                [backfill] = instance.get_backfills()
+                runs = instance.get_runs()
+                statuses = [r.status for r in runs]
+                if backfill.status.value != "REQUESTED" and runs and all(r.is_finished for r in runs):
+                    break
+                time.sleep(2)
+        # every run the backfill launched succeeded, and every day of it landed
+        print("backfill runs:", statuses)
+        assert statuses and set(statuses) == {dg.DagsterRunStatus.SUCCESS}, (
+            statuses,
+            (dagster_home / "daemon.log").read_text()[-2000:],
+        )
+        for day in days:
+            assert (data_dir.partition_dir("raw_events", day) / "part-0.parquet").exists()
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log.close()
