@@ -264,3 +264,23 @@ def test_alias_change_is_picked_up_without_downtime(serve, world):
     switch = versions.index("7")
     assert set(versions[switch:]) == {"7"}  # once swapped, never back
     assert 'mlops_serving_model_reloads_total{alias="champion"} 2.0' in text
+
+
+def test_canary_demo_promotes_a_healthy_challenger_and_rolls_back_a_broken_one(world, tmp_path):
+    from mlops_assets.serving.demo import canary_demo
+
+    champion, _, _ = world
+    frame = synthetic_training_set(500, seed=10)
+    challenger = fit_model(frame, TrainConfig(model_type="logistic_regression", hyperparameters={"C": 0.5}),
+                           NUMERIC_FEATURES, CATEGORICAL_FEATURES)  # a close retrain: its scores pass the guardrails
+    # a canary at 5% needs many distinct customers for its score distribution to mean anything
+    many = synthetic_training_set(4000, seed=11)[FEATURES].to_dict("records")
+    rows = {f"D{i:05d}": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for i, r in enumerate(many)}
+    lines: list[str] = []
+    good = canary_demo(tmp_path / "a", champion, challenger, rows, requests_per_step=200, printer=lines.append)
+    assert [d.action for d in good] == ["advance"] * 4 and good[-1].promote
+    assert any("rollout complete" in line for line in lines)
+    bad = canary_demo(tmp_path / "b", champion, challenger, rows, requests_per_step=200, break_challenger_at_step=1,
+                      printer=lines.append)
+    assert [d.action for d in bad] == ["advance", "rollback"] and "error rate" in bad[-1].reason

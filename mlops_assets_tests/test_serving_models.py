@@ -116,3 +116,25 @@ def test_model_manager_swaps_on_alias_move_and_keeps_serving_on_a_bad_load(train
     assert manager.get("champion").version == "2"  # still serving the last good model
     assert "SHA-256" in manager.last_error["champion"]
     assert swaps == [("champion", "1"), ("champion", "2")]
+
+
+def test_batch_scoring_adds_the_challenger_only_in_shadow_mode(training):
+    import pandas as pd
+
+    from mlops_assets.serving.batch import score_customers
+    from mlops_assets.serving.routing import RolloutState
+
+    m1 = fit_model(training, TrainConfig(model_type="logistic_regression"), NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+    m2 = fit_model(training, TrainConfig(hyperparameters={"max_iter": 20}), NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+    manager = ModelManager(InMemoryModelSource({"champion": ("1", m1), "challenger": ("2", m2)}))
+    manager.refresh()
+    frame = training.head(50)
+    direct = score_customers(frame, manager.models)
+    assert len(direct) == 50 and set(direct["model_version"]) == {"1"}
+    np.testing.assert_allclose(direct["score"], m1.predict_proba(
+        model_inputs(frame, NUMERIC_FEATURES, CATEGORICAL_FEATURES))[:, 1])
+    shadow = score_customers(frame, manager.models, RolloutState(mode="shadow"))
+    assert len(shadow) == 100
+    ch = shadow.loc[shadow["shadow"]]
+    assert set(ch["arm"]) == {"challenger"} and set(ch["model_version"]) == {"2"}
+    assert isinstance(shadow["scored_at"].dtype, pd.DatetimeTZDtype)

@@ -44,6 +44,7 @@ class Guardrails:
     max_score_psi: float = 0.25  # PSI of challenger scores against champion scores
     min_requests: int = 200  # challenger requests needed before a step can advance
     min_error_requests: int = 20  # requests needed before an error rate can trigger a rollback
+    min_distribution_samples: int = 100  # scores per arm needed before mean shift / PSI are judged
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def evaluate_step(state: RolloutState, window: MetricsWindow, guardrails: Guardr
         broken.append(f"error rate {ch.error_rate:.3f} > {guardrails.max_error_rate}")
     if len(ch.latencies_ms) >= guardrails.min_error_requests and ch.p99_latency_ms > guardrails.max_p99_latency_ms:
         broken.append(f"p99 latency {ch.p99_latency_ms:.1f} ms > {guardrails.max_p99_latency_ms} ms")
-    if len(ch.scores) >= guardrails.min_error_requests and len(champ.scores) >= guardrails.min_error_requests:
+    # score distributions are only compared on enough scores: PSI of a few dozen scores is mostly noise
+    if min(len(ch.scores), len(champ.scores)) >= guardrails.min_distribution_samples:
         shift = abs(float(ch.scores.mean()) - float(champ.scores.mean()))
         psi = score_psi(champ.scores, ch.scores)
         metrics.update({"mean_score_shift": shift, "score_psi": psi})
@@ -175,6 +177,7 @@ class RolloutController:
 
     def __init__(self, data_root: str | Path | None = None, state_file: str | Path | None = None,
                  history_file: str | Path | None = None) -> None:
+        self.data_root = data_root
         self.state_file = Path(state_file) if state_file else state_path(data_root)
         self.history_file = Path(history_file) if history_file else data_paths(data_root).serving / HISTORY_FILE
         self._lock = threading.Lock()
@@ -223,6 +226,15 @@ class RolloutController:
                 write_state(after, self.state_file)
                 self._record(decision.action, decision.reason, before, after, decision.metrics, decision.promote)
             return decision
+
+    def step_from_log(self, guardrails: Guardrails = Guardrails(), log_directory: str | Path | None = None
+                      ) -> Decision:
+        """:meth:`step` on the prediction-log records written since the current step began."""
+        from mlops_assets.serving.prediction_log import read_since
+
+        state = self.state()
+        since = datetime.fromisoformat(state.updated_at) if state.updated_at else datetime(1970, 1, 1, tzinfo=UTC)
+        return self.step(metrics_window(read_since(since, self.data_root, log_directory)), guardrails)
 
     def rollback(self, reason: str) -> RolloutState:
         """Send all traffic back to the champion now."""

@@ -1,0 +1,105 @@
+"""A canary rollout on simulated traffic against a real local server, printing each step (for ``make demo``)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlops_assets.serving.app import MappingFeatureSource, ServingConfig, create_app
+from mlops_assets.serving.models import InMemoryModelSource
+from mlops_assets.serving.rollout import CANARY_STEPS, Decision, Guardrails, RolloutController
+from mlops_assets.serving.routing import MemoryAssignments
+
+
+class FailingModel:
+    """Stands in for a broken challenger: every prediction raises."""
+
+    def __init__(self, features: list[str]) -> None:
+        self.feature_names_in_ = np.array(features, dtype=object)
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        raise RuntimeError("simulated challenger failure")
+
+
+class LocalServer:
+    """The serving app under uvicorn in a background thread on a free 127.0.0.1 port."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LocalServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the serving app did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def predict(self, customer_id: str) -> dict:
+        """POST /predict for one customer (features from the app's feature source)."""
+        request = urllib.request.Request(self.url + "/predict", json.dumps({"customer_id": customer_id}).encode(),
+                                         {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+def canary_demo(data_root: str | Path, champion: Any, challenger: Any, feature_rows: Mapping[str, Mapping[str, Any]],
+                requests_per_step: int = 200, max_batches_per_step: int = 20,
+                break_challenger_at_step: int | None = None, seed: int = 0,
+                printer: Callable[[str], None] = print) -> list[Decision]:
+    """Run a canary 5% -> 25% -> 50% -> 100% on simulated requests; optionally break the challenger mid-way."""
+    source = InMemoryModelSource({"champion": ("1", champion), "challenger": ("2", challenger)})
+    config = ServingConfig(data_root=data_root, model_source=source, feature_source=MappingFeatureSource(feature_rows),
+                           assignments=MemoryAssignments(), poll_interval_s=0.1)
+    controller = RolloutController(data_root)
+    guardrails = Guardrails(min_requests=100, min_error_requests=10, min_distribution_samples=100)
+    customers = list(feature_rows)
+    rng = np.random.default_rng(seed)
+    decisions: list[Decision] = []
+    with LocalServer(create_app(config)) as server:
+        controller.start_canary("canary-demo", champion_version="1", challenger_version="2")
+        printer(f"canary started: {CANARY_STEPS[0]:.0%} of customers on the challenger")
+        for step in range(len(CANARY_STEPS)):
+            if break_challenger_at_step is not None and step == break_challenger_at_step:
+                source.set("challenger", "3", FailingModel(list(getattr(challenger, "feature_names_in_", []))))
+                time.sleep(0.5)  # the poller swaps the model in
+                printer("challenger replaced by a failing version")
+            sent, on_challenger = 0, 0
+            for _ in range(max_batches_per_step):  # a step holds until the challenger has seen enough requests
+                answers = [server.predict(str(c)) for c in rng.choice(customers, requests_per_step)]
+                sent += len(answers)
+                on_challenger += sum(a["arm"] == "challenger" for a in answers)
+                decision = controller.step_from_log(guardrails)
+                if decision.action != "hold":
+                    break
+            decisions.append(decision)
+            state = controller.state()
+            printer(f"step {step + 1}: {sent} requests, {on_challenger / sent:.0%} answered by the challenger -> "
+                    f"{decision.action}: {decision.reason} (now {state.mode}"
+                    + (f" {state.challenger_share:.0%})" if state.mode == "canary" else ")"))
+            if decision.action != "advance" or decision.promote:
+                break
+    if decisions and decisions[-1].promote:
+        printer("rollout complete: promote the challenger to champion")
+    return decisions
