@@ -118,3 +118,20 @@ def test_list_features_search(tmp_path):
     assert set(fs.list_features("customer-care")["view"]) == {"support"}
     assert set(fs.list_features("MONETARY")["view"]) == {"purchase_activity"}
     assert fs.list_features("no-such-thing").empty
+
+
+def test_training_set_from_stored_labels_round_trips(store):
+    labels = pd.DataFrame({
+        "customer_id": ["C2", "C1"],
+        "label_timestamp": pd.Series([T("2026-01-03 05:00"), T("2026-01-03 01:00")], dtype="datetime64[us, UTC]"),
+        "churned": pd.Series([1, 0], dtype="int8"),
+    })
+    write_partition(labels, store.paths.partition_dir("raw_labels", "2026-01-03"))
+    loaded = store.load_labels()
+    assert loaded["customer_id"].tolist() == ["C1", "C2"]  # time order
+    assert store.load_labels(["2026-01-04"]).empty
+    frame, meta = store.build_training_set(loaded, ["engagement:logins_7d"])
+    store.write_training_set(frame, meta)
+    again, meta2 = store.read_training_set()
+    assert meta2["content_hash"] == meta["content_hash"] and meta2["rows"] == 2
+    assert again["logins_7d"].tolist() == frame["logins_7d"].tolist() == [2, 5]

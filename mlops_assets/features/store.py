@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mlops_assets.features import online
 from mlops_assets.features.compute import feature_files, materialize_view
 from mlops_assets.features.pit import TS_SUFFIX, FeatureSource, assert_no_leakage, point_in_time_join
 from mlops_assets.features.views import FEATURE_VIEWS, FeatureView, resolve_features, validate_views
 from mlops_assets.settings import data_paths
-from mlops_assets.storage import frame_hash
+from mlops_assets.storage import frame_hash, partition_glob, write_partition
 
 LABEL_COLUMNS = ("customer_id", "label_timestamp", "churned")
+TRAINING_SET_DIR = "training_set"
+_META_KEY = b"mlops_assets.training_set"
 
 
 class FeatureStore:
@@ -142,3 +147,37 @@ class FeatureStore:
     def refresh_online(self, now: datetime | None = None) -> dict[str, dict]:
         """Rebuild the online store from the offline store (atomic swap)."""
         return online.refresh(self.views, self.paths, now)
+
+    def load_labels(self, days: Sequence[str] | None = None) -> pd.DataFrame:
+        """Label rows from the ``raw_labels`` partitions of ``days`` (default: every partition), in time order."""
+        table_dir = self.paths.table_dir("raw_labels")
+        if days is None:
+            files = [str(p) for p in sorted(table_dir.glob("date=*/*.parquet"))] if table_dir.is_dir() else []
+        else:
+            files = partition_glob(table_dir, days)
+        if not files:
+            return pd.DataFrame({"customer_id": pd.Series(dtype="str"),
+                                 "label_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
+                                 "churned": pd.Series(dtype="int8")})
+        frame = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+        return frame.sort_values(["label_timestamp", "customer_id"], kind="stable").reset_index(drop=True)
+
+    def training_set_dir(self) -> Path:
+        """Where the training set is stored: ``<warehouse>/training_set``."""
+        return self.paths.warehouse / TRAINING_SET_DIR
+
+    def write_training_set(self, frame: pd.DataFrame, metadata: dict) -> Path:
+        """Write the training set atomically, its metadata inside the Parquet file's schema."""
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               _META_KEY: json.dumps(metadata, default=str).encode()})
+        return write_partition(table, self.training_set_dir())
+
+    def read_training_set(self) -> tuple[pd.DataFrame, dict]:
+        """The stored training set and its metadata."""
+        path = self.training_set_dir() / "part-0.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"no training set at {path}; build one first")
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+        return table.to_pandas(), meta
