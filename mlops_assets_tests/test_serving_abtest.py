@@ -140,3 +140,25 @@ def test_analyze_stops_on_a_broken_guardrail():
         "challenger": {"error_rate": 0.2, "p99_latency_ms": 5.0, "requests": 100.0}})
     assert report.decision == "stop"
     assert "error rate" in report.reason
+
+
+def test_outcomes_from_log_take_the_first_served_arm_and_the_first_later_label():
+    t0 = pd.Timestamp("2026-03-01 10:00", tz="UTC")
+    log = pd.DataFrame({
+        "customer_id": ["C1", "C1", "C2", "C3", "C4", "C2"],
+        "arm": ["challenger", "champion", "champion", "challenger", "champion", "challenger"],
+        "ts": [t0, t0 + pd.Timedelta("1h"), t0, t0, t0, t0 - pd.Timedelta("1h")],
+        "shadow": [False, False, False, False, False, True],
+        "status": ["ok", "ok", "ok", "ok", "error", "ok"],
+        "experiment": ["e1"] * 6,
+    })
+    labels = pd.DataFrame({
+        "customer_id": ["C1", "C1", "C2", "C3", "C4"],
+        "label_timestamp": [t0 + pd.Timedelta("3D"), t0 + pd.Timedelta("1D"), t0 - pd.Timedelta("1D"),
+                            t0 + pd.Timedelta("2D"), t0 + pd.Timedelta("2D")],
+        "churned": [0, 1, 1, 0, 1],
+    })
+    out = abtest.outcomes_from_log(log, labels, "e1").set_index("customer_id")
+    assert list(out.index) == ["C1", "C3"]  # C2's only label predates its assignment; C4's request failed
+    assert out.loc["C1", "arm"] == "challenger" and out.loc["C1", "churned"] == 1  # first label after assignment
+    assert abtest.outcomes_from_log(log, labels, "other").empty

@@ -320,6 +320,26 @@ def _peeks(outcomes: pd.DataFrame, arm_a: str, arm_b: str, good: pd.Series, time
     return peeks.loc[(peeks["n_a"] > 0) & (peeks["n_b"] > 0)].reset_index(drop=True)
 
 
+def outcomes_from_log(log: pd.DataFrame, labels: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
+    """One row per customer of an experiment: the first arm that answered them and their first label after it.
+
+    ``log`` holds prediction-log rows (shadow and failed rows are ignored), ``labels`` the
+    ``raw_labels`` rows (``customer_id``, ``label_timestamp``, ``churned``). Customers without a
+    label after their first assignment are left out: their outcome is not realized yet.
+    """
+    served = log.loc[~log["shadow"].astype(bool) & (log["status"] == "ok")]
+    if experiment is not None:
+        served = served.loc[served["experiment"] == experiment]
+    first = (served.sort_values("ts", kind="stable").drop_duplicates("customer_id")
+             [["customer_id", "arm", "ts"]].rename(columns={"ts": "assigned_at"}))
+    lab = labels[["customer_id", "label_timestamp", "churned"]].copy()
+    lab["label_timestamp"] = pd.to_datetime(lab["label_timestamp"], utc=True)
+    joined = first.merge(lab, on="customer_id", how="inner")
+    joined = joined.loc[joined["label_timestamp"] > joined["assigned_at"]]
+    joined = joined.sort_values(["customer_id", "label_timestamp"], kind="stable").drop_duplicates("customer_id")
+    return joined.reset_index(drop=True)
+
+
 def analyze(outcomes: pd.DataFrame, config: ABConfig = ABConfig(), arm_a: str = "champion",
             arm_b: str = "challenger", time_column: str | None = None,
             guardrails: Mapping[str, Mapping[str, float]] | None = None) -> ABReport:

@@ -222,7 +222,8 @@ class _Service:
             self.logger.close()
 
     def record(self, rid: str, customer: str, arm: str, model: ServedModel | None, score: float | None,
-               latency_s: float, mode: str, shadow: bool = False, error: str | None = None) -> None:
+               latency_s: float, mode: str, shadow: bool = False, error: str | None = None,
+               experiment: str | None = None) -> None:
         version = model.version if model is not None else "none"
         status = "error" if error else "ok"
         if not shadow:
@@ -234,7 +235,7 @@ class _Service:
         if self.logger is not None:
             self.logger.write(PredictionRecord(rid, customer, arm, version if model else None, score,
                                                round(latency_s * 1000.0, 4), datetime.now(UTC).isoformat(), mode,
-                                               shadow, status, error))
+                                               shadow, status, error, experiment))
 
     def score(self, model: ServedModel, customer: str, explicit: dict[str, Any] | None) -> float:
         pred = model.predictor
@@ -327,7 +328,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
                                error=f"{type(exc2).__name__}: {exc2}")
                 return _problem(503, f"model {arm} failed to score: {type(exc2).__name__}")
         latency = time.perf_counter() - start
-        service.record(rid, req.customer_id, arm, model, score, latency, state.mode)
+        service.record(rid, req.customer_id, arm, model, score, latency, state.mode, experiment=state.experiment)
         payload = {"request_id": rid, "customer_id": req.customer_id, "score": score, "arm": arm,
                    "model_version": model.version, "mode": state.mode}
         task = None

@@ -23,7 +23,7 @@ from mlops_assets.settings import data_paths
 LOG_DIR = "prediction_log"
 
 COLUMNS = ("request_id", "customer_id", "arm", "model_version", "score", "latency_ms", "ts", "mode",
-           "shadow", "status", "error")
+           "shadow", "status", "error", "experiment")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class PredictionRecord:
     shadow: bool = False  # True for a challenger score computed in shadow mode (never returned)
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
+    experiment: str | None = None  # the routing salt in force (A/B analysis groups by it)
 
 
 def log_dir(data_root: str | Path | None = None) -> Path:
@@ -110,7 +111,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
     frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce").astype("float64")
     frame["shadow"] = frame["shadow"].astype(bool)
-    for col in ("request_id", "customer_id", "arm", "model_version", "mode", "status", "error"):
+    for col in ("request_id", "customer_id", "arm", "model_version", "mode", "status", "error", "experiment"):
         frame[col] = frame[col].astype(object)
     return frame.sort_values(["ts", "request_id"], kind="stable").reset_index(drop=True)
 
