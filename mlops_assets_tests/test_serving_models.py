@@ -138,3 +138,31 @@ def test_batch_scoring_adds_the_challenger_only_in_shadow_mode(training):
     ch = shadow.loc[shadow["shadow"]]
     assert set(ch["arm"]) == {"challenger"} and set(ch["model_version"]) == {"2"}
     assert isinstance(shadow["scored_at"].dtype, pd.DatetimeTZDtype)
+
+
+def test_online_feature_source_reads_the_online_store(tmp_path):
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from mlops_assets.features.compute import feature_partition_dir
+    from mlops_assets.featurestore import Feature, FeatureStore, FeatureView
+    from mlops_assets.serving.app import OnlineFeatureSource
+    from mlops_assets.storage import write_partition
+
+    views = [FeatureView("vx", (Feature("x", "int64", "x", "count", event_type="login", window_days=1),),
+                         "x", "team", ttl=timedelta(days=2), lookback_days=1),
+             FeatureView("vy", (Feature("y", "string", "y", "latest", column="plan"),), "y", "team",
+                         source="customers", ttl=None, lookback_days=None)]
+    store = FeatureStore(tmp_path, views=views)
+    stamp = pd.Timestamp("2026-01-02", tz="UTC")
+    write_partition(pd.DataFrame({"customer_id": ["C1", "C2"], "feature_timestamp": [stamp] * 2, "x": [4, 5]}),
+                    feature_partition_dir(store.paths, "vx", "2026-01-01"))
+    write_partition(pd.DataFrame({"customer_id": ["C1"], "feature_timestamp": [stamp], "y": ["basic"]}),
+                    feature_partition_dir(store.paths, "vy", "2026-01-01"))
+    store.refresh_online(now=stamp)
+    source = OnlineFeatureSource(tmp_path, views=views)
+    # read now (long after the 2-day TTL of vx): x has expired to null, the customer is still known
+    assert source.get("C1", ["x", "y"]) == {"x": None, "y": "basic"}
+    assert source.get("C2", ["y", "x"]) == {"y": None, "x": None}
+    assert source.get("C9", ["x", "y"]) is None  # unknown everywhere: the app answers 404

@@ -75,10 +75,10 @@ class FeatureSource(Protocol):
 class OnlineFeatureSource:
     """The online store through :class:`~mlops_assets.featurestore.FeatureStore` (expired values are null)."""
 
-    def __init__(self, data_root: str | Path | None = None) -> None:
+    def __init__(self, data_root: str | Path | None = None, views: Any = None) -> None:
         from mlops_assets.featurestore import FeatureStore
 
-        self.store = FeatureStore(data_root)
+        self.store = FeatureStore(data_root) if views is None else FeatureStore(data_root, views=views)
         self._wanted: dict[tuple[str, ...], dict[str, list[str]]] = {}
 
     def get(self, customer_id: str, features: list[str]) -> dict[str, Any] | None:
