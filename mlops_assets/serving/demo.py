@@ -95,7 +95,10 @@ def canary_demo(data_root: str | Path, champion: Any, challenger: Any, feature_r
                     break
             decisions.append(decision)
             state = controller.state()
-            printer(f"step {step + 1}: {sent} requests, {on_challenger / sent:.0%} answered by the challenger -> "
+            m = decision.metrics
+            printer(f"step {step + 1}: {sent} requests, {on_challenger / sent:.0%} answered by the challenger "
+                    f"({m.get('challenger_requests', 0):.0f} routed to it, error rate "
+                    f"{m.get('challenger_error_rate', 0):.1%}) -> "
                     f"{decision.action}: {decision.reason} (now {state.mode}"
                     + (f" {state.challenger_share:.0%})" if state.mode == "canary" else ")"))
             if decision.action != "advance" or decision.promote:
@@ -103,3 +106,38 @@ def canary_demo(data_root: str | Path, champion: Any, challenger: Any, feature_r
     if decisions and decisions[-1].promote:
         printer("rollout complete: promote the challenger to champion")
     return decisions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlops_assets.serving.demo``: a canary of two small models on simulated customers."""
+    import argparse
+    import math
+    import tempfile
+
+    from threadpoolctl import threadpool_limits
+
+    from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
+    from mlops_assets.training.train import TrainConfig, fit_model
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--customers", type=int, default=4000)
+    parser.add_argument("--break-at", type=int, default=None, help="break the challenger at this step (1-4)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with threadpool_limits(limits=1):
+        champion = fit_model(synthetic_training_set(1000, seed=args.seed), TrainConfig(model_type="logistic_regression"),
+                             NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+        challenger = fit_model(synthetic_training_set(1000, seed=args.seed + 1),
+                               TrainConfig(model_type="logistic_regression", hyperparameters={"C": 0.5}),
+                               NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+    frame = synthetic_training_set(args.customers, seed=args.seed + 2)[NUMERIC_FEATURES + CATEGORICAL_FEATURES]
+    rows = {f"C{i:06d}": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for i, r in enumerate(frame.to_dict("records"))}
+    with tempfile.TemporaryDirectory(prefix="canary-demo-") as root:
+        canary_demo(root, champion, challenger, rows, seed=args.seed,
+                    break_challenger_at_step=None if args.break_at is None else args.break_at - 1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
