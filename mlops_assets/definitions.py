@@ -2,10 +2,14 @@
 
 import dagster as dg
 
+from mlops_assets.features import definitions as features
 from mlops_assets.ingestion import definitions as ingestion
 from mlops_assets.resources import DataDirResource
+from mlops_assets.serving import definitions as serving
 
 defs = dg.Definitions.merge(
     ingestion.defs,
+    features.defs,
+    serving.defs,
     dg.Definitions(resources={"data": DataDirResource()}),
 )
