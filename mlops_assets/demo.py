@@ -31,17 +31,50 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def materialize_range(
     defs: dg.Definitions, selection: list[str], first: str, last: str, instance: dg.DagsterInstance
-):
+) -> dg.ExecuteInProcessResult:
     """One in-process run over a partition range (assets have single-run backfill policies)."""
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         instance=instance,
         asset_selection=[dg.AssetKey(k) for k in selection],
         tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config=QUIET,
         raise_on_error=False,
+    )
+
+
+def materialize(
+    defs: dg.Definitions, selection: list[str], instance: dg.DagsterInstance, run_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    """One in-process run of unpartitioned assets."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey(k) for k in selection],
+        run_config={**QUIET, **(run_config or {})},
+        raise_on_error=False,
+    )
+
+
+def _step(name: str, result: dg.ExecuteInProcessResult, started: float) -> bool:
+    verdict = "succeeded" if result.success else "FAILED"
+    _say(f"{name}: run {result.run_id[:8]} {verdict} in {time.monotonic() - started:.1f}s")
+    return result.success
+
+
+def features_summary(result: dg.ExecuteInProcessResult) -> str:
+    [mat] = result.asset_materializations_for_node("training_set")
+    meta = mat.metadata
+    [online] = result.asset_materializations_for_node("online_features")
+    return (
+        f"training set: {meta['dagster/row_count'].value:,} label rows, label rate {meta['label_rate'].value:.1%}, "
+        f"{meta['time_min'].value} .. {meta['time_max'].value}\n"
+        f"online store rows per view: {online.metadata['rows_per_view'].value}"
     )
 
 
@@ -103,12 +136,23 @@ def run_demo(config: DemoConfig) -> int:
         t0 = time.monotonic()
         _say(f"ingesting {first}..{last} (one run, single-run backfill)")
         result = materialize_range(defs, ["raw_events", "raw_labels", "customers"], first, last, instance)
-        _say(
-            f"ingestion run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s"
-        )
+        ok = _step("ingestion", result, t0)
         print(ingestion_summary(paths, result), flush=True)
-        if not result.success:
+        if not ok:
             _say("a blocking gate failed: see the run in the UI (make ui)")
             return 1
+
+        from mlops_assets.features.views import FEATURE_VIEWS
+
+        t0 = time.monotonic()
+        views = [v.name for v in FEATURE_VIEWS]
+        _say(f"computing feature views {views} for {first}..{last} (one run)")
+        if not _step("feature views", materialize_range(defs, views, first, last, instance), t0):
+            return 1
+        t0 = time.monotonic()
+        result = materialize(defs, ["training_set", "online_features"], instance)
+        if not _step("training set + online store", result, t0):
+            return 1
+        print(features_summary(result), flush=True)
     _say(f"done in {time.monotonic() - started:.1f}s; explore it with `make ui`")
     return 0
