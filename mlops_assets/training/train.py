@@ -321,6 +321,11 @@ def _result_from_version(mv, client, cached: bool, model: Pipeline | None = None
     )
 
 
+def registered_result(client, version: int | str, *, model_name: str = registry.MODEL_NAME) -> TrainResult:
+    """The :class:`TrainResult` of an already registered version (``cached`` is False, no fitted model)."""
+    return _result_from_version(client.get_model_version(model_name, str(version)), client, cached=False)
+
+
 def train_and_log(
     training_set: pd.DataFrame,
     config: TrainConfig,

@@ -1,0 +1,49 @@
+"""Jobs of the training domain: the retraining chain and the one-step rollback."""
+
+import dagster as dg
+
+from mlops_assets.resources import DataDirResource
+from mlops_assets.training import registry
+from mlops_assets.training.assets import candidate_model, evaluation_report, promotion
+from mlops_assets.training.resources import MlflowResource
+
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=dg.AssetSelection.assets("training_set", candidate_model, evaluation_report, promotion),
+    description="Rebuild the training set, train (or reuse) the challenger, evaluate it against the champion "
+    "and promote it when every blocking quality gate passes.",
+)
+
+
+class RollbackConfig(dg.Config):
+    """Why the champion is rolled back (recorded in the promotion history)."""
+
+    reason: str = "manual rollback"
+
+
+@dg.op(description="Restore the previous champion in one step; the registry always keeps a champion.")
+def rollback_champion(
+    context: dg.OpExecutionContext, config: RollbackConfig, data: DataDirResource, mlflow: MlflowResource
+) -> None:
+    """Move `champion` back to `previous-champion` and record the move."""
+    try:
+        record = registry.rollback(mlflow.client(), config.reason, model_name=mlflow.model_name,
+                                   dagster_run_id=context.run_id,
+                                   history_path=registry.default_history_path(data.paths.root))
+    except registry.RegistryError as exc:
+        raise dg.Failure(str(exc)) from exc
+    message = (f"{record.model_name}: champion restored to version {record.version} "
+               f"(was {record.previous_version}); reason: {record.reason}")
+    context.log.info(message)
+    # The rollback also shows on the promotion asset's timeline.
+    context.log_event(dg.AssetObservation(asset_key="promotion", metadata={
+        "champion_version": record.version,
+        "rolled_back_from": record.previous_version if record.previous_version is not None else "none",
+        "reason": record.reason,
+        "action": "rollback",
+    }))
+
+
+@dg.job(name="rollback_job", description="Restore the previous champion of churn-model in one step.")
+def rollback_job() -> None:
+    rollback_champion()
