@@ -48,7 +48,7 @@ entity_row = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     features=st.lists(feature_row, max_size=25),
     entities=st.lists(entity_row, min_size=0, max_size=25),
