@@ -91,6 +91,8 @@ def training_data_findings(instance: dg.DagsterInstance, frame: pd.DataFrame) ->
             missing.append(label)
         elif evaluation.passed:
             evidence.append(f"{label} passed")
+        elif evaluation.severity == dg.AssetCheckSeverity.WARN:  # a warning (e.g. a coerced column) is not a failure
+            evidence.append(f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300])
         else:
             detail = f": {evaluation.description}" if evaluation.description else ""
             problems.append(f"{label} failed in run {record.run_id[:8]}{detail}")
