@@ -57,6 +57,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from mlops_assets.training.cli import rollback_command
+
+    return rollback_command(args)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from mlops_assets.training.cli import reproduce_command
+
+    return reproduce_command(args.version, model_name=args.model_name)
+
+
 def _add_world_arguments(parser: argparse.ArgumentParser, customers: int, days: int) -> None:
     parser.add_argument(
         "--customers", type=int, default=customers, help=f"number of customers (default {customers})"
@@ -99,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = features_sub.add_parser("list", help="list feature views and features")
     listing.add_argument("--search", default=None, help="match feature/view name, tag or owner")
     listing.set_defaults(func=_cmd_features)
+
+    from mlops_assets.training.cli import add_reproduce_arguments, add_rollback_arguments
+
+    rollback = sub.add_parser("rollback", help="restore the previous champion in one step")
+    add_rollback_arguments(rollback)
+    rollback.set_defaults(func=_cmd_rollback)
+
+    reproduce = sub.add_parser("reproduce", help="retrain a registered version and compare its predictions")
+    add_reproduce_arguments(reproduce)
+    reproduce.set_defaults(func=_cmd_reproduce)
 
     serve = sub.add_parser("serve", help="serve the champion over HTTP (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -106,6 +106,25 @@ def ingestion_summary(paths: DataPaths, result: dg.ExecuteInProcessResult) -> st
     return "\n".join(lines)
 
 
+def training_summary(result: dg.ExecuteInProcessResult) -> str:
+    lines = []
+    for mat in result.asset_materializations_for_node("candidate_model"):
+        meta = mat.metadata
+        cached = " (reused: nothing changed)" if meta.get("cached") and meta["cached"].value else ""
+        lines.append(f"candidate: churn-model v{meta['version'].value}{cached}")
+    for check in result.get_asset_check_evaluations():
+        verdict = "pass" if check.passed else "FAIL"
+        lines.append(f"  gate {check.check_name}: {verdict} {check.description or ''}")
+    for mat in result.asset_materializations_for_node("promotion"):
+        meta = mat.metadata
+        lines.append(
+            f"champion: v{meta['champion_version'].value} (previous: {meta['previous_champion'].value})"
+        )
+        lines.append(f"  {meta['reason'].value}")
+        lines.append(meta["key_metrics"].value)
+    return "\n".join(lines)
+
+
 def run_demo(config: DemoConfig) -> int:
     """Simulate the churn world and run the lifecycle; print a summary. Returns an exit code."""
     from mlops_assets.definitions import defs
@@ -154,5 +173,13 @@ def run_demo(config: DemoConfig) -> int:
         if not _step("training set + online store", result, t0):
             return 1
         print(features_summary(result), flush=True)
+
+        t0 = time.monotonic()
+        _say("training a candidate (MLflow), evaluating it behind the quality gates, promoting it")
+        result = materialize(defs, ["candidate_model", "evaluation_report", "promotion"], instance)
+        print(training_summary(result), flush=True)
+        if not _step("train + evaluate + promote", result, t0):
+            _say("a quality gate stopped the promotion: see evaluation_report's checks in the UI")
+            return 1
     _say(f"done in {time.monotonic() - started:.1f}s; explore it with `make ui`")
     return 0
