@@ -34,6 +34,7 @@ ui: dagster-home
 	$(RUN) dagster dev -w workspace.yaml --host 127.0.0.1
 
 bench: env
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk unavailable: the serving benchmark uses its httpx load generator"
 	$(RUN) python -m benchmarks.run_all
 
 lint: env
