@@ -199,6 +199,12 @@ def test_rollback_job_restores_the_previous_champion_and_cli_reproduces(data_dir
     assert moves == [("promote", first, None), ("promote", second, first), ("rollback", first, second)]
     assert history["dagster_run_id"].iloc[-1] == rolled.run_id
 
+    # the next retrain on unchanged data reuses the rolled-back version: it passes the gates but stays out
+    rerun = _run(resources, instance, evaluation={"max_accuracy_drop": 1.0})
+    assert rerun.success and _meta(rerun, "candidate_model")["cached"] is True
+    assert _meta(rerun, "promotion")["moved"] is False and "rolled back" in _meta(rerun, "promotion")["reason"]
+    assert _champion(resources) == first
+
     again = rollback_job.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
     assert not again.success and _champion(resources) == first  # one step only; a champion remains
     assert rollback_command(Namespace(reason="cli")) == 1
@@ -232,3 +238,44 @@ def test_code_location_wires_jobs_sensor_and_gate_defaults():
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     config = EvaluationConfig()
     assert json.dumps(config.thresholds().to_dict()) == json.dumps(GateThresholds().to_dict())
+
+
+@pytest.mark.slow
+def test_retraining_job_on_simulated_ingested_data(data_dir, monkeypatch):
+    """simulate → ingest → feature views → retraining_job (training_set → candidate → gates → promotion)."""
+    from mlops_assets.definitions import defs
+    from mlops_assets.demo import RANGE_END_TAG, RANGE_START_TAG
+    from mlops_assets.features.views import FEATURE_VIEWS, model_feature_names
+    from mlops_assets.simulate.world import simulate
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store under the data root
+    simulate(out=data_dir.landing, customers=300, days=45, start="2026-01-01", seed=3)
+    instance = dg.DagsterInstance.ephemeral()
+    upstream = ["raw_events", "raw_labels", "customers", *(v.name for v in FEATURE_VIEWS)]
+    ingested = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey(k) for k in upstream],
+        tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"})
+    assert ingested.success
+
+    job = defs.resolve_job_def("retraining_job")
+    run_config = {"ops": {"candidate_model": {"config": {"model_type": "logistic_regression", "importance_repeats": 2}},
+                          "evaluation_report": {"config": {"latency_calls": 50}}}}
+    result = job.execute_in_process(instance=instance, run_config=run_config)
+    assert result.success
+    checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert checks[("training_set", "no_feature_after_label")].passed
+    data_gate = checks[("evaluation_report", "training_data_valid")]
+    assert data_gate.passed and "x 4 view timestamps" in data_gate.description
+    for table in ("raw_events", "raw_labels", "customers"):
+        assert f"{table}.schema_valid passed" in data_gate.description
+    cand = _meta(result, "candidate_model")
+    assert sorted(cand["features"]) == sorted(model_feature_names()) and "age_group" not in cand["features"]
+    assert "age_group" in _meta(result, "evaluation_report")["report"]  # judged for bias, never an input
+    promo = _meta(result, "promotion")
+    assert promo["champion_version"] == cand["version"] == 1
+    assert (data_dir.mlflow / "mlflow.db").exists()
+
+    again = job.execute_in_process(instance=instance, run_config=run_config)  # nothing changed upstream
+    assert again.success
+    assert _meta(again, "candidate_model")["cached"] is True
+    assert _meta(again, "promotion")["moved"] is False and _meta(again, "promotion")["champion_version"] == 1

@@ -293,15 +293,30 @@ def _gates_not_passed(instance: dg.DagsterInstance, evaluation_run_id: str) -> l
     return blocked
 
 
+class PromotionConfig(dg.Config):
+    """Run config of promotion."""
+
+    allow_rolled_back: bool = False  # re-promote a version that was rolled back since its last promotion
+
+
+def rolled_back_since_promotion(tags: dict[str, str]) -> str | None:
+    """When the version was rolled back, if that happened after its last promotion."""
+    rolled_back, promoted = tags.get("rolled_back_at"), tags.get("promoted_at")
+    return rolled_back if rolled_back and (not promoted or promoted < rolled_back) else None
+
+
 @dg.asset(
     group_name="training",
     deps=[evaluation_report],
     code_version=f"promotion-v{PROMOTION_LOGIC_VERSION}",
     kinds={"mlflow"},
     description="Moves `champion` to the evaluated challenger (keeping `previous-champion` for rollback) and "
-    "records the move in the promotion history. Runs only when every quality gate passed.",
+    "records the move in the promotion history. Runs only when every quality gate passed; a version that "
+    "was rolled back is not re-promoted unless the run config allows it.",
 )
-def promotion(context: dg.AssetExecutionContext, data: DataDirResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+def promotion(
+    context: dg.AssetExecutionContext, config: PromotionConfig, data: DataDirResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
     """Promote the challenger that the latest evaluation passed."""
     evaluation = latest_materialization(context.instance, "evaluation_report")
     meta = evaluation.asset_materialization.metadata
@@ -317,20 +332,27 @@ def promotion(context: dg.AssetExecutionContext, data: DataDirResource, mlflow: 
     reason = f"all {len(GATE_NAMES)} quality gates passed {judged} in run {evaluation.run_id[:8]}"
     history_path = registry.default_history_path(data.paths.root)
     client = mlflow.client()
-    record = registry.promote(client, version, reason, metrics, model_name=mlflow.model_name,
-                              dagster_run_id=context.run_id, history_path=history_path)
+    rolled_back = rolled_back_since_promotion(client.get_model_version(mlflow.model_name, str(version)).tags)
+    record = None
+    if rolled_back and not config.allow_rolled_back:
+        reason = (f"version {version} passed the gates but was rolled back at {rolled_back}; not re-promoted "
+                  "(set allow_rolled_back in the promotion run config to override)")
+    else:
+        record = registry.promote(client, version, reason, metrics, model_name=mlflow.model_name,
+                                  dagster_run_id=context.run_id, history_path=history_path)
+        if record is None:
+            reason = f"version {version} is already the champion; nothing moved"
     champion = registry.alias_version(client, registry.CHAMPION, mlflow.model_name)
     previous = registry.alias_version(client, registry.PREVIOUS_CHAMPION, mlflow.model_name)
     history = registry.read_promotion_history(history_path)
     history = history[history["model_name"] == mlflow.model_name]
-    if record is None:
-        reason = f"version {version} is already the champion; nothing moved"
     context.log.info(reason)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(f"champion-{champion.version}"),
+        data_version=dg.DataVersion(f"champion-{champion.version}" if champion is not None else "no-champion"),
         metadata={
-            "champion_version": int(champion.version),
+            "champion_version": int(champion.version) if champion is not None else "none",
             "previous_champion": int(previous.version) if previous is not None else "none",
+            "evaluated_version": version,
             "moved": record is not None,
             "reason": reason,
             "key_metrics": dg.MetadataValue.md(
