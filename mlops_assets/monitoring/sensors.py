@@ -1,0 +1,98 @@
+"""Retraining triggers: failed drift checks (c) request retraining_job; new data (b) refreshes features,
+training set and the latest drift report through automation conditions."""
+
+import dagster as dg
+
+from mlops_assets.features.views import FEATURE_VIEWS
+from mlops_assets.monitoring.assets import DAILY_REFRESH
+from mlops_assets.monitoring.checks import DRIFT_ASSET
+
+RETRAINING_JOB = "retraining_job"
+_ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+           dg.DagsterRunStatus.STARTED]
+
+
+def retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
+    """The id of a queued or running retraining_job run, if any."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=RETRAINING_JOB, statuses=_ACTIVE), limit=1)
+    return runs[0].run_id if runs else None
+
+
+def failed_drift_evaluations(instance: dg.DagsterInstance, after: int | None) -> tuple[dict[str, list], int | None]:
+    """Failed ERROR checks of drift_report recorded after storage id ``after``, by drift_report run; last id seen."""
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
+        ascending=True, limit=1000,
+    )
+    by_run: dict[str, list] = {}
+    last = after
+    for record in records:
+        last = record.storage_id
+        evaluation = record.event_log_entry.asset_check_evaluation
+        if (evaluation is None or evaluation.asset_key != dg.AssetKey(DRIFT_ASSET) or evaluation.passed
+                or evaluation.severity != dg.AssetCheckSeverity.ERROR):
+            continue
+        by_run.setdefault(record.run_id, []).append(evaluation)
+    return by_run, last
+
+
+def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
+    """One retraining run for the failed checks of one drift_report run, keyed by its days and champion."""
+    meta = {k: v.value for k, v in evaluations[0].metadata.items()}
+    days, champion = meta.get("days", "unknown"), meta.get("champion_version", "none")
+    checks = sorted({e.check_name for e in evaluations})
+    reason = "; ".join(f"{e.check_name}: {e.description}" for e in evaluations)
+    return dg.RunRequest(
+        run_key=f"drift:{days}:champion-v{champion}",
+        tags={
+            "mlops/trigger": "drift",
+            "mlops/trigger_reason": f"drift_report {days} failed {', '.join(checks)} (champion v{champion}): "
+                                    f"{reason}"[:1000],
+            "mlops/drift_run_id": drift_run_id,
+            "mlops/drift_days": str(days),
+            "mlops/failed_checks": ",".join(checks),
+        },
+    )
+
+
+@dg.sensor(
+    name="drift_retraining_sensor",
+    job_name=RETRAINING_JOB,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests retraining_job once per drift_report run whose ERROR checks failed (dataset drift "
+    "share, estimated or realized performance drop); the run key is the report's days and the champion judged.",
+)
+def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    after = int(context.cursor) if context.cursor else None
+    by_run, last = failed_drift_evaluations(context.instance, after)
+    cursor = str(last) if last is not None else context.cursor
+    if not by_run:
+        return dg.SkipReason("no failed ERROR check on drift_report since the last evaluation") if last == after \
+            else dg.SensorResult(skip_reason="no failed ERROR check on drift_report in the new evaluations",
+                                 cursor=cursor)
+    running = retraining_in_progress(context.instance)
+    if running is not None:
+        context.log.info(f"{len(by_run)} failed drift report(s) covered by retraining run {running}, in progress")
+        return dg.SensorResult(skip_reason=f"retraining run {running} is already queued or running", cursor=cursor)
+    requests = [retraining_request(run_id, evaluations) for run_id, evaluations in by_run.items()]
+    for request in requests:
+        context.log.info(f"requesting {RETRAINING_JOB}: {request.tags['mlops/trigger_reason']}")
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+#: Trigger (b): new raw partitions refresh the feature views, the training set and the latest drift report.
+NEW_DATA_TARGET = dg.AssetSelection.assets(*(v.name for v in FEATURE_VIEWS), "training_set", DRIFT_ASSET)
+
+new_data_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "new_data_automation_sensor",
+    target=NEW_DATA_TARGET,
+    default_condition=DAILY_REFRESH,
+    use_user_code_server=True,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    run_tags={"mlops/trigger": "new_data",
+              "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "
+                                      "drift report refresh when an upstream partition they read was updated"},
+    description="New ingested partitions (events, customers, labels) refresh the latest day's feature views, "
+    "the training set and the latest drift report (automation conditions; the online store has its own sensor).",
+)
