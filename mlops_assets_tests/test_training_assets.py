@@ -71,6 +71,7 @@ def _champion(resources):
     return None if mv is None else int(mv.version)
 
 
+@pytest.mark.slow
 def test_graph_trains_evaluates_and_promotes_a_first_champion(data_dir, tracking_uri):
     ts_hash = _write_training_set(data_dir)
     resources = _resources(data_dir, tracking_uri, "churn-first")

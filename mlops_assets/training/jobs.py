@@ -12,6 +12,9 @@ retraining_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("training_set", candidate_model, evaluation_report, promotion),
     description="Rebuild the training set, train (or reuse) the challenger, evaluate it against the champion "
     "and promote it when every blocking quality gate passes.",
+    # A linear chain gains nothing from a process per step; each step process costs seconds of imports
+    # (measured: 17 s in process vs 44 s multiprocess for the same run on 2 shared cores).
+    executor_def=dg.in_process_executor,
 )
 
 
