@@ -1,11 +1,14 @@
 """Retraining triggers: failed drift checks (c) request retraining_job; new data (b) refreshes features,
 training set and the latest drift report through automation conditions."""
 
+import json
+
 import dagster as dg
 
 from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.monitoring.assets import DAILY_REFRESH
 from mlops_assets.monitoring.checks import DRIFT_ASSET
+from mlops_assets.monitoring.daily import ERROR_CHECKS
 
 RETRAINING_JOB = "retraining_job"
 _ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -18,22 +21,29 @@ def retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
     return runs[0].run_id if runs else None
 
 
-def failed_drift_evaluations(instance: dg.DagsterInstance, after: int | None) -> tuple[dict[str, list], int | None]:
-    """Failed ERROR checks of drift_report recorded after storage id ``after``, by drift_report run; last id seen."""
-    records = instance.get_event_records(
-        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
-        ascending=True, limit=1000,
-    )
+def failed_drift_evaluations(instance: dg.DagsterInstance, seen: dict[str, int]) -> tuple[dict[str, list], dict]:
+    """Failed ERROR checks of drift_report newer than the execution ids in ``seen``, by drift_report run.
+
+    Reads each check's execution history (kept in the index database by every event log storage,
+    including the run-sharded SQLite one of ``dagster dev``); returns the groups and the new ids seen.
+    """
     by_run: dict[str, list] = {}
-    last = after
-    for record in records:
-        last = record.storage_id
-        evaluation = record.event_log_entry.asset_check_evaluation
-        if (evaluation is None or evaluation.asset_key != dg.AssetKey(DRIFT_ASSET) or evaluation.passed
-                or evaluation.severity != dg.AssetCheckSeverity.ERROR):
-            continue
-        by_run.setdefault(record.run_id, []).append(evaluation)
-    return by_run, last
+    seen = dict(seen)
+    for name in ERROR_CHECKS:
+        key = dg.AssetCheckKey(dg.AssetKey(DRIFT_ASSET), name)
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        newest = seen.get(name, 0)
+        for record in sorted(records, key=lambda r: r.id):
+            if record.id <= seen.get(name, 0):
+                continue
+            evaluation = record.event.asset_check_evaluation if record.event is not None else None
+            if evaluation is None:  # a planned execution (a partitioned run records its evaluation in a new row)
+                continue
+            newest = record.id
+            if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                by_run.setdefault(record.run_id, []).append(evaluation)
+        seen[name] = newest
+    return by_run, seen
 
 
 def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
@@ -64,13 +74,12 @@ def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
     "share, estimated or realized performance drop); the run key is the report's days and the champion judged.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    after = int(context.cursor) if context.cursor else None
-    by_run, last = failed_drift_evaluations(context.instance, after)
-    cursor = str(last) if last is not None else context.cursor
+    seen = json.loads(context.cursor) if context.cursor else {}
+    by_run, now_seen = failed_drift_evaluations(context.instance, seen)
+    cursor = json.dumps(now_seen, sort_keys=True)
     if not by_run:
-        return dg.SkipReason("no failed ERROR check on drift_report since the last evaluation") if last == after \
-            else dg.SensorResult(skip_reason="no failed ERROR check on drift_report in the new evaluations",
-                                 cursor=cursor)
+        return dg.SensorResult(skip_reason="no failed ERROR check on drift_report since the last evaluation",
+                               cursor=cursor)
     running = retraining_in_progress(context.instance)
     if running is not None:
         context.log.info(f"{len(by_run)} failed drift report(s) covered by retraining run {running}, in progress")
