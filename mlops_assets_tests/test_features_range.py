@@ -97,8 +97,14 @@ def test_written_partitions_and_metadata_equal_the_per_day_path(world, tmp_path)
 
 def test_gaps_many_passes_and_entity_blocks_give_the_same_tables(world, monkeypatch):
     monkeypatch.setattr(C, "RANGE_DAYS_PER_PASS", 7)
+    monkeypatch.setattr(C, "RANGE_ROWS_PER_PASS", 1000)  # ~200 customers: passes of ~5 days
     monkeypatch.setattr(C, "RANGE_GRID_CELLS", 30 * 140)  # about 30 customers per block
     days = ["2026-02-08", "2026-01-02", *_days("2026-01-10", 12), "2026-01-30"]
+    runs = C._passes(get_view("engagement"), _days("2026-01-10", 12), world)
+    customers = len(set(pq.read_table(C.source_files(get_view("engagement"), "2026-01-21", world),
+                                      columns=["customer_id"]).column(0).to_pylist()))
+    assert [d for run in runs for d in run] == _days("2026-01-10", 12) and len(runs) >= 2
+    assert all(len(run) * customers <= 1000 * 1.1 for run in runs)  # the row budget (count is approximate)
     for view in FEATURE_VIEWS:
         assert_same_tables(view, days, world, compute_range_tables(view, days, world))
 

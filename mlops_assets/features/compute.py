@@ -14,7 +14,11 @@ Day D's partition holds, for each entity, its values as of ``D+1 00:00 UTC`` (th
   ``updated_at`` before the feature time: one row for every customer known by then.
 
 Output is sorted by entity and float sums use ordered aggregates, so the same inputs always give
-the same bytes (and content hash).
+the same bytes (and content hash); tables are handed over in one canonical Arrow layout
+(:func:`canonical_table`) so the content hash depends on the values only.
+
+:func:`materialize_range` computes many days from one read of the sources (a backfill's single
+run); each of its partitions is identical to :func:`materialize_view`'s, which stays the reference.
 """
 
 from __future__ import annotations
@@ -233,8 +237,10 @@ def materialize_view(view: FeatureView, day: str, paths: DataPaths) -> dict:
 
 #: Upper bound of entities x days in one dense NumPy grid (entities are processed in blocks).
 RANGE_GRID_CELLS = 4_000_000
-#: Days computed per read of the sources; the outputs of one pass are held in memory until written.
+#: Most days computed per read of the sources (a pass's outputs are held in memory until written).
 RANGE_DAYS_PER_PASS = 184
+#: Output rows (entities x days) a pass aims to stay under: many entities give shorter passes.
+RANGE_ROWS_PER_PASS = 2_000_000
 #: Threads writing the partitions of a range (Parquet encoding and hashing release the GIL).
 RANGE_WRITE_THREADS = 2
 
@@ -251,6 +257,23 @@ def _day_runs(days: list[str], max_len: int) -> list[list[str]]:
         else:
             runs.append([day])
     return runs
+
+
+def _passes(view: FeatureView, days: list[str], paths: DataPaths) -> list[list[str]]:
+    """Runs of consecutive days, each short enough that its output stays near RANGE_ROWS_PER_PASS rows."""
+    if not days:
+        return []
+    files = source_files(view, days[-1], paths)
+    entities = 0
+    if files and len(days) > 1:  # rows per day: at most the entities in the last day's sources
+        con = duckdb_cursor()
+        try:
+            entities = con.sql(f"SELECT approx_count_distinct({_quote(view.entity)}) FROM read_parquet(["
+                               f"{', '.join(_sql_str(f) for f in files)}])").fetchall()[0][0]
+        finally:
+            con.close()
+    length = max(1, min(RANGE_DAYS_PER_PASS, RANGE_ROWS_PER_PASS // max(int(entities or 0), 1)))
+    return _day_runs(days, length)
 
 
 def _check_days(days: list[str] | tuple[str, ...]) -> list[str]:
@@ -641,7 +664,7 @@ def _snapshot_range_tables(view: FeatureView, run: list[str], paths: DataPaths) 
 def compute_range_tables(view: FeatureView, days: list[str], paths: DataPaths) -> dict[str, pa.Table]:
     """Days ``days`` of ``view``, each exactly the table of :func:`compute_view_table`, from few source reads."""
     out: dict[str, pa.Table] = {}
-    for run in _day_runs(_check_days(days), RANGE_DAYS_PER_PASS):
+    for run in _passes(view, _check_days(days), paths):
         out.update(_range_pass(view, run, paths))
     return out
 
@@ -710,7 +733,7 @@ def materialize_range(
         return day, _partition_metadata(view, table, path, n_files, version)
 
     with ThreadPoolExecutor(max_workers=RANGE_WRITE_THREADS) as pool:  # Parquet encoding releases the GIL
-        for run in _day_runs(days, RANGE_DAYS_PER_PASS):
+        for run in _passes(view, days, paths):
             tables = _range_pass(view, run, paths)
             n_files = _source_file_counts(view, run, paths)
             for day, meta in pool.map(write, [(day, tables.pop(day), n_files[day]) for day in run]):
