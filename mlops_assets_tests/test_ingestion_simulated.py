@@ -41,10 +41,21 @@ def test_simulated_incident_is_quarantined_exactly_and_clean_days_are_untouched(
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_on_a_small_world(data_dir, dagster_home, capsys):
-    code = run_demo(DemoConfig(customers=200, days=40, scenarios=("quality_incident@day10",)))
+def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(data_dir, dagster_home, capsys):
+    config = DemoConfig(
+        customers=400,
+        days=62,
+        history_days=50,
+        monitor_days_before=2,
+        scenarios=("quality_incident@day10", "covariate_drift@day50"),
+        model_type="logistic_regression",
+    )
+    code = run_demo(config)
     out = capsys.readouterr().out
-    assert code == 0, out
-    assert "| raw_events | 40 |" in out
+    assert code == 0, out[-5000:]
+    assert "| raw_events | 50 |" in out and "| raw_events | 12 |" in out  # history, then the new days
     assert "raw_events null:customer_id" in out
-    assert len(list(data_dir.warehouse.glob("raw_events/date=*/part-0.parquet"))) == 40
+    assert "champion: v1" in out
+    assert "| 2026-03-03 |" in out  # the drift report covers the new days
+    assert len(list(data_dir.warehouse.glob("raw_events/date=*/part-0.parquet"))) == 62
+    assert len(list(data_dir.reports.glob("drift_report_*.md"))) == 15  # 2 days before + the 12 new days
