@@ -22,7 +22,7 @@ dagster-home: env
 	@$(RUN) python -c "from mlops_assets.instance import ensure_dagster_home; ensure_dagster_home()"
 
 demo: dagster-home
-	$(RUN) mlops demo
+	$(RUN) mlops demo --fresh
 
 test: env
 	$(RUN) pytest $(PYTEST_ARGS)

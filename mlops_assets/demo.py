@@ -286,7 +286,7 @@ def run_demo(config: DemoConfig) -> int:
                 return 1
             t0 = time.monotonic()
             _step("online store refresh", materialize(defs, ["online_features"], instance), t0)
-            monitor_first = _day(history_end, -config.monitor_days_before)
+            monitor_first = _day(history_end, 1 - config.monitor_days_before)
             t0 = time.monotonic()
             result = materialize_range(defs, ["drift_report"], monitor_first, last, instance)
             _step(f"drift report {monitor_first}..{last}", result, t0)

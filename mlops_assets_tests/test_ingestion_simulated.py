@@ -58,4 +58,4 @@ def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(data_dir, dagster_h
     assert "champion: v1" in out
     assert "| 2026-03-03 |" in out  # the drift report covers the new days
     assert len(list(data_dir.warehouse.glob("raw_events/date=*/part-0.parquet"))) == 62
-    assert len(list(data_dir.reports.glob("drift_report_*.md"))) == 15  # 2 days before + the 12 new days
+    assert len(list(data_dir.reports.glob("drift_report_*.md"))) == 14  # 2 days before + the 12 new days
