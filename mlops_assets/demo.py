@@ -202,9 +202,14 @@ def run_canary(paths: DataPaths, last: str, customers: int = 2000) -> None:
     _say(
         f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} simulated customers"
     )
-    canary_demo(
+    decisions = canary_demo(
         paths.serving / "canary-demo", baseline.model, champion.model, rows, printer=lambda m: _say("  " + m)
     )
+    if decisions and decisions[-1].action == "rollback":
+        record = registry.rollback(
+            client, f"canary guardrail broke: {decisions[-1].reason}", model_name=tracking.model_name
+        )
+        _say(f"registry rolled back: champion is v{record.version} again ({record.reason})")
 
 
 def _day(start: str, offset: int) -> str:
@@ -273,7 +278,9 @@ def run_demo(config: DemoConfig) -> int:
         print(features_summary(result), flush=True)
         t0 = time.monotonic()
         training_config = {"ops": {"candidate_model": {"config": {"model_type": config.model_type}}}}
-        result = materialize(defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_config)
+        result = materialize(
+            defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_config
+        )
         print(training_summary(result), flush=True)
         if not _step("train + evaluate + promote", result, t0):
             _say("a quality gate stopped the promotion: see evaluation_report's checks in the UI")
