@@ -80,14 +80,24 @@ def feature_partition_dir(paths: DataPaths, view_name: str, day: str) -> Path:
     return feature_table_dir(paths, view_name) / f"date={day}"
 
 
-def feature_files(paths: DataPaths, view_name: str) -> list[str]:
-    """Every offline Parquet file of a view, in day order."""
+def feature_files(
+    paths: DataPaths, view_name: str, first_day: str | None = None, last_day: str | None = None
+) -> list[str]:
+    """The offline Parquet files of a view, in day order; optionally only partitions first_day..last_day."""
     table_dir = feature_table_dir(paths, view_name)
     if not table_dir.is_dir():
         return []
     files = []
     with os.scandir(table_dir) as days:
-        for day in sorted(d.path for d in days if d.name.startswith("date=") and d.is_dir()):
+        wanted = [
+            d.path
+            for d in days
+            if d.name.startswith("date=")
+            and d.is_dir()
+            and (first_day is None or d.name[5:] >= first_day)
+            and (last_day is None or d.name[5:] <= last_day)
+        ]
+        for day in sorted(wanted):
             with os.scandir(day) as parts:
                 files += sorted(p.path for p in parts if p.name.endswith(".parquet"))
     return files

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -43,13 +43,27 @@ class FeatureStore:
         except KeyError:
             raise KeyError(f"no feature view {name!r}; known: {sorted(self._by_name)}") from None
 
-    def _sources(self, features: list[str] | None) -> list[FeatureSource]:
+    def _sources(self, features: list[str] | None, times: pd.Series | None = None) -> list[FeatureSource]:
+        """One source per view; with the entity times, only the partitions that can qualify are read.
+
+        Partition D holds rows stamped D+1 00:00 UTC, so a row can join an entity time t only when
+        D < t and (with a TTL) D + 1 day >= t - TTL: days outside [min(t) - TTL - 1 day, max(t)] are skipped.
+        """
         wanted = resolve_features(features, self.views)
-        return [
-            FeatureSource(name, feature_files(self.paths, name), feats, ttl=self.get_view(name).ttl,
-                          entity=self.get_view(name).entity)
-            for name, feats in wanted.items()
-        ]
+        first = last = None
+        if times is not None and len(times) and pd.api.types.is_datetime64_any_dtype(times) and times.notna().all():
+            first, last = times.min(), times.max()
+        sources = []
+        for name, feats in wanted.items():
+            view = self.get_view(name)
+            first_day = last_day = None
+            if last is not None:
+                last_day = last.date().isoformat()
+                if view.ttl is not None:
+                    first_day = (first - view.ttl - timedelta(days=1)).date().isoformat()
+            files = feature_files(self.paths, name, first_day, last_day)
+            sources.append(FeatureSource(name, files, feats, ttl=view.ttl, entity=view.entity))
+        return sources
 
     def get_historical_features(
         self, entity_df: pd.DataFrame, features: list[str] | None = None, timestamp_column: str = "event_timestamp"
@@ -61,7 +75,8 @@ class FeatureStore:
         null when none was within the view's TTL). ``features`` are ``"view:feature"`` strings
         (default: every feature).
         """
-        return point_in_time_join(entity_df, self._sources(features), event_timestamp=timestamp_column)
+        times = entity_df[timestamp_column] if timestamp_column in entity_df.columns else None
+        return point_in_time_join(entity_df, self._sources(features, times), event_timestamp=timestamp_column)
 
     def get_online_features(
         self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None

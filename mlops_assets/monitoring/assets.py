@@ -140,7 +140,8 @@ def drift_report(
             result = daily_drift(store, champion, day, settings)
         except MonitoringInputError as exc:
             raise dg.Failure(str(exc)) from exc
-        saved = save_day_report(result, champion, data.paths.reports, histograms=config.histograms)
+        saved = save_day_report(result, champion, data.paths.reports, histograms=config.histograms,
+                                max_histograms=config.max_embedded_histograms)
         names = [*result.report.drifted_features, "prediction"][: config.max_embedded_histograms]
         context.add_asset_metadata(
             day_metadata(result, saved, embedded_images(saved.image_paths, names), champion.reference_source),

@@ -526,15 +526,17 @@ HISTOGRAM_MODES = ("drifted", "all", "none")
 
 
 def save_day_report(result: DailyDrift, champion: ChampionReference, reports_dir: str | Path,
-                    histograms: str = "drifted") -> SavedDay:
+                    histograms: str = "drifted", max_histograms: int | None = None) -> SavedDay:
     """Write ``drift_report_<day>.md/.json`` and PNG histograms: of the drifted features and the scores
-    (``drifted``, the default: one plot costs ~0.1-0.4 s), of every feature (``all``), or none."""
+    (``drifted``, the default: one plot costs ~0.1-0.4 s), of every feature (``all``), or none;
+    at most ``max_histograms`` feature plots (the first ones in feature order)."""
     from mlops_assets.storage import write_file_atomic
 
     if histograms not in HISTOGRAM_MODES:
         raise ValueError(f"histograms must be one of {HISTOGRAM_MODES}, got {histograms!r}")
     name = f"drift_report_{result.day}"
     plotted = {"all": champion.features, "drifted": result.report.drifted_features, "none": []}[histograms]
+    plotted = list(plotted)[:max_histograms] if max_histograms is not None else list(plotted)
     saved = save_drift_report(result.report, champion.reference[plotted], result.current[plotted], reports_dir,
                               name=name, histograms=bool(plotted))
     images = dict(saved.image_paths)
