@@ -137,7 +137,9 @@ def _ours(ref: pd.DataFrame, cur: pd.DataFrame, categorical: list[str], options:
     return {f["feature"]: bool(f["drifted"]) for f in out["features"]}
 
 
-def _evidently(ref: pd.DataFrame, cur: pd.DataFrame, categorical: list[str], options: dict) -> dict[str, bool]:
+def _evidently(
+    ref: pd.DataFrame, cur: pd.DataFrame, categorical: list[str], options: dict
+) -> dict[str, bool]:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -183,7 +185,9 @@ def worker(args: argparse.Namespace) -> None:
         return
     ref = pd.read_parquet(data / "reference.parquet")
     cur = pd.read_parquet(data / "current.parquet")
-    run(ref.head(1000), cur.head(1000), meta["categorical"], options)  # imports and first-call set-up, untimed
+    run(
+        ref.head(1000), cur.head(1000), meta["categorical"], options
+    )  # imports and first-call set-up, untimed
     gc.collect()
     _reset_peak_rss()  # so the peak below is the drift computation's, not the Parquet read's
     loaded_rss = _current_rss_mb()
@@ -193,8 +197,17 @@ def worker(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         flags = run(ref, cur, meta["categorical"], options)
         times.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": min(times), "all_seconds": times, "loaded_rss_mb": loaded_rss,
-                      "peak_rss_mb": _peak_rss_mb(), "flags": flags}))
+    print(
+        json.dumps(
+            {
+                "seconds": min(times),
+                "all_seconds": times,
+                "loaded_rss_mb": loaded_rss,
+                "peak_rss_mb": _peak_rss_mb(),
+                "flags": flags,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------- driver
@@ -205,25 +218,50 @@ def ensure_evidently() -> tuple[Path | None, str]:
     python = EVIDENTLY_VENV / "bin" / "python"
     if not python.exists():
         steps = [
-            ["uv", "venv", "--python", f"{sys.version_info.major}.{sys.version_info.minor}", str(EVIDENTLY_VENV)],
+            [
+                "uv",
+                "venv",
+                "--python",
+                f"{sys.version_info.major}.{sys.version_info.minor}",
+                str(EVIDENTLY_VENV),
+            ],
             ["uv", "pip", "install", "--python", str(python), "-r", str(EVIDENTLY_REQUIREMENTS)],
         ]
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode != 0:
                 return None, f"`{' '.join(step)}` failed: {done.stderr.strip()[-800:]}"
-    check = subprocess.run([str(python), "-c", "import evidently; print(evidently.__version__)"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [str(python), "-c", "import evidently; print(evidently.__version__)"], capture_output=True, text=True
+    )
     if check.returncode != 0:
         return None, f"`import evidently` failed in {EVIDENTLY_VENV}: {check.stderr.strip()[-800:]}"
     return python, check.stdout.strip()
 
 
 def _spawn(python: Path, side: str, data: Path, config: str, repeats: int, task: str = "drift") -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    cmd = [str(python), str(Path(__file__).resolve()), "--worker", side, "--data", str(data),
-           "--config", config, "--repeats", str(repeats), "--task", task]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        PYTHONWARNINGS="ignore",
+    )
+    cmd = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "--worker",
+        side,
+        "--data",
+        str(data),
+        "--config",
+        config,
+        "--repeats",
+        str(repeats),
+        "--task",
+        task,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{side} worker failed ({config}): {done.stderr[-2000:]}")
@@ -232,10 +270,14 @@ def _spawn(python: Path, side: str, data: Path, config: str, repeats: int, task:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10k rows per side, 1 repeat, 5 false-alarm reps")
+    parser.add_argument(
+        "--quick", action="store_true", help="10k rows per side, 1 repeat, 5 false-alarm reps"
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of ours (best is kept)")
-    parser.add_argument("--evidently-repeats", type=int, default=1, help="timed runs of Evidently (best is kept)")
+    parser.add_argument(
+        "--evidently-repeats", type=int, default=1, help="timed runs of Evidently (best is kept)"
+    )
     parser.add_argument("--false-alarm-reps", type=int, default=20)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--worker", choices=["ours", "evidently"], help=argparse.SUPPRESS)
@@ -272,8 +314,11 @@ def main() -> None:
     if evidently_python is None:
         lines += [f"Evidently could not be run: {evidently_version}", ""]
     else:
-        lines += [f"Evidently {evidently_version} (venv `.bench/evidently-venv`, "
-                  "`benchmarks/peers/evidently-requirements.txt`).", ""]
+        lines += [
+            f"Evidently {evidently_version} (venv `.bench/evidently-venv`, "
+            "`benchmarks/peers/evidently-requirements.txt`).",
+            "",
+        ]
 
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
         data = Path(tmp)
@@ -294,8 +339,10 @@ def main() -> None:
             print(f"{name}: ours {ours['seconds']:.3f} s", flush=True)
             label = f"{name} ({_describe(ours_opts, 'ks / chi2')} vs {_describe(ev_opts, 'wasserstein / jensenshannon')})"
             if evidently_python is None:
-                lines.append(f"| {label} | {ours['seconds']:.3f} | – | – | {ours['peak_rss_mb']:.0f} | – | – | – | "
-                             f"{sum(ours['flags'].values())} / – |")
+                lines.append(
+                    f"| {label} | {ours['seconds']:.3f} | – | – | {ours['peak_rss_mb']:.0f} | – | – | – | "
+                    f"{sum(ours['flags'].values())} / – |"
+                )
                 continue
             ev = _spawn(evidently_python, "evidently", data, name, ev_repeats)
             agree = sum(ours["flags"][c] == ev["flags"].get(c) for c in ours["flags"])
@@ -317,12 +364,16 @@ def main() -> None:
             "|---|---|---:|---:|",
         ]
         ours_fa = _spawn(Path(sys.executable), "ours", data, "default", 1, task="falsealarm")
-        lines.append(f"| mlops_assets | two-sample chi-squared (contingency table) | {ours_fa['alarms']}/{ours_fa['tests']} | "
-                     f"{ours_fa['alarms'] / ours_fa['tests']:.1%} |")
+        lines.append(
+            f"| mlops_assets | two-sample chi-squared (contingency table) | {ours_fa['alarms']}/{ours_fa['tests']} | "
+            f"{ours_fa['alarms'] / ours_fa['tests']:.1%} |"
+        )
         if evidently_python is not None:
             ev_fa = _spawn(evidently_python, "evidently", data, "default", 1, task="falsealarm")
-            lines.append(f"| Evidently {evidently_version} | chi-square goodness of fit against reference frequencies | "
-                         f"{ev_fa['alarms']}/{ev_fa['tests']} | {ev_fa['alarms'] / ev_fa['tests']:.1%} |")
+            lines.append(
+                f"| Evidently {evidently_version} | chi-square goodness of fit against reference frequencies | "
+                f"{ev_fa['alarms']}/{ev_fa['tests']} | {ev_fa['alarms'] / ev_fa['tests']:.1%} |"
+            )
 
     text = "\n".join(lines) + "\n"
     print(text)
@@ -335,10 +386,14 @@ def main() -> None:
 def _describe(options: dict, default: str) -> str:
     if not options:
         return f"default: {default}"
-    methods = [options.get("method")] if options.get("method") else [
-        options.get("numeric_method") or options.get("num_method"),
-        options.get("categorical_method") or options.get("cat_method"),
-    ]
+    methods = (
+        [options.get("method")]
+        if options.get("method")
+        else [
+            options.get("numeric_method") or options.get("num_method"),
+            options.get("categorical_method") or options.get("cat_method"),
+        ]
+    )
     return " / ".join(m for m in methods if m)
 
 

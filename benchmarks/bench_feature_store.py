@@ -47,7 +47,14 @@ FULL_CASES = [
     ("1M rows / 100k entities / 200k entity rows, no TTL", 1_000_000, 100_000, 200_000, None, 180),
     ("5M rows / 500k entities / 1M entity rows, TTL 7d", 5_000_000, 500_000, 1_000_000, 7, 180),
     ("5M rows / 500k entities / 1M entity rows, no TTL", 5_000_000, 500_000, 1_000_000, None, 180),
-    ("deep history: 1M rows / 10k entities / 200k entity rows, no TTL", 1_000_000, 10_000, 200_000, None, 365),
+    (
+        "deep history: 1M rows / 10k entities / 200k entity rows, no TTL",
+        1_000_000,
+        10_000,
+        200_000,
+        None,
+        365,
+    ),
 ]
 QUICK_CASES = [
     ("40k rows / 4k entities / 8k entity rows, TTL 7d", 40_000, 4_000, 8_000, 7, 180),
@@ -70,20 +77,29 @@ def peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------------------- data
 
 
-def generate(case_dir: Path, n_rows: int, n_entities: int, n_requests: int, ttl_days: int | None,
-             days: int, seed: int = 7) -> None:
+def generate(
+    case_dir: Path,
+    n_rows: int,
+    n_entities: int,
+    n_requests: int,
+    ttl_days: int | None,
+    days: int,
+    seed: int = 7,
+) -> None:
     """Feature rows (daily timestamps, so an entity can have ties) and entity rows around them."""
     rng = np.random.default_rng(seed)
     ent = rng.integers(0, n_entities, n_rows)
     day = rng.integers(0, days, n_rows)
     order = np.argsort(day, kind="stable")  # rows grouped by day, source order kept within a day
     ent, day = ent[order], day[order]
-    feats = pd.DataFrame({
-        "customer_id": pd.array([f"C{i:07d}" for i in ent], dtype="str"),
-        "feature_timestamp": BASE + pd.to_timedelta(day, unit="D"),
-        "f1": rng.normal(size=n_rows).round(6),
-        "f2": rng.integers(0, 1000, n_rows),
-    })
+    feats = pd.DataFrame(
+        {
+            "customer_id": pd.array([f"C{i:07d}" for i in ent], dtype="str"),
+            "feature_timestamp": BASE + pd.to_timedelta(day, unit="D"),
+            "f1": rng.normal(size=n_rows).round(6),
+            "f2": rng.integers(0, 1000, n_rows),
+        }
+    )
     feats["feature_timestamp"] = feats["feature_timestamp"].astype("datetime64[us, UTC]")
     # source order made explicit for engines that break ties by a created timestamp (Feast)
     feats["created"] = (BASE + pd.to_timedelta(np.arange(n_rows), unit="us")).astype("datetime64[us, UTC]")
@@ -91,17 +107,21 @@ def generate(case_dir: Path, n_rows: int, n_entities: int, n_requests: int, ttl_
     for d, part in feats.groupby(day, sort=True):
         folder = store_dir / f"date={(BASE + pd.Timedelta(days=int(d))).date().isoformat()}"
         folder.mkdir(parents=True)
-        part[["customer_id", "feature_timestamp", *FEATURES]].to_parquet(folder / "part-0.parquet", index=False)
+        part[["customer_id", "feature_timestamp", *FEATURES]].to_parquet(
+            folder / "part-0.parquet", index=False
+        )
     feats.to_parquet(case_dir / "features.parquet", index=False)
     # ~10% of requests are for entities without history; times from before the first row to
     # after the last, so some requests precede all history and some fall past the TTL
     req_ent = rng.integers(0, int(n_entities * 1.1), n_requests)
     offset_us = rng.integers(-10 * 86_400_000_000, (days + 20) * 86_400_000_000, n_requests)
-    entities = pd.DataFrame({
-        "request_id": np.arange(n_requests),
-        "customer_id": pd.array([f"C{i:07d}" for i in req_ent], dtype="str"),
-        "event_timestamp": (BASE + pd.to_timedelta(offset_us, unit="us")).astype("datetime64[us, UTC]"),
-    })
+    entities = pd.DataFrame(
+        {
+            "request_id": np.arange(n_requests),
+            "customer_id": pd.array([f"C{i:07d}" for i in req_ent], dtype="str"),
+            "event_timestamp": (BASE + pd.to_timedelta(offset_us, unit="us")).astype("datetime64[us, UTC]"),
+        }
+    )
     entities.to_parquet(case_dir / "entities.parquet", index=False)
     (case_dir / "case.json").write_text(json.dumps({"ttl_days": ttl_days}))
 
@@ -111,11 +131,18 @@ def reference(case_dir: Path) -> pd.DataFrame:
     feats = pd.read_parquet(case_dir / "features.parquet")
     ents = pd.read_parquet(case_dir / "entities.parquet")
     ttl_days = json.loads((case_dir / "case.json").read_text())["ttl_days"]
-    right = feats.sort_values("feature_timestamp", kind="stable")[["customer_id", "feature_timestamp", *FEATURES]]
+    right = feats.sort_values("feature_timestamp", kind="stable")[
+        ["customer_id", "feature_timestamp", *FEATURES]
+    ]
     left = ents.sort_values("event_timestamp", kind="stable")
     merged = pd.merge_asof(
-        left, right, left_on="event_timestamp", right_on="feature_timestamp", by="customer_id",
-        direction="backward", allow_exact_matches=True,
+        left,
+        right,
+        left_on="event_timestamp",
+        right_on="feature_timestamp",
+        by="customer_id",
+        direction="backward",
+        allow_exact_matches=True,
         tolerance=None if ttl_days is None else pd.Timedelta(days=ttl_days),
     )
     return merged.set_index("request_id").sort_index()[FEATURES]
@@ -129,7 +156,9 @@ def brute_force_sample(case_dir: Path, ref: pd.DataFrame, n: int = 2000) -> int:
     ttl = None if ttl_days is None else pd.Timedelta(days=ttl_days)
     by_entity: dict[str, list] = {}
     wanted = set(ents["customer_id"])
-    for pos, (key, ts, f1) in enumerate(zip(feats["customer_id"], feats["feature_timestamp"], feats["f1"], strict=True)):
+    for pos, (key, ts, f1) in enumerate(
+        zip(feats["customer_id"], feats["feature_timestamp"], feats["f1"], strict=True)
+    ):
         if key in wanted:
             by_entity.setdefault(key, []).append((ts, pos, f1))
     bad = 0
@@ -155,8 +184,11 @@ def compare(ref: pd.DataFrame, result: pd.DataFrame) -> dict:
     for f in FEATURES:
         a, b = joined[f], joined[f"{f}_got"]
         mismatched |= (a.isna() != b.isna()) | (a.notna() & b.notna() & (a.astype(float) != b.astype(float)))
-    return {"missing": int((~present).sum()), "duplicated": int((counts > 1).sum()),
-            "mismatched": int(mismatched.sum())}
+    return {
+        "missing": int((~present).sum()),
+        "duplicated": int((counts > 1).sum()),
+        "mismatched": int(mismatched.sum()),
+    }
 
 
 # -------------------------------------------------------------------------------------- workers
@@ -167,9 +199,14 @@ def _bench_view(ttl_days: int | None):
 
     return FeatureView(
         VIEW,
-        (Feature("f1", "float64", "benchmark feature", "max", column="x", window_days=1),
-         Feature("f2", "int64", "benchmark feature", "count", window_days=1)),
-        "benchmark view", "bench", ttl=None if ttl_days is None else timedelta(days=ttl_days), lookback_days=1,
+        (
+            Feature("f1", "float64", "benchmark feature", "max", column="x", window_days=1),
+            Feature("f2", "int64", "benchmark feature", "count", window_days=1),
+        ),
+        "benchmark view",
+        "bench",
+        ttl=None if ttl_days is None else timedelta(days=ttl_days),
+        lookback_days=1,
     )
 
 
@@ -199,10 +236,14 @@ def worker_bare(case_dir: Path, repeats: int) -> dict:
     for _ in range(repeats):
         start = time.perf_counter()
         con.register("ents", ents)
-        out = con.sql(
-            f"SELECT e.*, f.f1, f.f2, f.feature_timestamp FROM ents e ASOF LEFT JOIN read_parquet('{pattern}') f "
-            "ON e.customer_id = f.customer_id AND e.event_timestamp >= f.feature_timestamp"
-        ).to_arrow_table().to_pandas()
+        out = (
+            con.sql(
+                f"SELECT e.*, f.f1, f.f2, f.feature_timestamp FROM ents e ASOF LEFT JOIN read_parquet('{pattern}') f "
+                "ON e.customer_id = f.customer_id AND e.event_timestamp >= f.feature_timestamp"
+            )
+            .to_arrow_table()
+            .to_pandas()
+        )
         con.unregister("ents")
         times.append(time.perf_counter() - start)
     con.close()
@@ -221,18 +262,30 @@ def _feast_store(case_dir: Path, engine: str, ttl_days: int | None, features_pat
     repo.mkdir()
     offline = {"type": "file"} if engine in ("feast-file", "feast-online") else {"type": "duckdb"}
     config = RepoConfig(
-        project="bench", provider="local", registry=str(repo / "registry.db"), repo_path=str(repo),
-        offline_store=offline, online_store={"type": "sqlite", "path": str(repo / "online.db")},
+        project="bench",
+        provider="local",
+        registry=str(repo / "registry.db"),
+        repo_path=str(repo),
+        offline_store=offline,
+        online_store={"type": "sqlite", "path": str(repo / "online.db")},
         entity_key_serialization_version=3,
     )
     store = FeatureStore(config=config)
     entity = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING)
-    source = FileSource(path=str(features_path), timestamp_field="feature_timestamp",
-                        created_timestamp_column="created")
-    view = FeatureView(name=VIEW, entities=[entity], source=source,
-                       ttl=timedelta(days=ttl_days) if ttl_days else timedelta(0),
-                       schema=[Field(name="customer_id", dtype=String), Field(name="f1", dtype=Float64),
-                               Field(name="f2", dtype=Int64)])
+    source = FileSource(
+        path=str(features_path), timestamp_field="feature_timestamp", created_timestamp_column="created"
+    )
+    view = FeatureView(
+        name=VIEW,
+        entities=[entity],
+        source=source,
+        ttl=timedelta(days=ttl_days) if ttl_days else timedelta(0),
+        schema=[
+            Field(name="customer_id", dtype=String),
+            Field(name="f1", dtype=Float64),
+            Field(name="f2", dtype=Int64),
+        ],
+    )
     store.apply([entity, view])
     return store
 
@@ -244,7 +297,9 @@ def worker_feast(case_dir: Path, engine: str, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = store.get_historical_features(entity_df=ents, features=[f"{VIEW}:{f}" for f in FEATURES]).to_df()
+        out = store.get_historical_features(
+            entity_df=ents, features=[f"{VIEW}:{f}" for f in FEATURES]
+        ).to_df()
         times.append(time.perf_counter() - start)
     out[["request_id", *FEATURES]].to_parquet(case_dir / f"result_{engine}.parquet", index=False)
     return {"seconds": min(times)}
@@ -277,9 +332,13 @@ def worker_ours_online(case_dir: Path, n_keys: int) -> dict:
     single = _latencies(lambda i: store.get_online_features_dict([ids[i % len(ids)]], refs), 5000)
     single_df = _latencies(lambda i: store.get_online_features([ids[i % len(ids)]], refs), 1000)
     got = store.get_online_features(batch, refs)
-    return {"batch_seconds": statistics.median(many), "single_p99": _p99(single),
-            "batch_df_seconds": statistics.median(many_df), "single_df_p99": _p99(single_df),
-            "ok": int((got[f"{VIEW}__status"] == "ok").sum())}
+    return {
+        "batch_seconds": statistics.median(many),
+        "single_p99": _p99(single),
+        "batch_df_seconds": statistics.median(many_df),
+        "single_df_p99": _p99(single_df),
+        "ok": int((got[f"{VIEW}__status"] == "ok").sum()),
+    }
 
 
 def worker_feast_online(case_dir: Path, n_keys: int) -> dict:
@@ -296,11 +355,18 @@ def worker_feast_online(case_dir: Path, n_keys: int) -> dict:
     store.get_online_features(features=refs, entity_rows=rows).to_dict()  # warm
     many = _latencies(lambda i: store.get_online_features(features=refs, entity_rows=rows).to_dict(), 5)
     single = _latencies(
-        lambda i: store.get_online_features(features=refs, entity_rows=[{"customer_id": ids[i % len(ids)]}]).to_dict(),
-        500)
+        lambda i: store.get_online_features(
+            features=refs, entity_rows=[{"customer_id": ids[i % len(ids)]}]
+        ).to_dict(),
+        500,
+    )
     got = store.get_online_features(features=refs, entity_rows=rows).to_dict()
-    return {"batch_seconds": statistics.median(many), "single_p99": _p99(single),
-            "materialize_seconds": materialize_s, "ok": int(sum(v is not None for v in got["f1"]))}
+    return {
+        "batch_seconds": statistics.median(many),
+        "single_p99": _p99(single),
+        "materialize_seconds": materialize_s,
+        "ok": int(sum(v is not None for v in got["f1"])),
+    }
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -333,8 +399,10 @@ def ensure_feast_venv() -> tuple[Path | None, str]:
     uv = shutil.which("uv")
     if uv is None:
         return None, "uv not found on PATH"
-    steps = [[uv, "venv", "--python", "3.11", str(FEAST_VENV)],
-             [uv, "pip", "install", "--python", str(python), "-r", str(FEAST_REQS)]]
+    steps = [
+        [uv, "venv", "--python", "3.11", str(FEAST_VENV)],
+        [uv, "pip", "install", "--python", str(python), "-r", str(FEAST_REQS)],
+    ]
     for step in steps:
         proc = subprocess.run(step, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -349,7 +417,9 @@ def spawn(python: Path | str, worker: str, case_dir: Path, timeout: float, **ext
         cmd += [f"--{key}", str(value)]
     env = {**os.environ, "FEAST_USAGE": "False", "PYTHONPATH": str(ROOT)}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(case_dir))
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(case_dir)
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     stats_file = case_dir / f"stats_{worker}.json"
@@ -369,7 +439,9 @@ def main() -> None:
     parser.add_argument("--skip-feast", action="store_true", help="only ours and the bare ASOF join")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours and the bare join (best kept)")
     parser.add_argument("--feast-repeats", type=int, default=1, help="runs of each Feast store (best kept)")
-    parser.add_argument("--only", help="run only the cases whose name contains this text (and no online part)")
+    parser.add_argument(
+        "--only", help="run only the cases whose name contains this text (and no online part)"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -412,7 +484,9 @@ def main() -> None:
             ref = reference(case_dir)
             bad_ref = brute_force_sample(case_dir, ref)
             if bad_ref:
-                lines.append(f"| {name} | reference | – | – | – | – | – | – | {bad_ref} vs brute force (sample) |")
+                lines.append(
+                    f"| {name} | reference | – | – | – | – | – | – | {bad_ref} vs brute force (sample) |"
+                )
             stats = {}
             for engine in engines:
                 print(f"[{name}] {engine}", flush=True)
@@ -431,15 +505,18 @@ def main() -> None:
                 faster = st["seconds"] / ours if ours and engine != "ours" else None
                 lines.append(
                     f"| {name} | {engine} | {st['seconds']:.3f} | {fmt_ratio(vs_bare)} | {fmt_ratio(faster)} | "
-                    f"{st['peak_rss_mb']:.0f} | {cmp['missing']} | {cmp['duplicated']} | {cmp['mismatched']} |")
-            print("\n".join(lines[-len(engines):]), flush=True)
+                    f"{st['peak_rss_mb']:.0f} | {cmp['missing']} | {cmp['duplicated']} | {cmp['mismatched']} |"
+                )
+            print("\n".join(lines[-len(engines) :]), flush=True)
             shutil.rmtree(case_dir, ignore_errors=True)
 
         if args.only:
             ours_on = feast_on = {"error": "not run (--only)"}
             n_online = 0
         else:
-            ours_on, feast_on, n_online = run_online(Path(tmp), args.quick, feast_python, feast_error, timeout)
+            ours_on, feast_on, n_online = run_online(
+                Path(tmp), args.quick, feast_python, feast_error, timeout
+            )
     lines += online_lines(ours_on, feast_on, n_online)
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
@@ -458,8 +535,11 @@ def run_online(tmp: Path, quick: bool, feast_python: Path | None, feast_error: s
     ids = pd.read_parquet(case_dir / "features.parquet")["customer_id"].drop_duplicates()
     ids.sample(frac=1.0, random_state=3).to_frame().to_parquet(case_dir / "online_ids.parquet", index=False)
     ours_on = spawn(sys.executable, "ours-online", case_dir, timeout, keys=1000)
-    feast_on = spawn(feast_python, "feast-online", case_dir, timeout, keys=1000) if feast_python else \
-        {"error": feast_error}
+    feast_on = (
+        spawn(feast_python, "feast-online", case_dir, timeout, keys=1000)
+        if feast_python
+        else {"error": feast_error}
+    )
     return ours_on, feast_on, n_online
 
 
@@ -467,21 +547,38 @@ def online_lines(ours_on: dict, feast_on: dict, n_online: int) -> list[str]:
     """The online table."""
     if not n_online:
         return []
-    lines = ["", f"Online store, {n_online:,} entities (SQLite both):", "",
-             "| engine | 1,000-key lookup (ms, median) | ours faster by | single-key p99 (ms) | peak MB | notes |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "",
+        f"Online store, {n_online:,} entities (SQLite both):",
+        "",
+        "| engine | 1,000-key lookup (ms, median) | ours faster by | single-key p99 (ms) | peak MB | notes |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for engine, st in (("ours", ours_on), ("feast", feast_on)):
         if "error" in st:
             lines.append(f"| {engine} | failed: {st['error'][:200]} | | | | |")
             continue
-        faster = st["batch_seconds"] / ours_on["batch_seconds"] if engine != "ours" and "error" not in ours_on else None
-        note = (f"`get_online_features_dict`; the DataFrame path `get_online_features`: "
+        faster = (
+            st["batch_seconds"] / ours_on["batch_seconds"]
+            if engine != "ours" and "error" not in ours_on
+            else None
+        )
+        note = (
+            (
+                f"`get_online_features_dict`; the DataFrame path `get_online_features`: "
                 f"{st['batch_df_seconds'] * 1e3:.2f} ms for 1,000 keys, single-key p99 "
-                f"{st['single_df_p99'] * 1e3:.2f} ms; {st['ok']} of 1000 keys ok") if engine == "ours" else \
-            (f"`get_online_features(...).to_dict()`; materialize {st['materialize_seconds']:.1f} s; "
-             f"{st['ok']} of 1000 keys found")
-        lines.append(f"| {engine} | {st['batch_seconds'] * 1e3:.2f} | {fmt_ratio(faster)} | "
-                     f"{st['single_p99'] * 1e3:.3f} | {st['peak_rss_mb']:.0f} | {note} |")
+                f"{st['single_df_p99'] * 1e3:.2f} ms; {st['ok']} of 1000 keys ok"
+            )
+            if engine == "ours"
+            else (
+                f"`get_online_features(...).to_dict()`; materialize {st['materialize_seconds']:.1f} s; "
+                f"{st['ok']} of 1000 keys found"
+            )
+        )
+        lines.append(
+            f"| {engine} | {st['batch_seconds'] * 1e3:.2f} | {fmt_ratio(faster)} | "
+            f"{st['single_p99'] * 1e3:.3f} | {st['peak_rss_mb']:.0f} | {note} |"
+        )
     return lines
 
 

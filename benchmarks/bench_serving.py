@@ -54,13 +54,25 @@ def register_model(data_root: Path) -> tuple[str, dict]:
     ensure_tracking_store(tracking)
     frame = synthetic_training_set(3000, seed=1)
     with threadpool_limits(limits=1):
-        result = train_and_log(frame, TrainConfig(), numeric_features=NUMERIC_FEATURES,
-                               categorical_features=CATEGORICAL_FEATURES, tracking=tracking, importance_repeats=1)
-    registry.promote(client_for(tracking), result.version, "benchmark champion",
-                     history_path=registry.default_history_path(data_root))
+        result = train_and_log(
+            frame,
+            TrainConfig(),
+            numeric_features=NUMERIC_FEATURES,
+            categorical_features=CATEGORICAL_FEATURES,
+            tracking=tracking,
+            importance_repeats=1,
+        )
+    registry.promote(
+        client_for(tracking),
+        result.version,
+        "benchmark champion",
+        history_path=registry.default_history_path(data_root),
+    )
     row = frame[NUMERIC_FEATURES + CATEGORICAL_FEATURES].iloc[3].to_dict()
-    row = {k: (None if isinstance(v, float) and math.isnan(v) else (v.item() if hasattr(v, "item") else v))
-           for k, v in row.items()}
+    row = {
+        k: (None if isinstance(v, float) and math.isnan(v) else (v.item() if hasattr(v, "item") else v))
+        for k, v in row.items()
+    }
     return tracking.tracking_uri, row
 
 
@@ -97,18 +109,39 @@ def _to_ms(value: str) -> float:
 
 def run_wrk(url: str, body: str, connections: int, seconds: float, workdir: Path) -> dict:
     script = workdir / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-                          "--timeout", "10s", "-s", str(script), url], capture_output=True, text=True,
-                         check=True).stdout
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*?timeout (\d+)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non_2xx": int(bad.group(1)) if bad else 0,
-            "timeouts": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "timeouts": int(errors.group(1)) if errors else 0,
+    }
 
 
 def run_httpx(url: str, body: str, connections: int, seconds: float, workdir: Path) -> dict:
@@ -132,8 +165,13 @@ def run_httpx(url: str, body: str, connections: int, seconds: float, workdir: Pa
             start = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(connections)))
             elapsed = time.perf_counter() - start
-        return {"rps": len(latencies) / elapsed, "p50": float(np.percentile(latencies, 50)),
-                "p99": float(np.percentile(latencies, 99)), "non_2xx": bad, "timeouts": 0}
+        return {
+            "rps": len(latencies) / elapsed,
+            "p50": float(np.percentile(latencies, 50)),
+            "p99": float(np.percentile(latencies, 99)),
+            "non_2xx": bad,
+            "timeouts": 0,
+        }
 
     return asyncio.run(main())
 
@@ -152,7 +190,10 @@ def in_process_timings(tracking_uri: str, row: dict, repeats: int) -> dict:
         frame[c] = frame[c].astype(object)
     out = {}
     with threadpool_limits(limits=1):
-        for name, fn in (("dataframe", lambda: model.predict_proba(frame)), ("compiled", lambda: pred.predict_one(row))):
+        for name, fn in (
+            ("dataframe", lambda: model.predict_proba(frame)),
+            ("compiled", lambda: pred.predict_one(row)),
+        ):
             fn()
             samples = []
             for _ in range(7):
@@ -167,7 +208,9 @@ def in_process_timings(tracking_uri: str, row: dict, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="3 s per cell instead of 10")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per cell")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of our app (default 1)")
@@ -183,41 +226,78 @@ def main(argv: list[str] | None = None) -> int:
     print(f"registering a model under {data_root} ...", flush=True)
     tracking_uri, row = register_model(data_root)
     venv_bin = str(Path(sys.executable).parent)
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri, "MLOPS_DATA_DIR": str(data_root),
-                        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-                        "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLOPS_DATA_DIR": str(data_root),
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     servers = {
         "mlflow models serve": (
-            [str(Path(venv_bin) / "mlflow"), "models", "serve", "-m", "models:/churn-model@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"],
-            json.dumps({"dataframe_records": [row]}), "/invocations", "/ping"),
+            [
+                str(Path(venv_bin) / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                "models:/churn-model@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "{port}",
+            ],
+            json.dumps({"dataframe_records": [row]}),
+            "/invocations",
+            "/ping",
+        ),
         "mlops serve": (
-            [sys.executable, "-c", "from mlops_assets.serving.app import serve; "
-             f"serve(host='127.0.0.1', port={{port}}, workers={args.workers})"],
-            json.dumps({"customer_id": "C000003", "features": row}), "/predict", "/health"),
+            [
+                sys.executable,
+                "-c",
+                "from mlops_assets.serving.app import serve; "
+                f"serve(host='127.0.0.1', port={{port}}, workers={args.workers})",
+            ],
+            json.dumps({"customer_id": "C000003", "features": row}),
+            "/predict",
+            "/health",
+        ),
     }
     results: dict[str, dict[int, dict]] = {}
     scores: dict[str, float] = {}
     for name, (cmd, body, path, ready) in servers.items():
         port = free_port()
-        proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], env=env, cwd=workdir,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [c.replace("{port}", str(port)) for c in cmd],
+            env=env,
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base + ready, proc)
             import httpx
 
-            answer = httpx.post(base + path, content=body, headers={"content-type": "application/json"},
-                                timeout=30).json()
-            scores[name] = float(answer["predictions"][0][1] if "predictions" in answer and isinstance(
-                answer["predictions"][0], list) else answer.get("score", float("nan")))
+            answer = httpx.post(
+                base + path, content=body, headers={"content-type": "application/json"}, timeout=30
+            ).json()
+            scores[name] = float(
+                answer["predictions"][0][1]
+                if "predictions" in answer and isinstance(answer["predictions"][0], list)
+                else answer.get("score", float("nan"))
+            )
             drive(base + path, body, 10, 1.0, workdir)  # warm-up
             results[name] = {}
             for c in CONCURRENCY:
                 results[name][c] = drive(base + path, body, c, seconds, workdir)
                 r = results[name][c]
-                print(f"{name:22s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:8.2f} ms"
-                      f"  non-2xx {r['non_2xx']}", flush=True)
+                print(
+                    f"{name:22s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:8.2f} ms"
+                    f"  non-2xx {r['non_2xx']}",
+                    flush=True,
+                )
         finally:
             stop(proc)
     timings = in_process_timings(tracking_uri, row, repeats=300 if args.quick else 1000)
@@ -240,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for c in CONCURRENCY:
         m, o = mlf[c], ours[c]
-        lines.append(f"| {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.1f} | {o['rps']:.0f} | {o['p50']:.2f} | "
-                     f"{o['p99']:.1f} | {o['rps'] / m['rps']:.1f}× | {m['p99'] / o['p99']:.1f}× |")
+        lines.append(
+            f"| {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.1f} | {o['rps']:.0f} | {o['p50']:.2f} | "
+            f"{o['p99']:.1f} | {o['rps'] / m['rps']:.1f}× | {m['p99'] / o['p99']:.1f}× |"
+        )
     errors = {n: sum(r["non_2xx"] + r["timeouts"] for r in res.values()) for n, res in results.items()}
     lines += [
         "",

@@ -33,12 +33,16 @@ def write_events(paths: DataPaths, rows: list[tuple]) -> None:
     frame = pd.DataFrame(rows, columns=["event_id", "customer_id", "event_timestamp", "event_type", "amount"])
     frame["event_timestamp"] = frame["event_timestamp"].map(T)
     for day, part in frame.groupby(frame["event_timestamp"].dt.strftime("%Y-%m-%d")):
-        table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False).cast(RAW_EVENTS.schema)
+        table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False).cast(
+            RAW_EVENTS.schema
+        )
         write_partition(table, paths.partition_dir("raw_events", day))
 
 
 def write_customers(paths: DataPaths, rows: list[tuple]) -> None:
-    frame = pd.DataFrame(rows, columns=["customer_id", "signup_date", "plan", "region", "age_group", "updated_at"])
+    frame = pd.DataFrame(
+        rows, columns=["customer_id", "signup_date", "plan", "region", "age_group", "updated_at"]
+    )
     frame["signup_date"] = frame["signup_date"].map(date.fromisoformat)
     frame["updated_at"] = frame["updated_at"].map(T)
     for day, part in frame.groupby(frame["updated_at"].dt.strftime("%Y-%m-%d")):
@@ -49,22 +53,28 @@ def write_customers(paths: DataPaths, rows: list[tuple]) -> None:
 @pytest.fixture()
 def paths(tmp_path) -> DataPaths:
     p = DataPaths(tmp_path)
-    write_events(p, [
-        ("e1", "C1", "2026-01-30 12:00", "purchase", 10.0),
-        ("e2", "C1", "2026-01-20 00:00", "purchase", 30.0),
-        ("e3", "C1", "2025-12-01 00:00", "purchase", 100.0),
-        ("e4", "C1", "2026-01-31 18:00", "login", None),
-        ("e5", "C1", "2026-02-01 00:00", "purchase", 999.0),  # at the feature time: not yet known
-        ("e6", "C1", "2025-11-02 23:00", "purchase", 999.0),  # outside the 90-day lookback
-        ("e7", "C2", "2026-01-31 00:00", "support_ticket", None),
-        ("e8", "C3", "2025-10-01 00:00", "login", None),  # silent for 90+ days: no row
-    ])
-    write_customers(p, [
-        ("C2", "2025-12-31", "basic", "east", "50+", "2025-12-31 08:00"),
-        ("C1", "2026-01-01", "basic", "north", "25-34", "2026-01-01 10:00"),
-        ("C1", "2026-01-01", "premium", "north", "25-34", "2026-01-15 10:00"),
-        ("C1", "2026-01-01", "standard", "south", "25-34", "2026-02-01 00:00"),  # after the feature time
-    ])
+    write_events(
+        p,
+        [
+            ("e1", "C1", "2026-01-30 12:00", "purchase", 10.0),
+            ("e2", "C1", "2026-01-20 00:00", "purchase", 30.0),
+            ("e3", "C1", "2025-12-01 00:00", "purchase", 100.0),
+            ("e4", "C1", "2026-01-31 18:00", "login", None),
+            ("e5", "C1", "2026-02-01 00:00", "purchase", 999.0),  # at the feature time: not yet known
+            ("e6", "C1", "2025-11-02 23:00", "purchase", 999.0),  # outside the 90-day lookback
+            ("e7", "C2", "2026-01-31 00:00", "support_ticket", None),
+            ("e8", "C3", "2025-10-01 00:00", "login", None),  # silent for 90+ days: no row
+        ],
+    )
+    write_customers(
+        p,
+        [
+            ("C2", "2025-12-31", "basic", "east", "50+", "2025-12-31 08:00"),
+            ("C1", "2026-01-01", "basic", "north", "25-34", "2026-01-01 10:00"),
+            ("C1", "2026-01-01", "premium", "north", "25-34", "2026-01-15 10:00"),
+            ("C1", "2026-01-01", "standard", "south", "25-34", "2026-02-01 00:00"),  # after the feature time
+        ],
+    )
     return p
 
 
@@ -81,7 +91,11 @@ def test_purchase_activity_hand_computed(paths):
     assert (c1["total_spend_7d"], c1["total_spend_30d"], c1["total_spend_90d"]) == (10.0, 40.0, 140.0)
     assert c1["avg_order_value_30d"] == 20.0
     assert c1["avg_order_value_90d"] == pytest.approx(140.0 / 3)
-    assert (c1["max_order_value_7d"], c1["max_order_value_30d"], c1["max_order_value_90d"]) == (10.0, 30.0, 100.0)
+    assert (c1["max_order_value_7d"], c1["max_order_value_30d"], c1["max_order_value_90d"]) == (
+        10.0,
+        30.0,
+        100.0,
+    )
 
 
 def test_engagement_and_support_hand_computed(paths):
@@ -126,7 +140,10 @@ def test_reads_only_the_lookback_partitions(paths):
     assert all("2025-11-02" not in f for f in source_files(view, DAY, paths))
     compute_view(view, DAY, paths)
     assert required_days(get_view("customer_profile"), "2026-01-03", start="2026-01-01") == [
-        "2026-01-01", "2026-01-02", "2026-01-03"]
+        "2026-01-01",
+        "2026-01-02",
+        "2026-01-03",
+    ]
 
 
 def test_output_is_deterministic_and_written_atomically(paths):
@@ -152,9 +169,13 @@ def test_version_changes_only_with_the_definition():
     assert changed.version() != before["support"]
     same = dataclasses.replace(V.SUPPORT)
     assert same.version() == before["support"]
-    new_feature = Feature("tickets_14d", "int64", "Tickets in 14 days.", "count",
-                          event_type="support_ticket", window_days=14)
-    assert dataclasses.replace(V.SUPPORT, features=V.SUPPORT.features + (new_feature,)).version() != before["support"]
+    new_feature = Feature(
+        "tickets_14d", "int64", "Tickets in 14 days.", "count", event_type="support_ticket", window_days=14
+    )
+    assert (
+        dataclasses.replace(V.SUPPORT, features=V.SUPPORT.features + (new_feature,)).version()
+        != before["support"]
+    )
     assert {v.name: v.version() for v in FEATURE_VIEWS} == before
 
 

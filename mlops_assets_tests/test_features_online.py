@@ -13,10 +13,23 @@ from mlops_assets.features.online import OnlineStore
 from mlops_assets.featurestore import Feature, FeatureStore, FeatureView
 from mlops_assets.storage import write_partition
 
-X = FeatureView("vx", (Feature("x", "int64", "x", "count", event_type="login", window_days=1),),
-                "test view x", "team-x", ttl=timedelta(days=2), lookback_days=1)
-Y = FeatureView("vy", (Feature("y", "string", "y", "latest", column="plan"),),
-                "test view y", "team-y", source="customers", ttl=None, lookback_days=None)
+X = FeatureView(
+    "vx",
+    (Feature("x", "int64", "x", "count", event_type="login", window_days=1),),
+    "test view x",
+    "team-x",
+    ttl=timedelta(days=2),
+    lookback_days=1,
+)
+Y = FeatureView(
+    "vy",
+    (Feature("y", "string", "y", "latest", column="plan"),),
+    "test view y",
+    "team-y",
+    source="customers",
+    ttl=None,
+    lookback_days=None,
+)
 
 
 def T(text: str) -> pd.Timestamp:
@@ -24,11 +37,13 @@ def T(text: str) -> pd.Timestamp:
 
 
 def write_view(fs: FeatureStore, view: str, column: str, day: str, values: dict) -> None:
-    frame = pd.DataFrame({
-        "customer_id": list(values),
-        "feature_timestamp": [T(day) + pd.Timedelta(days=1)] * len(values),
-        column: list(values.values()),
-    })
+    frame = pd.DataFrame(
+        {
+            "customer_id": list(values),
+            "feature_timestamp": [T(day) + pd.Timedelta(days=1)] * len(values),
+            column: list(values.values()),
+        }
+    )
     write_partition(frame, feature_partition_dir(fs.paths, view, day))
 
 

@@ -57,29 +57,48 @@ entity_row = st.tuples(
     as_files=st.integers(0, 3),  # 0: a DataFrame source; n: split into n Parquet files
 )
 # explicit tie cases (also found by the search, but not on every run)
-@example(features=[("a", 0, 1), ("a", 0, 0), ("a", 0, 0)], entities=[("a", 0)], ttl_hours=None,
-         use_created=False, as_files=0)
-@example(features=[("a", 0, 1), ("a", 0, 0), ("a", 0, 0)], entities=[("a", 0)], ttl_hours=None,
-         use_created=True, as_files=0)
-@example(features=[("a", 0, 0), ("a", 0, 0), ("a", 0, 0)], entities=[("a", 1)], ttl_hours=1,
-         use_created=False, as_files=2)
+@example(
+    features=[("a", 0, 1), ("a", 0, 0), ("a", 0, 0)],
+    entities=[("a", 0)],
+    ttl_hours=None,
+    use_created=False,
+    as_files=0,
+)
+@example(
+    features=[("a", 0, 1), ("a", 0, 0), ("a", 0, 0)],
+    entities=[("a", 0)],
+    ttl_hours=None,
+    use_created=True,
+    as_files=0,
+)
+@example(
+    features=[("a", 0, 0), ("a", 0, 0), ("a", 0, 0)],
+    entities=[("a", 1)],
+    ttl_hours=1,
+    use_created=False,
+    as_files=2,
+)
 def test_pit_join_matches_brute_force(features, entities, ttl_hours, use_created, as_files):
     feature_rows = [(k, t, c, i) for i, (k, t, c) in enumerate(features)]
     # duplicate the first entity rows so identical requests appear several times
     entity_rows = entities + entities[:3]
     ttl = None if ttl_hours is None else timedelta(hours=ttl_hours)
     ttl_us = None if ttl_hours is None else ttl_hours * HOUR_US
-    entity_df = pd.DataFrame({
-        "customer_id": pd.Series([k for k, _ in entity_rows], dtype="str"),
-        "event_timestamp": pd.Series([_ts(t) for _, t in entity_rows], dtype="datetime64[us, UTC]"),
-        "request_id": np.arange(len(entity_rows)) * 7,
-    }).set_axis(np.arange(len(entity_rows))[::-1])  # a non-default index must not reorder rows
-    fdf = pd.DataFrame({
-        "customer_id": pd.Series([r[0] for r in feature_rows], dtype="str"),
-        "feature_timestamp": pd.Series([_ts(r[1]) for r in feature_rows], dtype="datetime64[us, UTC]"),
-        "created": pd.Series([_ts(r[2]) for r in feature_rows], dtype="datetime64[us, UTC]"),
-        "value": pd.Series([r[3] for r in feature_rows], dtype="int64"),
-    })
+    entity_df = pd.DataFrame(
+        {
+            "customer_id": pd.Series([k for k, _ in entity_rows], dtype="str"),
+            "event_timestamp": pd.Series([_ts(t) for _, t in entity_rows], dtype="datetime64[us, UTC]"),
+            "request_id": np.arange(len(entity_rows)) * 7,
+        }
+    ).set_axis(np.arange(len(entity_rows))[::-1])  # a non-default index must not reorder rows
+    fdf = pd.DataFrame(
+        {
+            "customer_id": pd.Series([r[0] for r in feature_rows], dtype="str"),
+            "feature_timestamp": pd.Series([_ts(r[1]) for r in feature_rows], dtype="datetime64[us, UTC]"),
+            "created": pd.Series([_ts(r[2]) for r in feature_rows], dtype="datetime64[us, UTC]"),
+            "value": pd.Series([r[3] for r in feature_rows], dtype="int64"),
+        }
+    )
     created = "created" if use_created else None
     with tempfile.TemporaryDirectory() as tmp:
         if as_files:
@@ -105,35 +124,53 @@ def test_pit_join_matches_brute_force(features, entities, ttl_hours, use_created
         else:
             assert got_value == value, (pos, entity_rows[pos], got_value, value)
             assert got_ts == _ts(ft)
-    assert assert_no_leakage(result.rename(columns={"event_timestamp": "label_timestamp"}),
-                             ttls={"fv": ttl}) == []
+    assert (
+        assert_no_leakage(result.rename(columns={"event_timestamp": "label_timestamp"}), ttls={"fv": ttl})
+        == []
+    )
 
 
 def test_two_views_ttl_edges_and_no_history():
     t0 = pd.Timestamp("2026-01-10", tz="UTC")
-    entity_df = pd.DataFrame({
-        "customer_id": ["a", "a", "a", "z"],
-        "event_timestamp": [t0 + pd.Timedelta(days=7), t0 + pd.Timedelta(days=7, microseconds=1),
-                            t0 - pd.Timedelta(microseconds=1), t0],
-    })
+    entity_df = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a", "z"],
+            "event_timestamp": [
+                t0 + pd.Timedelta(days=7),
+                t0 + pd.Timedelta(days=7, microseconds=1),
+                t0 - pd.Timedelta(microseconds=1),
+                t0,
+            ],
+        }
+    )
     v1 = pd.DataFrame({"customer_id": ["a"], "feature_timestamp": [t0], "x": [1.5]})
     v2 = pd.DataFrame({"customer_id": ["a"], "feature_timestamp": [t0], "y": ["p"]})
-    out = point_in_time_join(entity_df, [
-        FeatureSource("v1", v1, ["x"], ttl=timedelta(days=7)),
-        FeatureSource("v2", v2, ["y"], ttl=None),
-    ])
+    out = point_in_time_join(
+        entity_df,
+        [
+            FeatureSource("v1", v1, ["x"], ttl=timedelta(days=7)),
+            FeatureSource("v2", v2, ["y"], ttl=None),
+        ],
+    )
     # exactly at the TTL: kept; one microsecond past: null; before the first row: null; unknown: null
     assert out["x"].tolist()[0] == 1.5
     assert out["x"].isna().tolist() == [False, True, True, True]
     assert out["y"].isna().tolist() == [False, False, True, True]
-    assert list(out.columns) == ["customer_id", "event_timestamp", "x", "v1__feature_timestamp",
-                                 "y", "v2__feature_timestamp"]
+    assert list(out.columns) == [
+        "customer_id",
+        "event_timestamp",
+        "x",
+        "v1__feature_timestamp",
+        "y",
+        "v2__feature_timestamp",
+    ]
 
 
 def test_naive_timestamps_are_rejected():
     entity_df = pd.DataFrame({"customer_id": ["a"], "event_timestamp": [pd.Timestamp("2026-01-01")]})
-    fdf = pd.DataFrame({"customer_id": ["a"], "feature_timestamp": [pd.Timestamp("2026-01-01", tz="UTC")],
-                        "x": [1]})
+    fdf = pd.DataFrame(
+        {"customer_id": ["a"], "feature_timestamp": [pd.Timestamp("2026-01-01", tz="UTC")], "x": [1]}
+    )
     with pytest.raises(ValueError, match="UTC-aware"):
         point_in_time_join(entity_df, [FeatureSource("v", fdf, ["x"])])
 
@@ -148,11 +185,13 @@ def _leaky_join(entity_df: pd.DataFrame, fdf: pd.DataFrame) -> pd.DataFrame:
 def test_leakage_check_catches_a_leaky_join_and_passes_the_correct_one():
     t0 = pd.Timestamp("2026-01-10", tz="UTC")
     labels = pd.DataFrame({"customer_id": ["a", "b"], "label_timestamp": [t0, t0]})
-    fdf = pd.DataFrame({
-        "customer_id": ["a", "a", "b"],
-        "feature_timestamp": [t0 - pd.Timedelta(days=1), t0 + pd.Timedelta(days=1), t0],
-        "x": [1.0, 2.0, 3.0],
-    })
+    fdf = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "b"],
+            "feature_timestamp": [t0 - pd.Timedelta(days=1), t0 + pd.Timedelta(days=1), t0],
+            "x": [1.0, 2.0, 3.0],
+        }
+    )
     leaky = _leaky_join(labels, fdf)
     violations = assert_no_leakage(leaky)
     assert [(v["row"], v["view"], v["kind"]) for v in violations] == [(0, "fv", "feature_after_label")]

@@ -45,12 +45,15 @@ def write_day(paths: DataPaths, day: str, rows: pd.DataFrame, labelled: pd.DataF
     labelled = labelled.assign(customer_id="L" + labelled["customer_id"])
     write_features(paths, str(pd.Timestamp(day).date() - pd.Timedelta(days=1)), labelled)
     write_features(paths, day, rows)
-    labels = pd.DataFrame({
-        "customer_id": labelled["customer_id"],
-        "label_timestamp": pd.Series(pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12), index=labelled.index)
-        .astype("datetime64[us, UTC]"),
-        "churned": labelled["churned"].astype("int8"),
-    })
+    labels = pd.DataFrame(
+        {
+            "customer_id": labelled["customer_id"],
+            "label_timestamp": pd.Series(
+                pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12), index=labelled.index
+            ).astype("datetime64[us, UTC]"),
+            "churned": labelled["churned"].astype("int8"),
+        }
+    )
     write_partition(labels, paths.partition_dir("raw_labels", day))
 
 
@@ -78,11 +81,20 @@ def _world(tmp_path_factory):
     paths = DataPaths(root)
     tracking = TrackingConfig.for_data_root(root)
     reference = synthetic_training_set(n_rows=600, n_days=10, seed=1)
-    trained = train_and_log(reference, TrainConfig(model_type="logistic_regression"),
-                            numeric_features=NUMERIC_FEATURES, categorical_features=CATEGORICAL_FEATURES,
-                            tracking=tracking, importance_repeats=1)
-    registry.promote(client_for(tracking), trained.version, "test champion",
-                     history_path=registry.default_history_path(root))
+    trained = train_and_log(
+        reference,
+        TrainConfig(model_type="logistic_regression"),
+        numeric_features=NUMERIC_FEATURES,
+        categorical_features=CATEGORICAL_FEATURES,
+        tracking=tracking,
+        importance_repeats=1,
+    )
+    registry.promote(
+        client_for(tracking),
+        trained.version,
+        "test champion",
+        history_path=registry.default_history_path(root),
+    )
     current = synthetic_training_set(n_rows=500, n_days=1, seed=7)
     labelled = synthetic_training_set(n_rows=300, n_days=1, seed=17)
     write_day(paths, NO_DRIFT_DAY, current, labelled)
@@ -97,8 +109,13 @@ def resources(root) -> dict:
 
 
 def run_day(paths: DataPaths, day: str, instance: dg.DagsterInstance, **config) -> dg.ExecuteInJobResult:
-    return dg.materialize([drift_report], partition_key=day, resources=resources(paths.root), instance=instance,
-                          run_config={"ops": {"drift_report": {"config": config}}})
+    return dg.materialize(
+        [drift_report],
+        partition_key=day,
+        resources=resources(paths.root),
+        instance=instance,
+        run_config={"ops": {"drift_report": {"config": config}}},
+    )
 
 
 @pytest.mark.slow
@@ -113,7 +130,9 @@ def drift_and_sensor(world, instance: dg.DagsterInstance) -> None:
     calm = run_day(paths, NO_DRIFT_DAY, instance)
     checks = {c.check_name: c for c in calm.get_asset_check_evaluations()}
     assert checks[daily.DATASET_DRIFT_CHECK].passed
-    assert checks[daily.ESTIMATED_PERFORMANCE_CHECK].passed and checks[daily.REALIZED_PERFORMANCE_CHECK].passed
+    assert (
+        checks[daily.ESTIMATED_PERFORMANCE_CHECK].passed and checks[daily.REALIZED_PERFORMANCE_CHECK].passed
+    )
     meta = calm.asset_materializations_for_node("drift_report")[0].metadata
     assert meta["champion_version"].value == trained.version and meta["dagster/row_count"].value == 500
     assert meta["realized_labels"].value == 300 and "| feature |" in meta["report"].value
@@ -179,7 +198,9 @@ def test_weekly_schedule_requests_retraining_job_with_tags(monkeypatch):
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     tick = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
     with dg.instance_for_test() as instance:
-        request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
+        request = schedule.evaluate_tick(
+            dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        )
     (run,) = request.run_requests
     assert run.tags["mlops/trigger"] == "schedule" and tick.isoformat() in run.tags["mlops/trigger_reason"]
     assert run.run_key == f"schedule:{tick.isoformat()}"
@@ -203,8 +224,11 @@ def test_triggers_are_on_by_default_and_targets_do_not_overlap():
     graph = repo.asset_graph
     mine = new_data_automation_sensor.asset_selection.resolve(graph)
     assert {dg.AssetKey("training_set"), dg.AssetKey("drift_report")} <= mine
-    others = [s for s in repo.sensor_defs if isinstance(s, dg.AutomationConditionSensorDefinition)
-              and s.name != new_data_automation_sensor.name]
+    others = [
+        s
+        for s in repo.sensor_defs
+        if isinstance(s, dg.AutomationConditionSensorDefinition) and s.name != new_data_automation_sensor.name
+    ]
     for sensor in others:
         assert not (sensor.asset_selection.resolve(graph) & mine), sensor.name
 
@@ -234,5 +258,7 @@ def test_decay_needs_a_drop_beyond_tolerance_and_noise():
     # 100 holdout rows: a 0.06 accuracy drop is within two-sided sampling noise (z * se ~ 0.069) -> not decayed
     small = daily.judge_decay(training, (100, 20), {"accuracy": 0.84, "roc_auc": 0.85}, (150, 30), settings)
     assert not small.decayed and small.limits["accuracy"] > 0.06
-    large = daily.judge_decay(training, (5000, 1000), {"accuracy": 0.84, "roc_auc": 0.85}, (5000, 1000), settings)
+    large = daily.judge_decay(
+        training, (5000, 1000), {"accuracy": 0.84, "roc_auc": 0.85}, (5000, 1000), settings
+    )
     assert large.decayed_metrics == ["accuracy"] and large.limits["accuracy"] == 0.05

@@ -33,8 +33,10 @@ def reference_psi(ref: np.ndarray, cur: np.ndarray, bins: int = 10, eps: float =
 
 
 # exact KS regime, then the asymptotic regime in its central and tail branches
-@pytest.mark.parametrize("n_ref,n_cur,shift", [(300, 450, 0.3), (12_000, 15_000, 0.3), (30_000, 30_000, 0.0),
-                                               (30_000, 30_000, 0.1)])
+@pytest.mark.parametrize(
+    "n_ref,n_cur,shift",
+    [(300, 450, 0.3), (12_000, 15_000, 0.3), (30_000, 30_000, 0.0), (30_000, 30_000, 0.1)],
+)
 def test_numeric_statistics_equal_scipy_on_tied_data(n_ref: int, n_cur: int, shift: float) -> None:
     rng = np.random.default_rng(7)
     ref = np.round(rng.normal(10, 2, n_ref), 1)  # ties
@@ -99,10 +101,18 @@ def test_nulls_are_reported_and_left_out_of_the_statistics() -> None:
 
 def test_all_null_and_constant_columns_do_not_crash() -> None:
     n = 200
-    ref = pd.DataFrame({"empty": [np.nan] * n, "gone": np.arange(n, dtype=float), "const": 3.0, "moved": 1.0,
-                        "cat_const": "a"})
-    cur = pd.DataFrame({"empty": [np.nan] * n, "gone": [np.nan] * n, "const": 3.0, "moved": 2.0,
-                        "cat_const": "a"})
+    ref = pd.DataFrame(
+        {
+            "empty": [np.nan] * n,
+            "gone": np.arange(n, dtype=float),
+            "const": 3.0,
+            "moved": 1.0,
+            "cat_const": "a",
+        }
+    )
+    cur = pd.DataFrame(
+        {"empty": [np.nan] * n, "gone": [np.nan] * n, "const": 3.0, "moved": 2.0, "cat_const": "a"}
+    )
     report = compute_drift(ref, cur)
     empty, gone = report.feature("empty"), report.feature("gone")
     assert not empty.drifted and empty.statistic is None and "either" in empty.note
@@ -152,18 +162,22 @@ def test_goodness_of_fit_chi2_against_reference_frequencies_over_alarms() -> Non
 def test_drift_is_flagged_on_shifted_data_and_dataset_verdict_follows_share() -> None:
     rng = np.random.default_rng(9)
     n = 2000
-    ref = pd.DataFrame({
-        "spend": rng.gamma(2.0, 30.0, n),
-        "logins": rng.poisson(5, n),
-        "plan": rng.choice(["basic", "standard", "premium"], n, p=[0.5, 0.3, 0.2]),
-        "region": rng.choice(["north", "south"], n),
-    })
-    cur = pd.DataFrame({
-        "spend": rng.gamma(2.0, 36.0, n),  # scale up 20%
-        "logins": ref["logins"].to_numpy(),  # identical: cannot drift
-        "plan": rng.choice(["basic", "standard", "premium"], n, p=[0.3, 0.3, 0.4]),
-        "region": ref["region"].to_numpy(),
-    })
+    ref = pd.DataFrame(
+        {
+            "spend": rng.gamma(2.0, 30.0, n),
+            "logins": rng.poisson(5, n),
+            "plan": rng.choice(["basic", "standard", "premium"], n, p=[0.5, 0.3, 0.2]),
+            "region": rng.choice(["north", "south"], n),
+        }
+    )
+    cur = pd.DataFrame(
+        {
+            "spend": rng.gamma(2.0, 36.0, n),  # scale up 20%
+            "logins": ref["logins"].to_numpy(),  # identical: cannot drift
+            "plan": rng.choice(["basic", "standard", "premium"], n, p=[0.3, 0.3, 0.4]),
+            "region": ref["region"].to_numpy(),
+        }
+    )
     report = compute_drift(ref, cur)
     assert set(report.drifted_features) == {"spend", "plan"}
     assert report.feature("plan").kind == "categorical" and report.feature("plan").test == "chi2"
@@ -207,7 +221,9 @@ def test_no_common_columns_and_mismatched_types_give_clear_errors() -> None:
 def test_identifier_and_datetime_columns_are_skipped_when_columns_are_not_given() -> None:
     n = 100
     ts = pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC")
-    ref = pd.DataFrame({"customer_id": [f"C{i:05d}" for i in range(n)], "ts": ts, "x": np.arange(n, dtype=float)})
+    ref = pd.DataFrame(
+        {"customer_id": [f"C{i:05d}" for i in range(n)], "ts": ts, "x": np.arange(n, dtype=float)}
+    )
     report = compute_drift(ref, ref)
     assert [r.feature for r in report.features] == ["x"]
     assert set(report.skipped) == {"customer_id", "ts"}

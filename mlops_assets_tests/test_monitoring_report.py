@@ -19,16 +19,20 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _frames(n: int = 600) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(42)
-    ref = pd.DataFrame({
-        "avg_order_value_30d": rng.gamma(2.0, 25.0, n),
-        "days_since_last_login": rng.integers(0, 30, n).astype(float),
-        "plan": rng.choice(["basic", "standard", "premium"], n),
-    })
-    cur = pd.DataFrame({
-        "avg_order_value_30d": rng.gamma(2.0, 40.0, n),  # drifted
-        "days_since_last_login": ref["days_since_last_login"].to_numpy(),  # identical
-        "plan": ref["plan"].to_numpy(),
-    })
+    ref = pd.DataFrame(
+        {
+            "avg_order_value_30d": rng.gamma(2.0, 25.0, n),
+            "days_since_last_login": rng.integers(0, 30, n).astype(float),
+            "plan": rng.choice(["basic", "standard", "premium"], n),
+        }
+    )
+    cur = pd.DataFrame(
+        {
+            "avg_order_value_30d": rng.gamma(2.0, 40.0, n),  # drifted
+            "days_since_last_login": ref["days_since_last_login"].to_numpy(),  # identical
+            "plan": ref["plan"].to_numpy(),
+        }
+    )
     return ref, cur
 
 

@@ -14,7 +14,9 @@ from statsmodels.stats.proportion import proportions_ztest
 from mlops_assets.serving import abtest
 
 
-@pytest.mark.parametrize(("x_a", "n_a", "x_b", "n_b"), [(120, 1000, 150, 1000), (30, 400, 22, 650), (5, 50, 9, 45)])
+@pytest.mark.parametrize(
+    ("x_a", "n_a", "x_b", "n_b"), [(120, 1000, 150, 1000), (30, 400, 22, 650), (5, 50, 9, 45)]
+)
 def test_two_proportion_ztest_matches_statsmodels(x_a, n_a, x_b, n_b):
     ours = abtest.two_proportion_ztest(x_a, n_a, x_b, n_b)
     z, p = proportions_ztest([x_b, x_a], [n_b, n_a])
@@ -48,7 +50,9 @@ def test_welch_and_mann_whitney_match_scipy():
     assert mw.p_value == pytest.approx(ref_mw.pvalue, rel=1e-9)
 
 
-@pytest.mark.parametrize(("x_a", "n_a", "x_b", "n_b"), [(40, 400, 55, 410), (12, 100, 9, 100), (300, 3000, 310, 3000)])
+@pytest.mark.parametrize(
+    ("x_a", "n_a", "x_b", "n_b"), [(40, 400, 55, 410), (12, 100, 9, 100), (300, 3000, 310, 3000)]
+)
 def test_beta_binomial_matches_monte_carlo(x_a, n_a, x_b, n_b):
     ours = abtest.beta_binomial(x_a, n_a, x_b, n_b)
     rng = np.random.default_rng(11)
@@ -78,8 +82,9 @@ def test_sample_size_matches_closed_form_and_power():
     assert abtest.sample_size_per_arm(p0, effect / 2) > 3 * n
 
 
-def _simulate_peeks(effect: float, sims: int = 2000, peeks: int = 20, batch: int = 250, base: float = 0.1,
-                    seed: int = 0) -> tuple[np.ndarray, ...]:
+def _simulate_peeks(
+    effect: float, sims: int = 2000, peeks: int = 20, batch: int = 250, base: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     x_a = rng.binomial(batch, base, size=(sims, peeks)).cumsum(axis=1)
     x_b = rng.binomial(batch, base + effect, size=(sims, peeks)).cumsum(axis=1)
@@ -112,18 +117,22 @@ def _outcomes(n: int, rate_a: float, rate_b: float, seed: int = 0, days: int = 1
     rng = np.random.default_rng(seed)
     arm = np.where(rng.random(n) < 0.5, "champion", "challenger")
     rate = np.where(arm == "champion", rate_a, rate_b)
-    return pd.DataFrame({
-        "customer_id": [f"C{i}" for i in range(n)],
-        "arm": arm,
-        "churned": (rng.random(n) < rate).astype(int),
-        "spend": rng.gamma(2.0, 10.0, n),
-        "label_timestamp": pd.Timestamp("2026-03-01", tz="UTC") + pd.to_timedelta(rng.integers(0, days, n), "D"),
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": [f"C{i}" for i in range(n)],
+            "arm": arm,
+            "churned": (rng.random(n) < rate).astype(int),
+            "spend": rng.gamma(2.0, 10.0, n),
+            "label_timestamp": pd.Timestamp("2026-03-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, days, n), "D"),
+        }
+    )
 
 
 def test_analyze_promotes_a_clearly_better_challenger_and_stops_a_worse_one():
-    better = abtest.analyze(_outcomes(20_000, 0.20, 0.14), abtest.ABConfig(value_column="spend"),
-                            time_column="label_timestamp")
+    better = abtest.analyze(
+        _outcomes(20_000, 0.20, 0.14), abtest.ABConfig(value_column="spend"), time_column="label_timestamp"
+    )
     assert better.decision == "promote_b", better.reason
     assert better.bayes.prob_b_better > 0.99
     assert better.welch is not None and better.mann_whitney is not None
@@ -136,29 +145,42 @@ def test_analyze_promotes_a_clearly_better_challenger_and_stops_a_worse_one():
 
 
 def test_analyze_stops_on_a_broken_guardrail():
-    report = abtest.analyze(_outcomes(20_000, 0.20, 0.14), guardrails={
-        "challenger": {"error_rate": 0.2, "p99_latency_ms": 5.0, "requests": 100.0}})
+    report = abtest.analyze(
+        _outcomes(20_000, 0.20, 0.14),
+        guardrails={"challenger": {"error_rate": 0.2, "p99_latency_ms": 5.0, "requests": 100.0}},
+    )
     assert report.decision == "stop"
     assert "error rate" in report.reason
 
 
 def test_outcomes_from_log_take_the_first_served_arm_and_the_first_later_label():
     t0 = pd.Timestamp("2026-03-01 10:00", tz="UTC")
-    log = pd.DataFrame({
-        "customer_id": ["C1", "C1", "C2", "C3", "C4", "C2"],
-        "arm": ["challenger", "champion", "champion", "challenger", "champion", "challenger"],
-        "ts": [t0, t0 + pd.Timedelta("1h"), t0, t0, t0, t0 - pd.Timedelta("1h")],
-        "shadow": [False, False, False, False, False, True],
-        "status": ["ok", "ok", "ok", "ok", "error", "ok"],
-        "experiment": ["e1"] * 6,
-    })
-    labels = pd.DataFrame({
-        "customer_id": ["C1", "C1", "C2", "C3", "C4"],
-        "label_timestamp": [t0 + pd.Timedelta("3D"), t0 + pd.Timedelta("1D"), t0 - pd.Timedelta("1D"),
-                            t0 + pd.Timedelta("2D"), t0 + pd.Timedelta("2D")],
-        "churned": [0, 1, 1, 0, 1],
-    })
+    log = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C2", "C3", "C4", "C2"],
+            "arm": ["challenger", "champion", "champion", "challenger", "champion", "challenger"],
+            "ts": [t0, t0 + pd.Timedelta("1h"), t0, t0, t0, t0 - pd.Timedelta("1h")],
+            "shadow": [False, False, False, False, False, True],
+            "status": ["ok", "ok", "ok", "ok", "error", "ok"],
+            "experiment": ["e1"] * 6,
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C1", "C2", "C3", "C4"],
+            "label_timestamp": [
+                t0 + pd.Timedelta("3D"),
+                t0 + pd.Timedelta("1D"),
+                t0 - pd.Timedelta("1D"),
+                t0 + pd.Timedelta("2D"),
+                t0 + pd.Timedelta("2D"),
+            ],
+            "churned": [0, 1, 1, 0, 1],
+        }
+    )
     out = abtest.outcomes_from_log(log, labels, "e1").set_index("customer_id")
     assert list(out.index) == ["C1", "C3"]  # C2's only label predates its assignment; C4's request failed
-    assert out.loc["C1", "arm"] == "challenger" and out.loc["C1", "churned"] == 1  # first label after assignment
+    assert (
+        out.loc["C1", "arm"] == "challenger" and out.loc["C1", "churned"] == 1
+    )  # first label after assignment
     assert abtest.outcomes_from_log(log, labels, "other").empty

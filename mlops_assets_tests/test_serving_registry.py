@@ -21,9 +21,14 @@ pytestmark = pytest.mark.slow
 
 def _register(tracking, seed: int) -> int:
     frame = synthetic_training_set(300, seed=seed)
-    result = train_and_log(frame, TrainConfig(model_type="logistic_regression", seed=seed),
-                           numeric_features=NUMERIC_FEATURES, categorical_features=CATEGORICAL_FEATURES,
-                           tracking=tracking, importance_repeats=1)
+    result = train_and_log(
+        frame,
+        TrainConfig(model_type="logistic_regression", seed=seed),
+        numeric_features=NUMERIC_FEATURES,
+        categorical_features=CATEGORICAL_FEATURES,
+        tracking=tracking,
+        importance_repeats=1,
+    )
     return result.version
 
 
@@ -41,8 +46,13 @@ def test_registry_models_are_verified_and_promotions_reach_the_running_app(tmp_p
 
     row = synthetic_training_set(5, seed=3)[NUMERIC_FEATURES + CATEGORICAL_FEATURES].iloc[0].to_dict()
     row = {k: (None if v != v else v) for k, v in row.items()}  # NaN -> null
-    config = ServingConfig(data_root=tmp_path, model_source=source, feature_source=MappingFeatureSource({"C1": row}),
-                           assignments=MemoryAssignments(), poll_interval_s=0.2)
+    config = ServingConfig(
+        data_root=tmp_path,
+        model_source=source,
+        feature_source=MappingFeatureSource({"C1": row}),
+        assignments=MemoryAssignments(),
+        poll_interval_s=0.2,
+    )
     with Server(create_app(config)) as server, httpx.Client(base_url=server.url) as http:
         assert http.post("/predict", json={"customer_id": "C1"}).json()["model_version"] == str(v1)
         assert http.get("/health").json()["models"]["champion"]["sha256"] == sha

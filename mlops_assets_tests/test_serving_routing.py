@@ -71,8 +71,9 @@ def test_direct_and_shadow_answer_with_the_champion():
 
 
 def test_thompson_sampling_follows_the_posteriors_reproducibly_and_sticks(tmp_path):
-    state = update_posteriors(RolloutState(mode="bandit", experiment="b1", seed=3),
-                              {"champion": (30, 300), "challenger": (45, 300)})
+    state = update_posteriors(
+        RolloutState(mode="bandit", experiment="b1", seed=3), {"champion": (30, 300), "challenger": (45, 300)}
+    )
     arms = [assign(state, c).arm for c in CUSTOMERS[:4000]]
     # the share on the challenger equals P(challenger draw > champion draw), computed by Monte Carlo
     rng = np.random.default_rng(0)
@@ -110,13 +111,21 @@ def test_state_file_round_trip_and_reload_on_change(tmp_path):
 def _log_rows(n, arm, error_rate=0.0, latency=5.0, score_mean=0.3, seed=0):
     rng = np.random.default_rng(seed)
     err = rng.random(n) < error_rate
-    return pd.DataFrame({
-        "request_id": [f"{arm}-{i}" for i in range(n)], "customer_id": [f"C{i}" for i in range(n)],
-        "arm": arm, "model_version": "1",
-        "score": np.where(err, np.nan, np.clip(rng.normal(score_mean, 0.1, n), 0, 1)),
-        "latency_ms": rng.gamma(5.0, latency / 5.0, n), "ts": pd.Timestamp.now(tz="UTC"), "mode": "canary",
-        "shadow": False, "status": np.where(err, "error", "ok"), "error": None,
-    })
+    return pd.DataFrame(
+        {
+            "request_id": [f"{arm}-{i}" for i in range(n)],
+            "customer_id": [f"C{i}" for i in range(n)],
+            "arm": arm,
+            "model_version": "1",
+            "score": np.where(err, np.nan, np.clip(rng.normal(score_mean, 0.1, n), 0, 1)),
+            "latency_ms": rng.gamma(5.0, latency / 5.0, n),
+            "ts": pd.Timestamp.now(tz="UTC"),
+            "mode": "canary",
+            "shadow": False,
+            "status": np.where(err, "error", "ok"),
+            "error": None,
+        }
+    )
 
 
 def test_canary_advances_through_every_step_then_promotes(tmp_path):
@@ -135,17 +144,23 @@ def test_canary_advances_through_every_step_then_promotes(tmp_path):
     assert history["at"].is_monotonic_increasing and history["reason"].str.len().gt(0).all()
 
 
-@pytest.mark.parametrize(("challenger", "needle"), [
-    (dict(error_rate=0.05), "error rate"),
-    (dict(latency=400.0), "p99 latency"),
-    (dict(score_mean=0.6), "mean score shift"),
-])
+@pytest.mark.parametrize(
+    ("challenger", "needle"),
+    [
+        (dict(error_rate=0.05), "error rate"),
+        (dict(latency=400.0), "p99 latency"),
+        (dict(score_mean=0.6), "mean score shift"),
+    ],
+)
 def test_a_broken_guardrail_rolls_back_to_the_champion(tmp_path, challenger, needle):
     controller = RolloutController(tmp_path)
     controller.start_canary("exp-1")
-    controller.step(metrics_window(pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=1)])))
-    window = metrics_window(pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=2,
-                                                                              **challenger)]))
+    controller.step(
+        metrics_window(pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=1)]))
+    )
+    window = metrics_window(
+        pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=2, **challenger)])
+    )
     decision = controller.step(window)
     assert decision.action == "rollback" and needle in decision.reason
     state = controller.state()
@@ -155,8 +170,11 @@ def test_a_broken_guardrail_rolls_back_to_the_champion(tmp_path, challenger, nee
 
 def test_too_few_requests_hold_the_step():
     state = RolloutState(mode="canary", challenger_share=0.05)
-    decision = evaluate_step(state, metrics_window(pd.concat([_log_rows(100, "champion"),
-                                                              _log_rows(50, "challenger")])), Guardrails())
+    decision = evaluate_step(
+        state,
+        metrics_window(pd.concat([_log_rows(100, "champion"), _log_rows(50, "challenger")])),
+        Guardrails(),
+    )
     assert decision.action == "hold" and apply_decision(state, decision) == state
 
 
@@ -172,12 +190,18 @@ def test_prediction_log_rotates_per_day_and_reads_back(tmp_path):
     logger = plog.PredictionLogger(tmp_path)
     day1 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
     for i, ts in enumerate([day1, day1, day1 + timedelta(seconds=2)]):
-        logger.write(plog.PredictionRecord(f"r{i}", "C1", "champion", "3", 0.25 + i / 10, 1.5, ts.isoformat(),
-                                           "direct"))
+        logger.write(
+            plog.PredictionRecord(
+                f"r{i}", "C1", "champion", "3", 0.25 + i / 10, 1.5, ts.isoformat(), "direct"
+            )
+        )
     other = plog.PredictionLogger(tmp_path)
     other.name = "otherhost-1.jsonl"  # a second worker process writes its own file
-    other.write(plog.PredictionRecord("r9", "C2", "challenger", "4", 0.9, 2.0, day1.isoformat(), "canary",
-                                      shadow=True))
+    other.write(
+        plog.PredictionRecord(
+            "r9", "C2", "challenger", "4", 0.9, 2.0, day1.isoformat(), "canary", shadow=True
+        )
+    )
     logger.close()
     other.close()
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl"))
@@ -187,7 +211,11 @@ def test_prediction_log_rotates_per_day_and_reads_back(tmp_path):
     day = plog.read_day("2026-03-01", directory=tmp_path)
     assert list(day["request_id"]) == ["r0", "r1", "r9"]
     assert day["ts"].dt.tz is not None and day["shadow"].tolist() == [False, False, True]
-    since = plog.read_since(day1 - timedelta(seconds=1), directory=tmp_path, until=day1 + timedelta(seconds=5))
+    since = plog.read_since(
+        day1 - timedelta(seconds=1), directory=tmp_path, until=day1 + timedelta(seconds=5)
+    )
     assert len(since) == 4
-    assert json.loads(next((tmp_path / "date=2026-03-02").glob("*.jsonl")).read_text())["score"] == pytest.approx(0.45)
+    assert json.loads(next((tmp_path / "date=2026-03-02").glob("*.jsonl")).read_text())[
+        "score"
+    ] == pytest.approx(0.45)
     assert plog.read_day("2026-03-05", directory=tmp_path).empty

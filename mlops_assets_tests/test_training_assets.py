@@ -48,17 +48,25 @@ def _write_training_set(paths, seed: int = 2, drop: int = 0):
 
 def _resources(paths, tracking_uri: str, model_name: str) -> dict:
     data = DataDirResource(root=str(paths.root))
-    return {"data": data, "mlflow": MlflowResource(data=data, tracking_uri=tracking_uri, model_name=model_name)}
+    return {
+        "data": data,
+        "mlflow": MlflowResource(data=data, tracking_uri=tracking_uri, model_name=model_name),
+    }
 
 
 def _run(resources, instance, assets=training_assets, evaluation=None, candidate=None):
-    run_config = {"ops": {
-        "candidate_model": {"config": FAST["candidate_model"]["config"] | (candidate or {})},
-        "evaluation_report": {"config": FAST["evaluation_report"]["config"] | (evaluation or {})},
-    }}
-    run_config["ops"] = {k: v for k, v in run_config["ops"].items() if any(a.key.path[-1] == k for a in assets)}
-    return dg.materialize(assets, instance=instance, resources=resources, run_config=run_config,
-                          raise_on_error=False)
+    run_config = {
+        "ops": {
+            "candidate_model": {"config": FAST["candidate_model"]["config"] | (candidate or {})},
+            "evaluation_report": {"config": FAST["evaluation_report"]["config"] | (evaluation or {})},
+        }
+    }
+    run_config["ops"] = {
+        k: v for k, v in run_config["ops"].items() if any(a.key.path[-1] == k for a in assets)
+    }
+    return dg.materialize(
+        assets, instance=instance, resources=resources, run_config=run_config, raise_on_error=False
+    )
 
 
 def _meta(result, node):
@@ -67,7 +75,9 @@ def _meta(result, node):
 
 
 def _champion(resources):
-    mv = registry.alias_version(resources["mlflow"].client(), registry.CHAMPION, resources["mlflow"].model_name)
+    mv = registry.alias_version(
+        resources["mlflow"].client(), registry.CHAMPION, resources["mlflow"].model_name
+    )
     return None if mv is None else int(mv.version)
 
 
@@ -84,19 +94,26 @@ def test_graph_trains_evaluates_and_promotes_a_first_champion(data_dir, tracking
     assert "age_group" not in cand["features"] and "plan" in cand["features"]
     assert "| roc_auc |" in cand["metrics"]
     (mat,) = result.asset_materializations_for_node("candidate_model")
-    assert mat.tags["dagster/data_version"] == combine_hashes([ts_hash, cand["params_hash"], cand["code_version"]])
+    assert mat.tags["dagster/data_version"] == combine_hashes(
+        [ts_hash, cand["params_hash"], cand["code_version"]]
+    )
     run = resources["mlflow"].client().get_run(cand["run_id"])
     assert run.data.tags["dagster_run_id"] == result.run_id
 
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()
-              if e.asset_key == dg.AssetKey("evaluation_report")}
+    checks = {
+        e.check_name: e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == dg.AssetKey("evaluation_report")
+    }
     assert sorted(checks) == sorted(GATE_NAMES) and all(c.passed for c in checks.values())
     assert checks["accuracy_vs_champion"].metadata["skipped"].value is True  # no champion yet
     report = _meta(result, "evaluation_report")
     assert report["challenger_version"] == cand["version"] and report["champion_version"] == "none"
     assert "## Quality" in report["report"] and "| roc_auc |" in report["report"]
     for key in ("roc_curve", "calibration_curve"):
-        payload = re.fullmatch(r"!\[[^\]]+\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report[key]).group(1)
+        payload = re.fullmatch(r"!\[[^\]]+\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report[key]).group(
+            1
+        )
         assert base64.b64decode(payload).startswith(b"\x89PNG")
     saved = data_dir.reports / f"evaluation_v{cand['version']}.md"
     assert report["report_path"] == str(saved) and saved.exists()
@@ -106,7 +123,8 @@ def test_graph_trains_evaluates_and_promotes_a_first_champion(data_dir, tracking
     assert promo["previous_champion"] == "none" and promo["moved"] is True
     history = registry.read_promotion_history(registry.default_history_path(data_dir.root))
     assert history[["action", "version", "dagster_run_id"]].values.tolist() == [
-        ["promote", cand["version"], result.run_id]]
+        ["promote", cand["version"], result.run_id]
+    ]
 
 
 def test_unchanged_training_set_reuses_the_version_and_new_data_retrains(data_dir, tracking_uri):
@@ -120,7 +138,10 @@ def test_unchanged_training_set_reuses_the_version_and_new_data_retrains(data_di
     assert a["cached"] is False and b["cached"] is True
     assert b["version"] == a["version"] and b["run_id"] == a["run_id"]
     assert f"reused version {a['version']}" in b["cache_reason"]
-    tags = [r.asset_materializations_for_node("candidate_model")[0].tags["dagster/data_version"] for r in (first, again)]
+    tags = [
+        r.asset_materializations_for_node("candidate_model")[0].tags["dagster/data_version"]
+        for r in (first, again)
+    ]
     assert tags[0] == tags[1]
 
     _write_training_set(data_dir, drop=10)  # new data → new hash → retrain
@@ -135,9 +156,14 @@ def test_failing_gates_stop_before_promotion_and_the_sensor_alerts(data_dir, tra
     resources = _resources(data_dir, tracking_uri, "churn-gated")
     instance = dg.DagsterInstance.ephemeral()
     # an ingestion gate that failed earlier in this instance: the training data is not valid
-    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-        asset_key=dg.AssetKey("raw_events"), check_name="quarantine_rate_within_threshold", passed=False,
-        description="2026-01-03: quarantine rate 10.00% > 5.00%"))
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("raw_events"),
+            check_name="quarantine_rate_within_threshold",
+            passed=False,
+            description="2026-01-03: quarantine rate 10.00% > 5.00%",
+        )
+    )
     result = _run(resources, instance, evaluation={"max_p99_latency_ms": 0.0001})
     assert not result.success
     assert result.asset_materializations_for_node("promotion") == []
@@ -152,8 +178,11 @@ def test_failing_gates_stop_before_promotion_and_the_sensor_alerts(data_dir, tra
     assert "raw_events.quarantine_rate_within_threshold failed" in data_gate and "10.00% > 5.00%" in data_gate
 
     context = dg.build_run_status_sensor_context(
-        sensor_name="quality_gate_alert_sensor", dagster_instance=instance, dagster_run=result.dagster_run,
-        dagster_event=result.get_run_failure_event(), resources={"data": resources["data"]},
+        sensor_name="quality_gate_alert_sensor",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=result.get_run_failure_event(),
+        resources={"data": resources["data"]},
     )
     quality_gate_alert_sensor(context)
     (alert,) = read_alerts(default_alerts_path(data_dir.root))
@@ -176,7 +205,9 @@ def test_a_failed_run_without_gates_outside_training_raises_no_alert():
 
 
 @pytest.mark.slow
-def test_rollback_job_restores_the_previous_champion_and_cli_reproduces(data_dir, tracking_uri, monkeypatch, capsys):
+def test_rollback_job_restores_the_previous_champion_and_cli_reproduces(
+    data_dir, tracking_uri, monkeypatch, capsys
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     resources = _resources(data_dir, tracking_uri, "churn-model")  # the CLI's default model name
     instance = dg.DagsterInstance.ephemeral()
@@ -190,20 +221,29 @@ def test_rollback_job_restores_the_previous_champion_and_cli_reproduces(data_dir
     assert second == first + 1 and _champion(resources) == second
 
     rolled = rollback_job.execute_in_process(
-        instance=instance, resources=resources, run_config={"ops": {"rollback_champion": {"config": {"reason": "test"}}}})
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"rollback_champion": {"config": {"reason": "test"}}}},
+    )
     assert rolled.success and _champion(resources) == first
     client = resources["mlflow"].client()
-    assert client.get_model_version("churn-model", str(second)).tags[registry.LIFECYCLE_TAG] == registry.ARCHIVED
+    assert (
+        client.get_model_version("churn-model", str(second)).tags[registry.LIFECYCLE_TAG] == registry.ARCHIVED
+    )
     history = registry.read_promotion_history(registry.default_history_path(data_dir.root))
-    moves = [(r.action, r.version, None if r.previous_version != r.previous_version else int(r.previous_version))
-             for r in history.itertuples()]
+    moves = [
+        (r.action, r.version, None if r.previous_version != r.previous_version else int(r.previous_version))
+        for r in history.itertuples()
+    ]
     assert moves == [("promote", first, None), ("promote", second, first), ("rollback", first, second)]
     assert history["dagster_run_id"].iloc[-1] == rolled.run_id
 
     # the next retrain on unchanged data reuses the rolled-back version: it passes the gates but stays out
     rerun = _run(resources, instance, evaluation={"max_accuracy_drop": 1.0})
     assert rerun.success and _meta(rerun, "candidate_model")["cached"] is True
-    assert _meta(rerun, "promotion")["moved"] is False and "rolled back" in _meta(rerun, "promotion")["reason"]
+    assert (
+        _meta(rerun, "promotion")["moved"] is False and "rolled back" in _meta(rerun, "promotion")["reason"]
+    )
     assert _champion(resources) == first
 
     again = rollback_job.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
@@ -218,7 +258,9 @@ def test_rollback_job_restores_the_previous_champion_and_cli_reproduces(data_dir
 
 def test_reproduce_command_exits_non_zero_when_predictions_differ(monkeypatch, capsys):
     def differing(version, tracking, tolerance):
-        return ReproductionResult("churn-model", version, 40, 0.125, tolerance, "train-1", "train-1", "a" * 40, "a" * 40)
+        return ReproductionResult(
+            "churn-model", version, 40, 0.125, tolerance, "train-1", "train-1", "a" * 40, "a" * 40
+        )
 
     monkeypatch.setattr("mlops_assets.training.cli.reproduce", differing)
     assert reproduce_command(3) == 1
@@ -233,7 +275,9 @@ def test_code_location_wires_jobs_sensor_and_gate_defaults():
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert keys == {"training_set", "candidate_model", "evaluation_report", "promotion"}
     checks = {(k.asset_key.to_user_string(), k.name) for k in job.asset_layer.asset_graph.asset_check_keys}
-    assert {("evaluation_report", g) for g in GATE_NAMES} | {("training_set", "no_feature_after_label")} <= checks
+    assert {("evaluation_report", g) for g in GATE_NAMES} | {
+        ("training_set", "no_feature_after_label")
+    } <= checks
     assert defs.resolve_job_def("rollback_job") is not None
     sensor = defs.resolve_sensor_def("quality_gate_alert_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -254,13 +298,19 @@ def test_retraining_job_on_simulated_ingested_data(data_dir, monkeypatch):
     instance = dg.DagsterInstance.ephemeral()
     upstream = ["raw_events", "raw_labels", "customers", *(v.name for v in FEATURE_VIEWS)]
     ingested = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[dg.AssetKey(k) for k in upstream],
-        tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"})
+        instance=instance,
+        asset_selection=[dg.AssetKey(k) for k in upstream],
+        tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"},
+    )
     assert ingested.success
 
     job = defs.resolve_job_def("retraining_job")
-    run_config = {"ops": {"candidate_model": {"config": {"model_type": "logistic_regression", "importance_repeats": 2}},
-                          "evaluation_report": {"config": {"latency_calls": 50}}}}
+    run_config = {
+        "ops": {
+            "candidate_model": {"config": {"model_type": "logistic_regression", "importance_repeats": 2}},
+            "evaluation_report": {"config": {"latency_calls": 50}},
+        }
+    }
     result = job.execute_in_process(instance=instance, run_config=run_config)
     assert result.success
     checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}

@@ -78,9 +78,16 @@ class Slow:
 
 
 def _report(challenger, champion, holdout, **kwargs):
-    return evaluate(challenger, champion, holdout, **FEATURES, latency_calls=kwargs.pop("latency_calls", 20),
-                    min_group_size=kwargs.pop("min_group_size", 20), min_group_positives=kwargs.pop(
-                        "min_group_positives", 5), **kwargs)
+    return evaluate(
+        challenger,
+        champion,
+        holdout,
+        **FEATURES,
+        latency_calls=kwargs.pop("latency_calls", 20),
+        min_group_size=kwargs.pop("min_group_size", 20),
+        min_group_positives=kwargs.pop("min_group_positives", 5),
+        **kwargs,
+    )
 
 
 def test_time_split_holds_out_the_latest_days_whole(data):
@@ -105,7 +112,9 @@ def test_time_split_needs_two_days():
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_every_model_type_learns_and_survives_skops_round_trip(data, model_type):
     _, train, holdout, _ = data
-    hp = {"hist_gradient_boosting": {"max_iter": 40}, "random_forest": {"n_estimators": 40}}.get(model_type, {})
+    hp = {"hist_gradient_boosting": {"max_iter": 40}, "random_forest": {"n_estimators": 40}}.get(
+        model_type, {}
+    )
     model = fit_model(train, TrainConfig(model_type, hp, seed=1), NUMERIC_FEATURES, CATEGORICAL_FEATURES)
     x = model_inputs(holdout, NUMERIC_FEATURES, CATEGORICAL_FEATURES)
     x.loc[x.index[:5], "plan"] = "platinum"  # unseen category: ignored, not an error
@@ -160,16 +169,18 @@ def test_fairness_differences_match_brute_force():
 def test_report_fairness_is_brute_force_of_the_models_predictions(data):
     _, _, holdout, good = data
     report = _report(good, None, holdout, challenger_version=1)
-    pred = list((churn_scores(good, model_inputs(holdout, NUMERIC_FEATURES, CATEGORICAL_FEATURES)) >= 0.5)
-                .astype(int))
+    pred = list(
+        (churn_scores(good, model_inputs(holdout, NUMERIC_FEATURES, CATEGORICAL_FEATURES)) >= 0.5).astype(int)
+    )
     y = list(holdout["churned"])
     for attr in ("age_group", "region"):
         row = report.fairness[(report.fairness["attribute"] == attr)].iloc[0]
         dpd, eod = _brute_force_fairness(y, pred, list(holdout[attr]), 20, 5)
         assert row["demographic_parity_difference"] == pytest.approx(dpd)
         assert row["equal_opportunity_difference"] == pytest.approx(eod)
-    assert report.bias_score() == pytest.approx(report.fairness[["demographic_parity_difference",
-                                                                 "equal_opportunity_difference"]].max().max())
+    assert report.bias_score() == pytest.approx(
+        report.fairness[["demographic_parity_difference", "equal_opportunity_difference"]].max().max()
+    )
 
 
 def test_good_model_passes_every_gate_without_champion(data, tmp_path):
@@ -200,7 +211,9 @@ def test_degraded_challenger_fails_accuracy_gate_against_champion(data):
     assert f"{challenger_acc:.4f}" in gate.message and f"{champion_acc:.4f}" in gate.message
     assert "max_accuracy_drop 0.02" in gate.message
     # the same challenger is also below the absolute floor on its own
-    alone = {g.name: g for g in evaluate_gates(_report(degraded, None, holdout), GateThresholds(min_roc_auc=0.6))}
+    alone = {
+        g.name: g for g in evaluate_gates(_report(degraded, None, holdout), GateThresholds(min_roc_auc=0.6))
+    }
     assert not alone["min_roc_auc"].passed and "min_roc_auc 0.6" in alone["min_roc_auc"].message
 
 

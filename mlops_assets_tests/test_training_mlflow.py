@@ -83,10 +83,18 @@ def test_run_records_every_field(store, tmp_path):
 
     artifacts = {f.path for f in client.list_artifacts(first.run_id)}
     artifacts |= {f.path for d in ("plots", "training_set") for f in client.list_artifacts(first.run_id, d)}
-    assert {"features.json", "package_versions.json", "permutation_importance.csv", "plots/roc_curve.png",
-            "plots/calibration_curve.png", "plots/permutation_importance.png",
-            "training_set/training_set.parquet"} <= artifacts
-    importance = pd.read_csv(client.download_artifacts(first.run_id, "permutation_importance.csv", str(tmp_path)))
+    assert {
+        "features.json",
+        "package_versions.json",
+        "permutation_importance.csv",
+        "plots/roc_curve.png",
+        "plots/calibration_curve.png",
+        "plots/permutation_importance.png",
+        "training_set/training_set.parquet",
+    } <= artifacts
+    importance = pd.read_csv(
+        client.download_artifacts(first.run_id, "permutation_importance.csv", str(tmp_path))
+    )
     assert set(importance["feature"]) == set(NUMERIC_FEATURES + CATEGORICAL_FEATURES)
 
     mv = client.get_model_version(tracking.model_name, str(first.version))
@@ -141,8 +149,14 @@ def test_promotion_and_rollback_keep_a_champion_and_history(store, second, tmp_p
         registry.rollback(client, "nothing to roll back", history_path=history)
 
     registry.promote(client, first.version, "first model", {"accuracy": 0.8}, history_path=history)
-    registry.promote(client, retrained.version, "better model", {"accuracy": 0.9}, history_path=history,
-                     dagster_run_id="run-2")
+    registry.promote(
+        client,
+        retrained.version,
+        "better model",
+        {"accuracy": 0.9},
+        history_path=history,
+        dagster_run_id="run-2",
+    )
     assert int(registry.alias_version(client, registry.CHAMPION).version) == retrained.version
     assert int(registry.alias_version(client, registry.PREVIOUS_CHAMPION).version) == first.version
     assert client.get_model_version(name, str(first.version)).tags["lifecycle"] == registry.ARCHIVED
@@ -161,7 +175,9 @@ def test_promotion_and_rollback_keep_a_champion_and_history(store, second, tmp_p
     rows = registry.read_promotion_history(history)
     assert list(rows["action"]) == ["promote", "promote", "rollback"]
     assert list(rows["version"]) == [first.version, retrained.version, first.version]
-    assert rows["previous_version"].iloc[1] == first.version and rows["reason"].iloc[2] == "errors in production"
+    assert (
+        rows["previous_version"].iloc[1] == first.version and rows["reason"].iloc[2] == "errors in production"
+    )
     assert rows["metrics"].iloc[1] == {"accuracy": 0.9} and rows["dagster_run_id"].iloc[1] == "run-2"
     assert rows["at"].is_monotonic_increasing and str(rows["at"].dt.tz) == "UTC"
 
@@ -187,13 +203,23 @@ def test_failing_gate_blocks_promotion_and_writes_alert(store, second, tmp_path)
     challenger = registry.load_model_by_alias(client, registry.CHALLENGER).model
     champion = registry.load_model_by_alias(client, registry.CHAMPION).model
     _, holdout = time_split(changed, CONFIG.holdout_fraction)
-    report = evaluate(_Slow(challenger), champion, holdout, **FEATURES, latency_calls=10,
-                      challenger_version=retrained.version, champion_version=first.version)
-    results = evaluate_gates(report, GateThresholds(max_p99_latency_ms=20.0, max_bias_score=1.0,
-                                                    max_accuracy_drop=1.0, min_roc_auc=0.0))
+    report = evaluate(
+        _Slow(challenger),
+        champion,
+        holdout,
+        **FEATURES,
+        latency_calls=10,
+        challenger_version=retrained.version,
+        champion_version=first.version,
+    )
+    results = evaluate_gates(
+        report,
+        GateThresholds(max_p99_latency_ms=20.0, max_bias_score=1.0, max_accuracy_drop=1.0, min_roc_auc=0.0),
+    )
     sink = AlertSink(tmp_path / "alerts" / "alerts.jsonl")
-    promoted = registry.promote_if_passed(client, retrained.version, results, report.summary(),
-                                          history_path=history, alert_sink=sink)
+    promoted = registry.promote_if_passed(
+        client, retrained.version, results, report.summary(), history_path=history, alert_sink=sink
+    )
     assert promoted is None
     assert int(registry.alias_version(client, registry.CHAMPION).version) == first.version
     assert list(registry.read_promotion_history(history)["reason"]) == ["baseline"]
@@ -257,14 +283,22 @@ def test_two_processes_train_against_one_fresh_store(tmp_path):
     script = tmp_path / "train_one.py"
     script.write_text(TRAIN_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(seed)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for seed in (1, 2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
-    versions = sorted(int(line.split()[1]) for out, _ in outputs for line in out.splitlines()
-                      if line.startswith("VERSION"))
+    versions = sorted(
+        int(line.split()[1]) for out, _ in outputs for line in out.splitlines() if line.startswith("VERSION")
+    )
     assert versions == [1, 2]
 
 
@@ -275,10 +309,23 @@ def test_lifecycle_promotes_a_passing_challenger_over_the_champion(store, second
     _reset_aliases(client, tracking.model_name)
     history = tmp_path / "history.sqlite"
     registry.promote(client, first.version, "baseline", history_path=history)
-    lenient = GateThresholds(max_accuracy_drop=1.0, min_roc_auc=0.0, max_p99_latency_ms=10_000, max_bias_score=1.0,
-                             min_test_coverage=0.0)
-    result = run_lifecycle(changed, CONFIG, **FEATURES, thresholds=lenient, tracking=tracking, data_root=tmp_path,
-                           history_path=history, latency_calls=5)
+    lenient = GateThresholds(
+        max_accuracy_drop=1.0,
+        min_roc_auc=0.0,
+        max_p99_latency_ms=10_000,
+        max_bias_score=1.0,
+        min_test_coverage=0.0,
+    )
+    result = run_lifecycle(
+        changed,
+        CONFIG,
+        **FEATURES,
+        thresholds=lenient,
+        tracking=tracking,
+        data_root=tmp_path,
+        history_path=history,
+        latency_calls=5,
+    )
     assert result.trained.cached and result.trained.version == retrained.version
     assert result.evaluation.report.champion_version == first.version
     assert result.promotion is not None and result.promotion.version == retrained.version

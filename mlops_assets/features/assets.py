@@ -22,10 +22,17 @@ _DTYPES = {"int64": "int64", "float64": "float64", "string": "string"}
 def view_column_schema(view: FeatureView) -> dg.TableSchema:
     """The view's columns with per-feature descriptions (the searchable catalog)."""
     columns = [
-        dg.TableColumn(view.entity, "string", description="Entity key.",
-                       constraints=dg.TableColumnConstraints(nullable=False, unique=True)),
-        dg.TableColumn("feature_timestamp", "timestamp[us, UTC]",
-                       description="When the values are as of: D+1 00:00 UTC for partition D."),
+        dg.TableColumn(
+            view.entity,
+            "string",
+            description="Entity key.",
+            constraints=dg.TableColumnConstraints(nullable=False, unique=True),
+        ),
+        dg.TableColumn(
+            "feature_timestamp",
+            "timestamp[us, UTC]",
+            description="When the values are as of: D+1 00:00 UTC for partition D.",
+        ),
     ]
     columns += [
         dg.TableColumn(f.name, _DTYPES[f.dtype], description=f.description, tags={t: "" for t in f.tags})
@@ -40,7 +47,8 @@ def source_dep(view: FeatureView) -> dg.AssetDep:
     return dg.AssetDep(
         view.source,
         partition_mapping=dg.TimeWindowPartitionMapping(
-            start_offset=offset, end_offset=0, allow_nonexistent_upstream_partitions=True),
+            start_offset=offset, end_offset=0, allow_nonexistent_upstream_partitions=True
+        ),
     )
 
 
@@ -72,8 +80,10 @@ def build_feature_view_asset(view: FeatureView) -> dg.AssetsDefinition:
 
         def progress(day: str, done: int, total: int) -> None:
             if done % step == 0 or done == total:
-                context.log.info(f"{view.name}: {done}/{total} days written (last {day}), "
-                                 f"{time.monotonic() - started:.1f}s")
+                context.log.info(
+                    f"{view.name}: {done}/{total} days written (last {day}), "
+                    f"{time.monotonic() - started:.1f}s"
+                )
 
         # one read of the sources for the whole range; each partition equals the per-day computation
         metas = materialize_range(view, days, data.paths, progress=progress)
@@ -81,12 +91,15 @@ def build_feature_view_asset(view: FeatureView) -> dg.AssetsDefinition:
         for day in days:
             meta = metas[day]
             hashes.append(meta["content_hash"])
-            context.add_asset_metadata({
-                "dagster/row_count": meta["rows"],
-                "content_hash": meta["content_hash"],
-                "source_files": meta["source_files"],
-                "null_rates": dg.MetadataValue.json(meta["null_rates"]),
-            }, partition_key=day)
+            context.add_asset_metadata(
+                {
+                    "dagster/row_count": meta["rows"],
+                    "content_hash": meta["content_hash"],
+                    "source_files": meta["source_files"],
+                    "null_rates": dg.MetadataValue.json(meta["null_rates"]),
+                },
+                partition_key=day,
+            )
         version = hashes[0] if len(hashes) == 1 else combine_hashes(hashes)
         return dg.MaterializeResult(data_version=dg.DataVersion(version))
 
@@ -105,9 +118,14 @@ _ALL_VERSIONS = hashlib.sha256("".join(v.version() for v in FEATURE_VIEWS).encod
     code_version=f"training-set-v{TRAINING_LOGIC_VERSION}-{_ALL_VERSIONS}",
     kinds={"duckdb", "parquet"},
     metadata={"path": "data/warehouse/training_set/part-0.parquet"},
-    check_specs=[dg.AssetCheckSpec(
-        LEAKAGE_CHECK, asset="training_set", blocking=True,
-        description="No feature row is later than its label (nor older than its view's TTL).")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            LEAKAGE_CHECK,
+            asset="training_set",
+            blocking=True,
+            description="No feature row is later than its label (nor older than its view's TTL).",
+        )
+    ],
 )
 def training_set(data: DataDirResource) -> dg.MaterializeResult:
     """Build and store the training set with its metadata."""
@@ -125,12 +143,18 @@ def training_set(data: DataDirResource) -> dg.MaterializeResult:
             "content_hash": meta["content_hash"],
             "null_rates": dg.MetadataValue.json(meta["null_rates"]),
         },
-        check_results=[dg.AssetCheckResult(
-            check_name=LEAKAGE_CHECK,
-            passed=not violations,
-            metadata={"violations": len(violations),
-                      "first": dg.MetadataValue.json([{k: str(v) for k, v in x.items()} for x in violations[:5]])},
-        )],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=LEAKAGE_CHECK,
+                passed=not violations,
+                metadata={
+                    "violations": len(violations),
+                    "first": dg.MetadataValue.json(
+                        [{k: str(v) for k, v in x.items()} for x in violations[:5]]
+                    ),
+                },
+            )
+        ],
     )
 
 
@@ -148,7 +172,9 @@ def online_features(data: DataDirResource) -> dg.MaterializeResult:
     store = FeatureStore(data.paths.root)
     meta = store.refresh_online()
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(combine_hashes(f"{k}:{v['rows']}:{v['version']}" for k, v in sorted(meta.items()))),
+        data_version=dg.DataVersion(
+            combine_hashes(f"{k}:{v['rows']}:{v['version']}" for k, v in sorted(meta.items()))
+        ),
         metadata={"rows_per_view": dg.MetadataValue.json({k: v["rows"] for k, v in meta.items()})},
     )
 

@@ -145,7 +145,7 @@ def _event_view_sql(view: FeatureView, files: list[str], day: str) -> str:
     type_filter = f" AND event_type IN ({', '.join(_sql_str(t) for t in types)})" if types else ""
     file_list = ", ".join(_sql_str(f) for f in files)
     return f"""
-        SELECT {_quote(view.entity)}, {_ts(end)} AS feature_timestamp, {', '.join(exprs)}
+        SELECT {_quote(view.entity)}, {_ts(end)} AS feature_timestamp, {", ".join(exprs)}
         FROM read_parquet([{file_list}])
         WHERE event_timestamp >= {_ts(start)} AND event_timestamp < {_ts(end)}{type_filter}
         GROUP BY {_quote(view.entity)}
@@ -174,7 +174,7 @@ def _snapshot_view_sql(view: FeatureView, files: list[str], day: str) -> str:
             QUALIFY row_number() OVER (
                 PARTITION BY {key} ORDER BY updated_at DESC, file_index DESC, file_row_number DESC) = 1
         )
-        SELECT {key}, {_ts(end)} AS feature_timestamp, {', '.join(exprs)}
+        SELECT {key}, {_ts(end)} AS feature_timestamp, {", ".join(exprs)}
         FROM latest
         ORDER BY {key}
     """
@@ -261,8 +261,11 @@ def _day_runs(days: list[str], max_len: int) -> list[list[str]]:
     """Split ascending unique days into runs of consecutive days, each at most ``max_len`` long."""
     runs: list[list[str]] = []
     for day in days:
-        if runs and len(runs[-1]) < max_len and (
-                date.fromisoformat(day) - date.fromisoformat(runs[-1][-1])).days == 1:
+        if (
+            runs
+            and len(runs[-1]) < max_len
+            and (date.fromisoformat(day) - date.fromisoformat(runs[-1][-1])).days == 1
+        ):
             runs[-1].append(day)
         else:
             runs.append([day])
@@ -278,8 +281,10 @@ def _passes(view: FeatureView, days: list[str], paths: DataPaths) -> list[list[s
     if files and len(days) > 1:  # rows per day: at most the entities in the last day's sources
         con = duckdb_cursor()
         try:
-            entities = con.sql(f"SELECT approx_count_distinct({_quote(view.entity)}) FROM read_parquet(["
-                               f"{', '.join(_sql_str(f) for f in files)}])").fetchall()[0][0]
+            entities = con.sql(
+                f"SELECT approx_count_distinct({_quote(view.entity)}) FROM read_parquet(["
+                f"{', '.join(_sql_str(f) for f in files)}])"
+            ).fetchall()[0][0]
         finally:
             con.close()
     length = max(1, min(RANGE_DAYS_PER_PASS, RANGE_ROWS_PER_PASS // max(int(entities or 0), 1)))
@@ -297,17 +302,17 @@ def _check_days(days: list[str] | tuple[str, ...]) -> list[str]:
 
 def _sliding_max(grid: np.ndarray, start: int, width: int, n: int) -> np.ndarray:
     """``out[:, j] = max(grid[:, start + j : start + j + width])`` for j < n (doubling, exact)."""
-    level = grid[:, start:start + n + width - 1]
+    level = grid[:, start : start + n + width - 1]
     span = 1
     while span * 2 <= width:
         level = np.maximum(level[:, :-span], level[:, span:])
         span *= 2
-    return np.maximum(level[:, :n], level[:, width - span:width - span + n])
+    return np.maximum(level[:, :n], level[:, width - span : width - span + n])
 
 
 def _window_counts(cumulative: np.ndarray, lookback: int, width: int, n: int) -> np.ndarray:
     """Sum of a daily grid over each output day's window, from its cumulative sums (leading 0 column)."""
-    return cumulative[:, lookback:lookback + n] - cumulative[:, lookback - width:lookback - width + n]
+    return cumulative[:, lookback : lookback + n] - cumulative[:, lookback - width : lookback - width + n]
 
 
 def _sequential_sums(values: np.ndarray, lo: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -385,7 +390,7 @@ def _event_range_tables(view: FeatureView, run: list[str], paths: DataPaths) -> 
     events = f"""
         SELECT *, CAST(CAST(event_timestamp AS DATE) - DATE '{span0.isoformat()}' AS INTEGER) AS __d,
                {file_days}[CAST(file_index AS BIGINT) + 1] AS __p
-        FROM read_parquet([{', '.join(_sql_str(f) for f in files)}])
+        FROM read_parquet([{", ".join(_sql_str(f) for f in files)}])
         WHERE event_timestamp >= {_ts(span_start)} AND event_timestamp < {_ts(feature_time(run[-1]))}{type_filter}
     """
     keys = list(aggs)
@@ -393,13 +398,16 @@ def _event_range_tables(view: FeatureView, run: list[str], paths: DataPaths) -> 
     entity = _quote(view.entity)
     con = duckdb_cursor()
     try:
-        daily = con.sql(f"SELECT {entity} AS k, __d, count(*) FILTER (WHERE __d <> __p) AS misplaced, {select} "
-                        f"FROM ({events}) GROUP BY ALL").to_arrow_table()
+        daily = con.sql(
+            f"SELECT {entity} AS k, __d, count(*) FILTER (WHERE __d <> __p) AS misplaced, {select} "
+            f"FROM ({events}) GROUP BY ALL"
+        ).to_arrow_table()
         streams = {
             (s, col): con.sql(
                 f"SELECT {entity} AS k, __d, {_quote(col)} AS v FROM ({events}) "
                 f"WHERE {f'event_type = {_sql_str(s)} AND ' if s else ''}{_quote(col)} IS NOT NULL "
-                f"ORDER BY k, event_timestamp, event_id").to_arrow_table()
+                f"ORDER BY k, event_timestamp, event_id"
+            ).to_arrow_table()
             for s, col in sums
         }
     finally:
@@ -408,7 +416,9 @@ def _event_range_tables(view: FeatureView, run: list[str], paths: DataPaths) -> 
     # sits in the partition of its own UTC day (as ingestion writes them); floats only for sums/maxima
     if pc.sum(daily.column("misplaced")).as_py() or daily.column("k").null_count:
         return None
-    if any(k[0] == "m" and not pa.types.is_float64(daily.schema.field(f"a{i}").type) for i, k in enumerate(keys)):
+    if any(
+        k[0] == "m" and not pa.types.is_float64(daily.schema.field(f"a{i}").type) for i, k in enumerate(keys)
+    ):
         return None
     if any(not pa.types.is_float64(t.schema.field("v").type) for t in streams.values()):
         return None
@@ -422,7 +432,9 @@ def _event_range_tables(view: FeatureView, run: list[str], paths: DataPaths) -> 
     cols = {k: daily.column(f"a{i}") for i, k in enumerate(keys)}
     stream_arrays = {}
     for key, tbl in streams.items():
-        s_ent = pc.index_in(tbl.column("k"), value_set=entities).to_numpy(zero_copy_only=False).astype(np.int64)
+        s_ent = (
+            pc.index_in(tbl.column("k"), value_set=entities).to_numpy(zero_copy_only=False).astype(np.int64)
+        )
         if np.any(np.diff(s_ent) < 0):
             return None
         stream_arrays[key] = (s_ent, tbl.column("v").to_numpy(zero_copy_only=False))
@@ -436,8 +448,13 @@ def _event_range_tables(view: FeatureView, run: list[str], paths: DataPaths) -> 
         c1 = min(n_ent, c0 + block)
         r0, r1 = np.searchsorted(ent_sorted, [c0, c1])
         rows = order[r0:r1]
-        grids = _DailyGrid(ent[rows] - c0, day_idx[rows], c1 - c0, n_span,
-                           {k: v.take(pa.array(rows)) if n_ent > block else v for k, v in cols.items()})
+        grids = _DailyGrid(
+            ent[rows] - c0,
+            day_idx[rows],
+            c1 - c0,
+            n_span,
+            {k: v.take(pa.array(rows)) if n_ent > block else v for k, v in cols.items()},
+        )
         parts.append(_event_block(view, lookback, n_out, grids, stream_arrays, c0))
     rows_e = np.concatenate([p[0] for p in parts])
     rows_d = np.concatenate([p[1] for p in parts])
@@ -448,8 +465,11 @@ def _event_range_tables(view: FeatureView, run: list[str], paths: DataPaths) -> 
         by_day = np.argsort(rows_d, kind="stable")
         rows_e, rows_d = rows_e[by_day], rows_d[by_day]
         values = {name: arr.take(pa.array(by_day)) for name, arr in values.items()}
-    raw = {"__d": pa.array(rows_d.astype(np.int32)), view.entity: entities.take(pa.array(rows_e)),
-           "feature_timestamp": pa.array(_to_us(feature_time(run[0])) + rows_d * 86_400_000_000, UTC_TS)}
+    raw = {
+        "__d": pa.array(rows_d.astype(np.int32)),
+        view.entity: entities.take(pa.array(rows_e)),
+        "feature_timestamp": pa.array(_to_us(feature_time(run[0])) + rows_d * 86_400_000_000, UTC_TS),
+    }
     raw.update(values)
     return _split_days(view, run, pa.table(raw), _event_projection(view))
 
@@ -480,8 +500,9 @@ class _DailyGrid:
         return self._cumulative[key]
 
 
-def _event_block(view: FeatureView, lookback: int, n_out: int, grids: _DailyGrid, streams: dict,
-                 c0: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _event_block(
+    view: FeatureView, lookback: int, n_out: int, grids: _DailyGrid, streams: dict, c0: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Window aggregates of one block of entities: (entity, day) of each output row and raw columns."""
     present = _window_counts(grids.cumulative(("n", None)), lookback, lookback, n_out) > 0
     rows_d, rows_e = np.nonzero(present.T)  # output rows by day, then entity
@@ -494,13 +515,17 @@ def _event_block(view: FeatureView, lookback: int, n_out: int, grids: _DailyGrid
             if feat.aggregation == "count":
                 values[feat.name] = pa.array(counts)
             else:
-                last = _sliding_max(grids.dense(("t", s), _INT64_MIN, np.int64), lookback - width, width, n_out)
+                last = _sliding_max(
+                    grids.dense(("t", s), _INT64_MIN, np.int64), lookback - width, width, n_out
+                )
                 values[feat.name] = pa.array(last[rows_e, rows_d], UTC_TS, mask=counts == 0)
             continue
         cumulative = grids.cumulative(("c", s, col))
         counts = _window_counts(cumulative, lookback, width, n_out)[rows_e, rows_d]
         if feat.aggregation == "max":
-            best = _sliding_max(grids.dense(("m", s, col), -np.inf, np.float64), lookback - width, width, n_out)
+            best = _sliding_max(
+                grids.dense(("m", s, col), -np.inf, np.float64), lookback - width, width, n_out
+            )
             values[feat.name] = pa.array(best[rows_e, rows_d], pa.float64(), mask=counts == 0)
             continue
         if (s, col, width) not in sums:
@@ -528,7 +553,9 @@ def _event_projection(view: FeatureView) -> list[str]:
     return exprs
 
 
-def _split_days(view: FeatureView, run: list[str], raw: pa.Table, exprs: list[str] | None) -> dict[str, pa.Table]:
+def _split_days(
+    view: FeatureView, run: list[str], raw: pa.Table, exprs: list[str] | None
+) -> dict[str, pa.Table]:
     """Cut rows ordered by (``__d``, entity) into one table per day, after the per-day casts in DuckDB."""
     schema = view_schema(view)
     if exprs is not None:
@@ -536,8 +563,9 @@ def _split_days(view: FeatureView, run: list[str], raw: pa.Table, exprs: list[st
         con = duckdb_cursor()
         try:
             con.register("__raw", raw)
-            raw = con.sql(f"SELECT __i, __d, {_quote(view.entity)}, feature_timestamp, {', '.join(exprs)} "
-                          "FROM __raw").to_arrow_table()
+            raw = con.sql(
+                f"SELECT __i, __d, {_quote(view.entity)}, feature_timestamp, {', '.join(exprs)} FROM __raw"
+            ).to_arrow_table()
         finally:
             con.close()
         position = raw.column("__i").to_numpy()
@@ -563,7 +591,9 @@ def canonical_table(table: pa.Table) -> pa.Table:
     column, an empty string in a string column. That is the layout DuckDB hands over for a result of
     up to one batch whose null floats come from aggregates, so hashes recorded before are unchanged.
     """
-    return pa.Table.from_arrays([_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema)
+    return pa.Table.from_arrays(
+        [_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema
+    )
 
 
 def _validity_bitmap(arr: pa.Array) -> pa.Buffer | None:
@@ -571,7 +601,7 @@ def _validity_bitmap(arr: pa.Array) -> pa.Buffer | None:
         return None
     valid = arr.is_valid().to_numpy(zero_copy_only=False)
     padded = np.ones(-(-len(arr) // 8) * 8, dtype=bool)
-    padded[:len(arr)] = valid
+    padded[: len(arr)] = valid
     return pa.py_buffer(np.packbits(padded, bitorder="little"))
 
 
@@ -582,20 +612,25 @@ def _canonical_array(arr: pa.Array) -> pa.Array:
         if typ.bit_width % 8 or width not in (1, 2, 4, 8):
             return arr
         dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
-        values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + n)[arr.offset:].copy()
+        values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + n)[arr.offset :].copy()
         if arr.null_count:
             fill = np.array(np.nan, dtype=f"f{width}").view(dtype) if pa.types.is_floating(typ) else 0
             values[~arr.is_valid().to_numpy(zero_copy_only=False)] = fill
         return pa.Array.from_buffers(typ, n, [_validity_bitmap(arr), pa.py_buffer(values)], arr.null_count)
     if pa.types.is_string(typ) or pa.types.is_binary(typ):
         filled = pc.fill_null(arr, "" if pa.types.is_string(typ) else b"") if arr.null_count else arr
-        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[filled.offset:]
+        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[
+            filled.offset :
+        ]
         data = filled.buffers()[2]
         first, last = int(offsets[0]), int(offsets[-1])
         body = data.slice(first, last - first) if data is not None else pa.py_buffer(b"")
         return pa.Array.from_buffers(
-            typ, n, [_validity_bitmap(arr), pa.py_buffer(offsets - np.int32(first)), pa.py_buffer(body.to_pybytes())],
-            arr.null_count)
+            typ,
+            n,
+            [_validity_bitmap(arr), pa.py_buffer(offsets - np.int32(first)), pa.py_buffer(body.to_pybytes())],
+            arr.null_count,
+        )
     return arr
 
 
@@ -618,7 +653,7 @@ def _snapshot_range_tables(view: FeatureView, run: list[str], paths: DataPaths) 
     first = date.fromisoformat(run[0])
     # a record counts from the later of its partition's day and its own UTC day (per-day: the
     # partition is read from day D on, the record kept once updated_at < D+1 00:00 UTC)
-    file_days = [date.fromisoformat(Path(f).parent.name[len("date="):]) for f in all_files]
+    file_days = [date.fromisoformat(Path(f).parent.name[len("date=") :]) for f in all_files]
     days_list = "[" + ", ".join(str((d - first).days) for d in file_days) + "]"
     key = _quote(view.entity)
     file_list = ", ".join(_sql_str(f) for f in all_files)
@@ -657,8 +692,9 @@ def _snapshot_range_tables(view: FeatureView, run: list[str], paths: DataPaths) 
     try:
         if con.sql(f"SELECT count(*) FROM read_parquet([{file_list}]) WHERE {key} IS NULL").fetchall()[0][0]:
             return None
-        raw = con.sql(f"SELECT __d, {key}, {ts} AS feature_timestamp, {', '.join(exprs)} FROM ({sql})"
-                      ).to_arrow_table()
+        raw = con.sql(
+            f"SELECT __d, {key}, {ts} AS feature_timestamp, {', '.join(exprs)} FROM ({sql})"
+        ).to_arrow_table()
     finally:
         con.close()
     if raw.num_rows == 0:
@@ -680,7 +716,9 @@ def compute_range_tables(view: FeatureView, days: list[str], paths: DataPaths) -
 
 
 def _range_pass(view: FeatureView, run: list[str], paths: DataPaths) -> dict[str, pa.Table]:
-    tables = (_event_range_tables if view.lookback_days is not None else _snapshot_range_tables)(view, run, paths)
+    tables = (_event_range_tables if view.lookback_days is not None else _snapshot_range_tables)(
+        view, run, paths
+    )
     if tables is None:  # inputs the range path cannot prove equal on: compute day by day
         tables = {day: compute_view_table(view, day, paths) for day in run}
     return tables
@@ -690,12 +728,14 @@ def _source_file_counts(view: FeatureView, days: list[str], paths: DataPaths) ->
     """How many source files each day's computation reads (``len(source_files(...))``), listed once."""
     table_dir = paths.table_dir(view.source)
     if view.lookback_days is None:
-        file_days = [Path(f).parent.name[len("date="):] for f in source_files(view, days[-1], paths)]
+        file_days = [Path(f).parent.name[len("date=") :] for f in source_files(view, days[-1], paths)]
         return {day: sum(1 for d in file_days if d <= day) for day in days}
     lookback = view.lookback_days
     first = date.fromisoformat(days[0]) - timedelta(days=lookback - 1)
-    span = [(first + timedelta(days=i)).isoformat()
-            for i in range((date.fromisoformat(days[-1]) - first).days + 1)]
+    span = [
+        (first + timedelta(days=i)).isoformat()
+        for i in range((date.fromisoformat(days[-1]) - first).days + 1)
+    ]
     per_day = np.array([len(partition_glob(table_dir, [d])) for d in span], dtype=np.int64)
     cumulative = np.concatenate([[0], np.cumsum(per_day)])
     out = {}

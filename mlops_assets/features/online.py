@@ -81,9 +81,7 @@ def _latest_rows(view: FeatureView, files: list[str]) -> pd.DataFrame:
         con.close()
 
 
-def refresh(
-    views: Sequence[FeatureView], paths: DataPaths, now: datetime | None = None
-) -> dict[str, dict]:
+def refresh(views: Sequence[FeatureView], paths: DataPaths, now: datetime | None = None) -> dict[str, dict]:
     """Rebuild the online store from the offline partitions of ``views``; return per-view metadata."""
     now = now or datetime.now(UTC)
     target = online_db_path(paths)
@@ -96,21 +94,30 @@ def refresh(
         try:
             con.execute("PRAGMA journal_mode = OFF")
             con.execute("PRAGMA synchronous = OFF")
-            con.execute("CREATE TABLE _views (view TEXT PRIMARY KEY, version TEXT, ttl_seconds REAL, "
-                        "refreshed_at_us INTEGER, rows INTEGER, features TEXT)")
+            con.execute(
+                "CREATE TABLE _views (view TEXT PRIMARY KEY, version TEXT, ttl_seconds REAL, "
+                "refreshed_at_us INTEGER, rows INTEGER, features TEXT)"
+            )
             for view in views:
                 files = feature_files(paths, view.name)
-                frame = _latest_rows(view, files) if files else pd.DataFrame(
-                    columns=["entity", "fts", *view.feature_names])
+                frame = (
+                    _latest_rows(view, files)
+                    if files
+                    else pd.DataFrame(columns=["entity", "fts", *view.feature_names])
+                )
                 cols = ", ".join(_q(f) for f in view.feature_names)
-                con.execute(f"CREATE TABLE {_q('v_' + view.name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) "
-                            "WITHOUT ROWID")
+                con.execute(
+                    f"CREATE TABLE {_q('v_' + view.name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) "
+                    "WITHOUT ROWID"
+                )
                 rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
                 marks = ", ".join("?" * (len(view.feature_names) + 2))
                 con.executemany(f"INSERT INTO {_q('v_' + view.name)} VALUES ({marks})", rows)
                 ttl = None if view.ttl is None else view.ttl.total_seconds()
-                con.execute("INSERT INTO _views VALUES (?, ?, ?, ?, ?, ?)",
-                            (view.name, view.version(), ttl, _us(now), len(frame), json.dumps(view.feature_names)))
+                con.execute(
+                    "INSERT INTO _views VALUES (?, ?, ?, ?, ?, ?)",
+                    (view.name, view.version(), ttl, _us(now), len(frame), json.dumps(view.feature_names)),
+                )
                 meta[view.name] = {"rows": len(frame), "version": view.version(), "files": len(files)}
             con.commit()
         finally:
@@ -146,7 +153,8 @@ class OnlineStore:
             self._meta = {
                 view: (ttl, refreshed, json.loads(feats))
                 for view, ttl, refreshed, feats in con.execute(
-                    "SELECT view, ttl_seconds, refreshed_at_us, features FROM _views")
+                    "SELECT view, ttl_seconds, refreshed_at_us, features FROM _views"
+                )
             }
             # if the file was swapped between stat and open, the next read sees a new inode and
             # reopens; each read uses one connection, so it sees one complete refresh
@@ -184,13 +192,15 @@ class OnlineStore:
                     cols = ", ".join(["entity", "fts", *(_q(f) for f in feats)])
                     table = _q("v_" + view)
                     if len(entity_ids) == 1:
-                        row = con.execute(f"SELECT {cols} FROM {table} WHERE entity = ?", (entity_ids[0],)).fetchone()
+                        row = con.execute(
+                            f"SELECT {cols} FROM {table} WHERE entity = ?", (entity_ids[0],)
+                        ).fetchone()
                         if row is not None:
                             found[row[0]] = row
                     else:
                         unique = list(dict.fromkeys(entity_ids))
                         for start in range(0, len(unique), _CHUNK):
-                            chunk = unique[start:start + _CHUNK]
+                            chunk = unique[start : start + _CHUNK]
                             marks = ", ".join("?" * len(chunk))
                             rows = con.execute(f"SELECT {cols} FROM {table} WHERE entity IN ({marks})", chunk)
                             found.update({row[0]: row for row in rows.fetchall()})
@@ -213,7 +223,9 @@ class OnlineStore:
                     "status": status,
                     "feature_timestamp": None if row is None else _from_us(row[1]),
                     "refreshed_at": refreshed_at,
-                    "values": dict(zip(feats, row[2:], strict=True)) if status == "ok" else dict.fromkeys(feats),
+                    "values": dict(zip(feats, row[2:], strict=True))
+                    if status == "ok"
+                    else dict.fromkeys(feats),
                 }
         return out
 
@@ -229,14 +241,19 @@ class OnlineStore:
         for view, (ttl, _refreshed, found) in self._snapshot(ids, wanted).items():
             rows = [found.get(e) for e in ids]
             limit = None if ttl is None else now_us - ttl * 1_000_000
-            statuses = ["missing" if row is None else "expired" if limit is not None and row[1] < limit else "ok"
-                        for row in rows]
+            statuses = [
+                "missing" if row is None else "expired" if limit is not None and row[1] < limit else "ok"
+                for row in rows
+            ]
             for j, feat in enumerate(wanted[view], start=2):
-                columns[feat] = [row[j] if st == "ok" else None for row, st in zip(rows, statuses, strict=True)]
+                columns[feat] = [
+                    row[j] if st == "ok" else None for row, st in zip(rows, statuses, strict=True)
+                ]
             columns[f"{view}__status"] = statuses
             columns[f"{view}__feature_timestamp"] = [
                 None if row is None else stamps.get(row[1]) or stamps.setdefault(row[1], _from_us(row[1]))
-                for row in rows]
+                for row in rows
+            ]
         return columns
 
     def read(

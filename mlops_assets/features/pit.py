@@ -99,11 +99,13 @@ def _entity_table(entity_df: pd.DataFrame, entity: str, event_timestamp: str) ->
     if missing:
         raise ValueError(f"entity_df needs columns {entity!r} and {event_timestamp!r}; missing {missing}")
     table = pa.Table.from_pandas(entity_df[[entity, event_timestamp]], preserve_index=False)
-    return pa.table({
-        "__key": table.column(entity).cast(pa.string()),
-        "__ts": _utc_us(table.column(event_timestamp), f"entity_df[{event_timestamp!r}]"),
-        "__row": pa.array(np.arange(len(entity_df), dtype=np.int64)),
-    })
+    return pa.table(
+        {
+            "__key": table.column(entity).cast(pa.string()),
+            "__ts": _utc_us(table.column(event_timestamp), f"entity_df[{event_timestamp!r}]"),
+            "__row": pa.array(np.arange(len(entity_df), dtype=np.int64)),
+        }
+    )
 
 
 def _source_relation(con: duckdb.DuckDBPyConnection, src: FeatureSource, alias: str) -> tuple[str, str]:
@@ -111,8 +113,11 @@ def _source_relation(con: duckdb.DuckDBPyConnection, src: FeatureSource, alias: 
     cols = [src.entity, src.timestamp, *src.features] + ([src.created] if src.created else [])
     if isinstance(src.data, pd.DataFrame | pa.Table):
         data = src.data
-        table = pa.Table.from_pandas(data[cols], preserve_index=False) if isinstance(data, pd.DataFrame) \
+        table = (
+            pa.Table.from_pandas(data[cols], preserve_index=False)
+            if isinstance(data, pd.DataFrame)
             else data.select(cols)
+        )
         table = table.set_column(1, src.timestamp, _utc_us(table.column(1), f"{src.name}.{src.timestamp}"))
         table = table.append_column("__rn", pa.array(np.arange(table.num_rows, dtype=np.int64)))
         con.register(f"{alias}_data", table)
@@ -133,10 +138,14 @@ def _source_relation(con: duckdb.DuckDBPyConnection, src: FeatureSource, alias: 
         ent_fields.append("'c': 'infinity'::TIMESTAMPTZ")
     key_fields += order_fields
     ent_fields.append(f"'r': {_BIG}")
-    select = ", ".join([f"CAST({_q(src.entity)} AS VARCHAR) AS __key", f"{ts} AS __fts"]
-                       + [f"{_q(f)} AS {_q(f'__f{i}')}" for i, f in enumerate(src.features)])
-    sql = (f"SELECT {select}, {{{', '.join(key_fields)}}} AS __k FROM {scan} "
-           f"WHERE {_q(src.entity)} IS NOT NULL AND {ts} IS NOT NULL")
+    select = ", ".join(
+        [f"CAST({_q(src.entity)} AS VARCHAR) AS __key", f"{ts} AS __fts"]
+        + [f"{_q(f)} AS {_q(f'__f{i}')}" for i, f in enumerate(src.features)]
+    )
+    sql = (
+        f"SELECT {select}, {{{', '.join(key_fields)}}} AS __k FROM {scan} "
+        f"WHERE {_q(src.entity)} IS NOT NULL AND {ts} IS NOT NULL"
+    )
     ent_key = f"CASE WHEN __ts IS NULL THEN NULL ELSE {{{', '.join(ent_fields)}}} END"
     return sql, ent_key
 
@@ -169,18 +178,24 @@ def point_in_time_join(
             if not sql:
                 empty.add(i)
                 continue
-            joins.append(f"ASOF LEFT JOIN ({sql}) {alias} ON e.__key = {alias}.__key AND e.__k{i} >= {alias}.__k")
+            joins.append(
+                f"ASOF LEFT JOIN ({sql}) {alias} ON e.__key = {alias}.__key AND e.__k{i} >= {alias}.__k"
+            )
             ent_keys.append(f", {ent_key} AS __k{i}")
             if src.ttl is None:
                 ok = "TRUE"
             else:
                 us = int(src.ttl / timedelta(microseconds=1))
                 ok = f"{alias}.__fts >= e.__ts - to_microseconds({us})"
-            out_cols += [f"CASE WHEN {ok} THEN {alias}.{_q(f'__f{j}')} END AS {_q(out)}"
-                         for j, out in enumerate(src.out_features)]
+            out_cols += [
+                f"CASE WHEN {ok} THEN {alias}.{_q(f'__f{j}')} END AS {_q(out)}"
+                for j, out in enumerate(src.out_features)
+            ]
             out_cols.append(f"CASE WHEN {ok} THEN {alias}.__fts END AS {_q(src.timestamp_column)}")
-        query = (f"SELECT {', '.join(['e.__row', *out_cols])} "
-                 f"FROM (SELECT *{''.join(ent_keys)} FROM __entities) e {' '.join(joins)}")
+        query = (
+            f"SELECT {', '.join(['e.__row', *out_cols])} "
+            f"FROM (SELECT *{''.join(ent_keys)} FROM __entities) e {' '.join(joins)}"
+        )
         result = con.sql(query).to_arrow_table()
     finally:
         con.close()
@@ -225,11 +240,13 @@ def assert_no_leakage(
             checks.append(("feature_older_than_ttl", (fts < labels - ttl).to_numpy(dtype=bool)))
         for kind, mask in checks:
             for pos in np.flatnonzero(mask):
-                violations.append({
-                    "row": int(pos),
-                    "view": view,
-                    "kind": kind,
-                    "feature_timestamp": fts.iloc[pos],
-                    "label_timestamp": labels.iloc[pos],
-                })
+                violations.append(
+                    {
+                        "row": int(pos),
+                        "view": view,
+                        "kind": kind,
+                        "feature_timestamp": fts.iloc[pos],
+                        "label_timestamp": labels.iloc[pos],
+                    }
+                )
     return violations

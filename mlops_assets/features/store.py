@@ -29,7 +29,9 @@ class FeatureStore:
     ``FeatureStore()`` uses the project's data folder (``$MLOPS_DATA_DIR`` or ``<project>/data``).
     """
 
-    def __init__(self, data_dir: str | Path | None = None, views: Sequence[FeatureView] = FEATURE_VIEWS) -> None:
+    def __init__(
+        self, data_dir: str | Path | None = None, views: Sequence[FeatureView] = FEATURE_VIEWS
+    ) -> None:
         self.paths = data_paths(data_dir)
         self.views = tuple(views)
         validate_views(self.views)
@@ -51,7 +53,12 @@ class FeatureStore:
         """
         wanted = resolve_features(features, self.views)
         first = last = None
-        if times is not None and len(times) and pd.api.types.is_datetime64_any_dtype(times) and times.notna().all():
+        if (
+            times is not None
+            and len(times)
+            and pd.api.types.is_datetime64_any_dtype(times)
+            and times.notna().all()
+        ):
             first, last = times.min(), times.max()
         sources = []
         for name, feats in wanted.items():
@@ -66,7 +73,10 @@ class FeatureStore:
         return sources
 
     def get_historical_features(
-        self, entity_df: pd.DataFrame, features: list[str] | None = None, timestamp_column: str = "event_timestamp"
+        self,
+        entity_df: pd.DataFrame,
+        features: list[str] | None = None,
+        timestamp_column: str = "event_timestamp",
     ) -> pd.DataFrame:
         """Point-in-time features for each row of ``entity_df`` (``customer_id`` + ``event_timestamp``).
 
@@ -101,20 +111,22 @@ class FeatureStore:
         rows = []
         for view in self.views:
             for feat in view.features:
-                rows.append({
-                    "reference": f"{view.name}:{feat.name}",
-                    "view": view.name,
-                    "feature": feat.name,
-                    "dtype": feat.dtype,
-                    "aggregation": feat.aggregation,
-                    "window_days": feat.window_days,
-                    "description": feat.description,
-                    "owner": view.owner,
-                    "tags": ",".join(dict.fromkeys((*view.tags, *feat.tags))),
-                    "ttl": None if view.ttl is None else str(view.ttl),
-                    "sensitive": feat.sensitive,
-                    "version": view.version(),
-                })
+                rows.append(
+                    {
+                        "reference": f"{view.name}:{feat.name}",
+                        "view": view.name,
+                        "feature": feat.name,
+                        "dtype": feat.dtype,
+                        "aggregation": feat.aggregation,
+                        "window_days": feat.window_days,
+                        "description": feat.description,
+                        "owner": view.owner,
+                        "tags": ",".join(dict.fromkeys((*view.tags, *feat.tags))),
+                        "ttl": None if view.ttl is None else str(view.ttl),
+                        "sensitive": feat.sensitive,
+                        "version": view.version(),
+                    }
+                )
         frame = pd.DataFrame(rows)
         if search:
             needle = search.lower()
@@ -171,9 +183,13 @@ class FeatureStore:
         else:
             files = partition_glob(table_dir, days)
         if not files:
-            return pd.DataFrame({"customer_id": pd.Series(dtype="str"),
-                                 "label_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
-                                 "churned": pd.Series(dtype="int8")})
+            return pd.DataFrame(
+                {
+                    "customer_id": pd.Series(dtype="str"),
+                    "label_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
+                    "churned": pd.Series(dtype="int8"),
+                }
+            )
         frame = pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
         return frame.sort_values(["label_timestamp", "customer_id"], kind="stable").reset_index(drop=True)
 
@@ -184,8 +200,9 @@ class FeatureStore:
     def write_training_set(self, frame: pd.DataFrame, metadata: dict) -> Path:
         """Write the training set atomically, its metadata inside the Parquet file's schema."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               _META_KEY: json.dumps(metadata, default=str).encode()})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), _META_KEY: json.dumps(metadata, default=str).encode()}
+        )
         return write_partition(table, self.training_set_dir())
 
     def read_training_set(self) -> tuple[pd.DataFrame, dict]:

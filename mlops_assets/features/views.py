@@ -44,7 +44,9 @@ class Feature:
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"feature {self.name!r}: aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+            raise ValueError(
+                f"feature {self.name!r}: aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"feature {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.aggregation in ("count", "sum", "mean", "max") and not self.window_days:
@@ -82,7 +84,9 @@ class FeatureView:
             raise ValueError(f"view {self.name!r} has duplicate feature names")
         windows = [f.window_days for f in self.features if f.window_days]
         if self.lookback_days is not None and windows and max(windows) > self.lookback_days:
-            raise ValueError(f"view {self.name!r}: a window is longer than lookback_days={self.lookback_days}")
+            raise ValueError(
+                f"view {self.name!r}: a window is longer than lookback_days={self.lookback_days}"
+            )
 
     @property
     def feature_names(self) -> list[str]:
@@ -111,8 +115,14 @@ WINDOWS = (7, 30, 90)
 
 def _window_features(prefix: str, event_type: str, description: str) -> tuple[Feature, ...]:
     return tuple(
-        Feature(f"{prefix}_{w}d", "int64", f"{description} in the last {w} days.", "count",
-                event_type=event_type, window_days=w)
+        Feature(
+            f"{prefix}_{w}d",
+            "int64",
+            f"{description} in the last {w} days.",
+            "count",
+            event_type=event_type,
+            window_days=w,
+        )
         for w in WINDOWS
     )
 
@@ -121,16 +131,45 @@ def _purchase_features() -> tuple[Feature, ...]:
     feats: list[Feature] = []
     for w in WINDOWS:
         feats += [
-            Feature(f"total_purchases_{w}d", "int64", f"Number of purchases in the last {w} days.", "count",
-                    event_type="purchase", window_days=w, tags=("frequency",)),
-            Feature(f"total_spend_{w}d", "float64", f"Sum of purchase amounts in the last {w} days (0 if none).",
-                    "sum", column="amount", event_type="purchase", window_days=w, tags=("monetary",)),
-            Feature(f"avg_order_value_{w}d", "float64",
-                    f"Mean purchase amount in the last {w} days (null if no purchase).", "mean",
-                    column="amount", event_type="purchase", window_days=w, tags=("monetary",)),
-            Feature(f"max_order_value_{w}d", "float64",
-                    f"Largest purchase amount in the last {w} days (null if no purchase).", "max",
-                    column="amount", event_type="purchase", window_days=w, tags=("monetary",)),
+            Feature(
+                f"total_purchases_{w}d",
+                "int64",
+                f"Number of purchases in the last {w} days.",
+                "count",
+                event_type="purchase",
+                window_days=w,
+                tags=("frequency",),
+            ),
+            Feature(
+                f"total_spend_{w}d",
+                "float64",
+                f"Sum of purchase amounts in the last {w} days (0 if none).",
+                "sum",
+                column="amount",
+                event_type="purchase",
+                window_days=w,
+                tags=("monetary",),
+            ),
+            Feature(
+                f"avg_order_value_{w}d",
+                "float64",
+                f"Mean purchase amount in the last {w} days (null if no purchase).",
+                "mean",
+                column="amount",
+                event_type="purchase",
+                window_days=w,
+                tags=("monetary",),
+            ),
+            Feature(
+                f"max_order_value_{w}d",
+                "float64",
+                f"Largest purchase amount in the last {w} days (null if no purchase).",
+                "max",
+                column="amount",
+                event_type="purchase",
+                window_days=w,
+                tags=("monetary",),
+            ),
         ]
     return tuple(feats)
 
@@ -153,12 +192,22 @@ ENGAGEMENT = FeatureView(
     owner="product-analytics",
     features=_window_features("logins", "login", "Number of logins")
     + (
-        Feature("days_since_last_login", "float64",
-                "Days from the last login to the feature time; null if no login in the last 90 days.",
-                "days_since_last", event_type="login", tags=("recency",)),
-        Feature("days_since_last_purchase", "float64",
-                "Days from the last purchase to the feature time; null if no purchase in the last 90 days.",
-                "days_since_last", event_type="purchase", tags=("recency",)),
+        Feature(
+            "days_since_last_login",
+            "float64",
+            "Days from the last login to the feature time; null if no login in the last 90 days.",
+            "days_since_last",
+            event_type="login",
+            tags=("recency",),
+        ),
+        Feature(
+            "days_since_last_purchase",
+            "float64",
+            "Days from the last purchase to the feature time; null if no purchase in the last 90 days.",
+            "days_since_last",
+            event_type="purchase",
+            tags=("recency",),
+        ),
     ),
     ttl=timedelta(days=2),
     lookback_days=90,
@@ -172,9 +221,14 @@ SUPPORT = FeatureView(
     owner="customer-care",
     features=_window_features("tickets", "support_ticket", "Number of support tickets")
     + (
-        Feature("days_since_last_ticket", "float64",
-                "Days from the last support ticket to the feature time; null if none in the last 90 days.",
-                "days_since_last", event_type="support_ticket", tags=("recency",)),
+        Feature(
+            "days_since_last_ticket",
+            "float64",
+            "Days from the last support ticket to the feature time; null if none in the last 90 days.",
+            "days_since_last",
+            event_type="support_ticket",
+            tags=("recency",),
+        ),
     ),
     ttl=timedelta(days=2),
     lookback_days=90,
@@ -187,15 +241,38 @@ CUSTOMER_PROFILE = FeatureView(
     owner="customer-data",
     source="customers",
     features=(
-        Feature("account_age_days", "int64", "Whole days from the signup date to the feature time.",
-                "days_since", column="signup_date"),
-        Feature("plan", "string", "Subscription plan (basic, standard, premium).", "latest",
-                column="plan", categorical=True),
-        Feature("region", "string", "Sales region (north, south, east, west).", "latest",
-                column="region", categorical=True),
-        Feature("age_group", "string",
-                "Age band. Sensitive: not a model input, used by the bias gate only.", "latest",
-                column="age_group", categorical=True, tags=(SENSITIVE_TAG, "fairness")),
+        Feature(
+            "account_age_days",
+            "int64",
+            "Whole days from the signup date to the feature time.",
+            "days_since",
+            column="signup_date",
+        ),
+        Feature(
+            "plan",
+            "string",
+            "Subscription plan (basic, standard, premium).",
+            "latest",
+            column="plan",
+            categorical=True,
+        ),
+        Feature(
+            "region",
+            "string",
+            "Sales region (north, south, east, west).",
+            "latest",
+            column="region",
+            categorical=True,
+        ),
+        Feature(
+            "age_group",
+            "string",
+            "Age band. Sensitive: not a model input, used by the bias gate only.",
+            "latest",
+            column="age_group",
+            categorical=True,
+            tags=(SENSITIVE_TAG, "fairness"),
+        ),
     ),
     ttl=None,
     lookback_days=None,

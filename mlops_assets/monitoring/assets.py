@@ -60,11 +60,17 @@ class DriftReportConfig(dg.Config):
 
     def settings(self) -> MonitorSettings:
         return MonitorSettings(
-            alpha=self.alpha, bonferroni=self.bonferroni, numeric_method=self.numeric_method,
-            categorical_method=self.categorical_method, psi_threshold=self.psi_threshold,
-            wasserstein_threshold=self.wasserstein_threshold, jensenshannon_threshold=self.jensenshannon_threshold,
-            max_drift_share=self.max_drift_share, prediction_alpha=self.prediction_alpha,
-            max_performance_drop=self.max_performance_drop, realized_window_days=self.realized_window_days,
+            alpha=self.alpha,
+            bonferroni=self.bonferroni,
+            numeric_method=self.numeric_method,
+            categorical_method=self.categorical_method,
+            psi_threshold=self.psi_threshold,
+            wasserstein_threshold=self.wasserstein_threshold,
+            jensenshannon_threshold=self.jensenshannon_threshold,
+            max_drift_share=self.max_drift_share,
+            prediction_alpha=self.prediction_alpha,
+            max_performance_drop=self.max_performance_drop,
+            realized_window_days=self.realized_window_days,
             min_labels=self.min_labels,
         )
 
@@ -72,9 +78,18 @@ class DriftReportConfig(dg.Config):
 def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str) -> dict:
     """Per-partition metadata: headline numbers, the rendered report, embedded histograms, file paths."""
     summary = result.summary()
-    numbers = {k: summary[k] for k in ("estimated_accuracy", "estimated_roc_auc", "realized_accuracy",
-                                       "realized_roc_auc", "training_accuracy", "training_roc_auc")
-               if summary[k] is not None}
+    numbers = {
+        k: summary[k]
+        for k in (
+            "estimated_accuracy",
+            "estimated_roc_auc",
+            "realized_accuracy",
+            "realized_roc_auc",
+            "training_accuracy",
+            "training_roc_auc",
+        )
+        if summary[k] is not None
+    }
     metadata = {
         "dagster/row_count": summary["current_rows"],
         "champion_version": result.champion_version,
@@ -84,8 +99,9 @@ def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str
         "prediction_drift": result.prediction.drifted,
         **numbers,
         "realized_labels": summary["realized_labels"],
-        "report": dg.MetadataValue.md(render_markdown(result.report) + "\n## Performance\n\n"
-                                      + performance_markdown(result)),
+        "report": dg.MetadataValue.md(
+            render_markdown(result.report) + "\n## Performance\n\n" + performance_markdown(result)
+        ),
         "report_path": dg.MetadataValue.path(str(saved.markdown_path)),
         "reference": reference_source,
         "population": "customers known on the day and not churned by its end, features as of D+1 00:00 UTC",
@@ -107,24 +123,34 @@ def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str
     kinds={"pandas", "scipy", "markdown"},
     deps=[
         *(dg.AssetDep(v.name) for v in FEATURE_VIEWS),
-        dg.AssetDep("raw_labels", partition_mapping=dg.TimeWindowPartitionMapping(
-            start_offset=-(_DEFAULTS.realized_window_days - 1), end_offset=0,
-            allow_nonexistent_upstream_partitions=True)),
+        dg.AssetDep(
+            "raw_labels",
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-(_DEFAULTS.realized_window_days - 1),
+                end_offset=0,
+                allow_nonexistent_upstream_partitions=True,
+            ),
+        ),
         dg.AssetDep("promotion"),
     ],
     automation_condition=DAILY_REFRESH,
     check_specs=drift_check_specs(),
 )
 def drift_report(
-    context: dg.AssetExecutionContext, config: DriftReportConfig, data: DataDirResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    config: DriftReportConfig,
+    data: DataDirResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Drift, prediction drift and performance (estimated, realized) of each day against the champion."""
     days = list(context.partition_keys)
     settings = config.settings()
     champion = load_champion_reference(data.paths.root, mlflow.tracking)
     if champion is None:
-        message = (f"no champion: {mlflow.model_name!r} has no version with alias 'champion', so there is no "
-                   "reference to compare with; run retraining_job to train and promote one")
+        message = (
+            f"no champion: {mlflow.model_name!r} has no version with alias 'champion', so there is no "
+            "reference to compare with; run retraining_job to train and promote one"
+        )
         context.log.warning(message)
         for day in days:
             context.add_asset_metadata({"status": "no champion", "message": message}, partition_key=day)
@@ -140,8 +166,13 @@ def drift_report(
             result = daily_drift(store, champion, day, settings)
         except MonitoringInputError as exc:
             raise dg.Failure(str(exc)) from exc
-        saved = save_day_report(result, champion, data.paths.reports, histograms=config.histograms,
-                                max_histograms=config.max_embedded_histograms)
+        saved = save_day_report(
+            result,
+            champion,
+            data.paths.reports,
+            histograms=config.histograms,
+            max_histograms=config.max_embedded_histograms,
+        )
         names = [*result.report.drifted_features, "prediction"][: config.max_embedded_histograms]
         context.add_asset_metadata(
             day_metadata(result, saved, embedded_images(saved.image_paths, names), champion.reference_source),
@@ -153,7 +184,8 @@ def drift_report(
         context.log.info(
             f"{day}: {len(result.report.drifted_features)} of {len(result.report.features)} features drifted "
             f"(share {result.report.drift_share:.2f}), estimated accuracy {summary['estimated_accuracy']}, "
-            f"realized {summary['realized_accuracy']} ({result.realized_note})")
+            f"realized {summary['realized_accuracy']} ({result.realized_note})"
+        )
 
     verdicts = judge(results, settings)
     alert = degradation_alert(verdicts, champion.version, days, context.run_id) if config.alert else None

@@ -30,10 +30,15 @@ _SEVERITY = {"WARN": dg.AssetCheckSeverity.WARN, "ERROR": dg.AssetCheckSeverity.
 
 def drift_check_specs() -> list[dg.AssetCheckSpec]:
     """The four inline, non-blocking checks of drift_report (they judge the model, not the report's data)."""
-    return [dg.AssetCheckSpec(name, asset=DRIFT_ASSET, description=CHECK_DESCRIPTIONS[name]) for name in CHECK_NAMES]
+    return [
+        dg.AssetCheckSpec(name, asset=DRIFT_ASSET, description=CHECK_DESCRIPTIONS[name])
+        for name in CHECK_NAMES
+    ]
 
 
-def check_results(verdicts: list[Verdict], champion_version: int | None, days: list[str]) -> list[dg.AssetCheckResult]:
+def check_results(
+    verdicts: list[Verdict], champion_version: int | None, days: list[str]
+) -> list[dg.AssetCheckResult]:
     """Asset check results from the core's verdicts, with the failing days and the champion judged."""
     results = []
     for v in verdicts:
@@ -44,8 +49,13 @@ def check_results(verdicts: list[Verdict], champion_version: int | None, days: l
             "failing_days": dg.MetadataValue.json(v.failing_days),
             "details": dg.MetadataValue.json(v.metadata),
         }
-        results.append(dg.AssetCheckResult(
-            check_name=v.check, passed=v.passed, severity=_SEVERITY[v.severity], description=v.description,
-            metadata=metadata,
-        ))
+        results.append(
+            dg.AssetCheckResult(
+                check_name=v.check,
+                passed=v.passed,
+                severity=_SEVERITY[v.severity],
+                description=v.description,
+                metadata=metadata,
+            )
+        )
     return results

@@ -57,7 +57,12 @@ FEATURE_DRIFT_CHECK = "feature_drift"
 DATASET_DRIFT_CHECK = "dataset_drift_share"
 ESTIMATED_PERFORMANCE_CHECK = "estimated_performance_drop"
 REALIZED_PERFORMANCE_CHECK = "realized_performance_drop"
-CHECK_NAMES = (FEATURE_DRIFT_CHECK, DATASET_DRIFT_CHECK, ESTIMATED_PERFORMANCE_CHECK, REALIZED_PERFORMANCE_CHECK)
+CHECK_NAMES = (
+    FEATURE_DRIFT_CHECK,
+    DATASET_DRIFT_CHECK,
+    ESTIMATED_PERFORMANCE_CHECK,
+    REALIZED_PERFORMANCE_CHECK,
+)
 #: Checks whose failure means the model degraded (ERROR severity; they trigger retraining).
 ERROR_CHECKS = (DATASET_DRIFT_CHECK, ESTIMATED_PERFORMANCE_CHECK, REALIZED_PERFORMANCE_CHECK)
 #: Metrics compared with their training-time values.
@@ -137,8 +142,12 @@ def _read_run_training_set(client, run_id: str) -> pd.DataFrame | None:
 
     try:
         with tempfile.TemporaryDirectory(prefix="mlops-reference-") as tmp:
-            local = download_artifacts(run_id=run_id, artifact_path=TRAINING_SET_ARTIFACT, dst_path=tmp,
-                                       tracking_uri=client.tracking_uri)
+            local = download_artifacts(
+                run_id=run_id,
+                artifact_path=TRAINING_SET_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=client.tracking_uri,
+            )
             return pd.read_parquet(local)
     except Exception:  # the artifact store may lack the file (older runs); the caller falls back
         return None
@@ -158,7 +167,9 @@ def load_champion_reference(data_root: str | Path | None = None, tracking=None) 
     mv = registry.alias_version(client, registry.CHAMPION, tracking.model_name)
     if mv is None:
         return None
-    loaded = registry.load_model_version(client, mv.version, model_name=tracking.model_name, alias=registry.CHAMPION)
+    loaded = registry.load_model_version(
+        client, mv.version, model_name=tracking.model_name, alias=registry.CHAMPION
+    )
     run = client.get_run(mv.run_id)
     params, metrics = run.data.params, run.data.metrics
     numeric = json.loads(params.get("numeric_features", "[]"))
@@ -185,10 +196,13 @@ def load_champion_reference(data_root: str | Path | None = None, tracking=None) 
         numeric_features=numeric,
         categorical_features=categorical,
         threshold=float(params.get("threshold", 0.5)),
-        training_metrics={m: float(metrics[f"holdout_{m}"]) for m in PERFORMANCE_METRICS
-                          if f"holdout_{m}" in metrics},
-        training_counts=(int(params.get("n_holdout", 0)),
-                         round(float(metrics.get("holdout_churn_rate", 0.0)) * int(params.get("n_holdout", 0)))),
+        training_metrics={
+            m: float(metrics[f"holdout_{m}"]) for m in PERFORMANCE_METRICS if f"holdout_{m}" in metrics
+        },
+        training_counts=(
+            int(params.get("n_holdout", 0)),
+            round(float(metrics.get("holdout_churn_rate", 0.0)) * int(params.get("n_holdout", 0))),
+        ),
         reference=reference,
         reference_source=source,
         reference_scores=np.empty(0),
@@ -205,8 +219,11 @@ def window_days(day: str, n: int) -> list[str]:
 
 def missing_feature_partitions(store: FeatureStore, day: str) -> list[str]:
     """Feature views whose partition of ``day`` has not been written."""
-    return [v.name for v in store.views
-            if not any(feature_partition_dir(store.paths, v.name, day).glob("*.parquet"))]
+    return [
+        v.name
+        for v in store.views
+        if not any(feature_partition_dir(store.paths, v.name, day).glob("*.parquet"))
+    ]
 
 
 def current_population(store: FeatureStore, day: str) -> pd.DataFrame:
@@ -214,7 +231,9 @@ def current_population(store: FeatureStore, day: str) -> pd.DataFrame:
     as_of = pd.Timestamp(feature_time(day))
     profile = read_partition(feature_partition_dir(store.paths, "customer_profile", day))
     if profile is None:
-        raise MonitoringInputError(f"no customer_profile partition for {day}; materialize the feature views first")
+        raise MonitoringInputError(
+            f"no customer_profile partition for {day}; materialize the feature views first"
+        )
     ids = pd.Series(profile.column("customer_id").to_pylist(), dtype="string")
     labels = store.load_labels()
     churned = labels.loc[(labels["churned"] == 1) & (labels["label_timestamp"] < as_of), "customer_id"]
@@ -226,7 +245,9 @@ def current_features(store: FeatureStore, day: str, features: Sequence[str]) -> 
     """The day's population with the given features, point-in-time as of D+1 00:00 UTC."""
     missing = missing_feature_partitions(store, day)
     if missing:
-        raise MonitoringInputError(f"feature partitions of {day} missing for views {missing}; materialize them first")
+        raise MonitoringInputError(
+            f"feature partitions of {day} missing for views {missing}; materialize them first"
+        )
     entity = current_population(store, day)
     return store.get_historical_features(entity, list(features))
 
@@ -259,6 +280,7 @@ class DailyDrift:
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers, JSON-ready."""
+
         def num(value):
             return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
@@ -292,17 +314,30 @@ def daily_drift(
     features = champion.features
     current = current_features(store, day, features)
     report = compute_drift(
-        champion.reference, current, columns=features, categorical=champion.categorical_features,
+        champion.reference,
+        current,
+        columns=features,
+        categorical=champion.categorical_features,
         thresholds=settings.thresholds(len(features)),
-        numeric_method=settings.numeric_method, categorical_method=settings.categorical_method,
+        numeric_method=settings.numeric_method,
+        categorical_method=settings.categorical_method,
     )
     scores = champion.score(current)
-    prediction = prediction_drift(champion.reference_scores, scores,
-                                  DriftThresholds(ks_alpha=settings.prediction_alpha, psi=settings.psi_threshold,
-                                                  wasserstein=settings.wasserstein_threshold))
+    prediction = prediction_drift(
+        champion.reference_scores,
+        scores,
+        DriftThresholds(
+            ks_alpha=settings.prediction_alpha,
+            psi=settings.psi_threshold,
+            wasserstein=settings.wasserstein_threshold,
+        ),
+    )
     estimate = estimate_performance(scores, champion.threshold) if scores.size else None
-    estimated_decay = (judge_decay(champion.training_metrics, champion.training_counts, estimate.to_dict(), None,
-                                   settings) if estimate is not None and champion.training_metrics else None)
+    estimated_decay = (
+        judge_decay(champion.training_metrics, champion.training_counts, estimate.to_dict(), None, settings)
+        if estimate is not None and champion.training_metrics
+        else None
+    )
 
     days = window_days(day, settings.realized_window_days)
     labelled = labelled_features(store, days, features)
@@ -317,12 +352,26 @@ def daily_drift(
         else:
             note = f"{realized['n']} labels on {days[0]}..{day}"
             if champion.training_metrics:
-                realized_decay = judge_decay(champion.training_metrics, champion.training_counts, realized,
-                                             (len(y), int(y.sum())), settings)
+                realized_decay = judge_decay(
+                    champion.training_metrics,
+                    champion.training_counts,
+                    realized,
+                    (len(y), int(y.sum())),
+                    settings,
+                )
     return DailyDrift(
-        day=day, champion_version=champion.version, report=report, prediction=prediction, estimate=estimate,
-        estimated_decay=estimated_decay, realized=realized, realized_decay=realized_decay, realized_days=days,
-        realized_note=note, training_metrics=dict(champion.training_metrics), current=current,
+        day=day,
+        champion_version=champion.version,
+        report=report,
+        prediction=prediction,
+        estimate=estimate,
+        estimated_decay=estimated_decay,
+        realized=realized,
+        realized_decay=realized_decay,
+        realized_days=days,
+        realized_note=note,
+        training_metrics=dict(champion.training_metrics),
+        current=current,
         current_scores=scores,
     )
 
@@ -340,7 +389,9 @@ def metric_standard_error(metric: str, value: float, n: int, n_pos: int) -> floa
     if n_pos <= 0 or n_neg <= 0:
         return math.nan
     q1, q2 = value / (2.0 - value), 2.0 * value**2 / (1.0 + value)
-    var = (value * (1 - value) + (n_pos - 1) * (q1 - value**2) + (n_neg - 1) * (q2 - value**2)) / (n_pos * n_neg)
+    var = (value * (1 - value) + (n_pos - 1) * (q1 - value**2) + (n_neg - 1) * (q2 - value**2)) / (
+        n_pos * n_neg
+    )
     return math.sqrt(max(var, 0.0))
 
 
@@ -356,8 +407,11 @@ class Decay:
 
 
 def judge_decay(
-    training: dict[str, float], training_counts: tuple[int, int], current: dict[str, float],
-    current_counts: tuple[int, int] | None, settings: MonitorSettings,
+    training: dict[str, float],
+    training_counts: tuple[int, int],
+    current: dict[str, float],
+    current_counts: tuple[int, int] | None,
+    settings: MonitorSettings,
 ) -> Decay:
     """A metric decayed when its drop exceeds max_performance_drop *and* is significant at decay_alpha.
 
@@ -411,57 +465,107 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
     last = results[-1]
     verdicts = []
 
-    flagged = {r.day: r.report.drifted_features + (["prediction"] if r.prediction.drifted else []) for r in results}
+    flagged = {
+        r.day: r.report.drifted_features + (["prediction"] if r.prediction.drifted else []) for r in results
+    }
     bad = [d for d, names in flagged.items() if names]
     per_test = last.report.thresholds.ks_alpha
-    verdicts.append(Verdict(
-        FEATURE_DRIFT_CHECK, not bad, "WARN",
-        (f"{len(bad)} of {len(results)} day(s) with drifted features; {bad[-1]}: {', '.join(flagged[bad[-1]])}"
-         if bad else f"no feature drifted on {len(results)} day(s)")
-        + f" (p-value tests at {per_test:.2g} per feature{' (Bonferroni)' if settings.bonferroni else ''})",
-        bad, {"drifted_by_day": {d: flagged[d] for d in bad}, "per_feature_alpha": per_test},
-    ))
+    verdicts.append(
+        Verdict(
+            FEATURE_DRIFT_CHECK,
+            not bad,
+            "WARN",
+            (
+                f"{len(bad)} of {len(results)} day(s) with drifted features; {bad[-1]}: {', '.join(flagged[bad[-1]])}"
+                if bad
+                else f"no feature drifted on {len(results)} day(s)"
+            )
+            + f" (p-value tests at {per_test:.2g} per feature{' (Bonferroni)' if settings.bonferroni else ''})",
+            bad,
+            {"drifted_by_day": {d: flagged[d] for d in bad}, "per_feature_alpha": per_test},
+        )
+    )
 
     bad = [r.day for r in results if r.report.dataset_drift]
     worst = max(results, key=lambda r: r.report.drift_share)
-    verdicts.append(Verdict(
-        DATASET_DRIFT_CHECK, not bad, "ERROR",
-        f"worst day {worst.day}: drift share {worst.report.drift_share:.3f} "
-        f"({len(worst.report.drifted_features)} of {len(worst.report.features)} features) "
-        f"{'>=' if worst.report.dataset_drift else '<'} max_drift_share {settings.max_drift_share}",
-        bad, {"max_drift_share": settings.max_drift_share, "worst_drift_share": worst.report.drift_share,
-              "worst_day": worst.day},
-    ))
+    verdicts.append(
+        Verdict(
+            DATASET_DRIFT_CHECK,
+            not bad,
+            "ERROR",
+            f"worst day {worst.day}: drift share {worst.report.drift_share:.3f} "
+            f"({len(worst.report.drifted_features)} of {len(worst.report.features)} features) "
+            f"{'>=' if worst.report.dataset_drift else '<'} max_drift_share {settings.max_drift_share}",
+            bad,
+            {
+                "max_drift_share": settings.max_drift_share,
+                "worst_drift_share": worst.report.drift_share,
+                "worst_day": worst.day,
+            },
+        )
+    )
 
-    for check, attr in ((ESTIMATED_PERFORMANCE_CHECK, "estimated_decay"), (REALIZED_PERFORMANCE_CHECK, "realized_decay")):
+    for check, attr in (
+        (ESTIMATED_PERFORMANCE_CHECK, "estimated_decay"),
+        (REALIZED_PERFORMANCE_CHECK, "realized_decay"),
+    ):
         judged = [(r.day, getattr(r, attr)) for r in results if getattr(r, attr) is not None]
         if not judged:
-            reason = (last.realized_note if check == REALIZED_PERFORMANCE_CHECK
-                      else "no scores or no training-time metrics to compare with")
-            verdicts.append(Verdict(check, True, "ERROR", f"skipped: {reason}", skipped=True,
-                                    metadata={"max_performance_drop": settings.max_performance_drop}))
+            reason = (
+                last.realized_note
+                if check == REALIZED_PERFORMANCE_CHECK
+                else "no scores or no training-time metrics to compare with"
+            )
+            verdicts.append(
+                Verdict(
+                    check,
+                    True,
+                    "ERROR",
+                    f"skipped: {reason}",
+                    skipped=True,
+                    metadata={"max_performance_drop": settings.max_performance_drop},
+                )
+            )
             continue
         bad = [d for d, decay in judged if decay.decayed]
         day, decay = next(((d, x) for d, x in reversed(judged) if x.decayed), judged[-1])
-        verdicts.append(Verdict(
-            check, not bad, "ERROR",
-            f"{day}: {_drops_text(decay)} vs training-time holdout metrics "
-            f"({'>' if decay.decayed else '<='} max_performance_drop {settings.max_performance_drop})"
-            + (f"; {len(bad)} of {len(judged)} judged day(s) failed" if len(judged) > 1 else ""),
-            bad, {"max_performance_drop": settings.max_performance_drop, "drops": decay.drops,
-                  "fail_above": decay.limits, "standard_errors": decay.standard_errors, "day": day},
-        ))
+        verdicts.append(
+            Verdict(
+                check,
+                not bad,
+                "ERROR",
+                f"{day}: {_drops_text(decay)} vs training-time holdout metrics "
+                f"({'>' if decay.decayed else '<='} max_performance_drop {settings.max_performance_drop})"
+                + (f"; {len(bad)} of {len(judged)} judged day(s) failed" if len(judged) > 1 else ""),
+                bad,
+                {
+                    "max_performance_drop": settings.max_performance_drop,
+                    "drops": decay.drops,
+                    "fail_above": decay.limits,
+                    "standard_errors": decay.standard_errors,
+                    "day": day,
+                },
+            )
+        )
     return verdicts
 
 
 def skipped_verdicts(reason: str) -> list[Verdict]:
     """Every check passed as skipped, with the reason (e.g. no champion yet)."""
-    return [Verdict(name, True, "WARN" if name == FEATURE_DRIFT_CHECK else "ERROR", f"skipped: {reason}",
-                    skipped=True) for name in CHECK_NAMES]
+    return [
+        Verdict(
+            name, True, "WARN" if name == FEATURE_DRIFT_CHECK else "ERROR", f"skipped: {reason}", skipped=True
+        )
+        for name in CHECK_NAMES
+    ]
 
 
-def degradation_alert(verdicts: Sequence[Verdict], champion_version: int | None, days: Sequence[str],
-                      dagster_run_id: str | None = None):
+def degradation_alert(
+    verdicts: Sequence[Verdict],
+    champion_version: int | None,
+    days: Sequence[str],
+    dagster_run_id: str | None = None,
+):
     """An alert naming each failed ERROR check, or None when none failed."""
     from mlops_assets.training.alerts import Alert
 
@@ -473,9 +577,15 @@ def degradation_alert(verdicts: Sequence[Verdict], champion_version: int | None,
         kind="model_degradation",
         title=f"drift_report {span}: {len(failed)} degradation check(s) failed for champion v{champion_version}",
         message="; ".join(f"{v.check}: {v.description}" for v in failed),
-        details={"days": list(days), "champion_version": champion_version, "dagster_run_id": dagster_run_id,
-                 "checks": [{"check": v.check, "failing_days": v.failing_days, "description": v.description}
-                            for v in failed]},
+        details={
+            "days": list(days),
+            "champion_version": champion_version,
+            "dagster_run_id": dagster_run_id,
+            "checks": [
+                {"check": v.check, "failing_days": v.failing_days, "description": v.description}
+                for v in failed
+            ],
+        },
     )
 
 
@@ -483,25 +593,37 @@ def degradation_alert(verdicts: Sequence[Verdict], champion_version: int | None,
 
 
 def _num(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def performance_markdown(result: DailyDrift) -> str:
     """Training-time vs estimated vs realized accuracy and ROC AUC, and the prediction drift row."""
     est = result.estimate.to_dict() if result.estimate else {}
     real = result.realized or {}
-    lines = ["| metric | training (holdout) | estimated (CBPE) | realized | estimated drop | realized drop |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| metric | training (holdout) | estimated (CBPE) | realized | estimated drop | realized drop |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m in PERFORMANCE_METRICS:
         e_drop = result.estimated_decay.drops.get(m) if result.estimated_decay else None
         r_drop = result.realized_decay.drops.get(m) if result.realized_decay else None
-        lines.append(f"| {m} | {_num(result.training_metrics.get(m))} | {_num(est.get(m))} | {_num(real.get(m))} | "
-                     f"{_num(e_drop)} | {_num(r_drop)} |")
+        lines.append(
+            f"| {m} | {_num(result.training_metrics.get(m))} | {_num(est.get(m))} | {_num(real.get(m))} | "
+            f"{_num(e_drop)} | {_num(r_drop)} |"
+        )
     p = result.prediction
-    lines += ["", f"Realized: {result.realized_note}.", "",
-              f"Prediction drift ({p.test}): statistic {_num(p.statistic)}, p-value {_num(p.p_value)}, "
-              f"{'**drifted**' if p.drifted else 'no drift'} ({p.reference_count} reference vs "
-              f"{p.current_count} current scores)."]
+    lines += [
+        "",
+        f"Realized: {result.realized_note}.",
+        "",
+        f"Prediction drift ({p.test}): statistic {_num(p.statistic)}, p-value {_num(p.p_value)}, "
+        f"{'**drifted**' if p.drifted else 'no drift'} ({p.reference_count} reference vs "
+        f"{p.current_count} current scores).",
+    ]
     return "\n".join(lines)
 
 
@@ -509,8 +631,11 @@ def embedded_images(paths: dict[str, Path], names: Sequence[str]) -> str:
     """PNG histograms as markdown images with base64 data URIs (the Dagster UI renders ``data:`` images)."""
     import base64
 
-    return "\n".join(f"![{n}](data:image/png;base64,{base64.b64encode(paths[n].read_bytes()).decode()})"
-                     for n in names if n in paths)
+    return "\n".join(
+        f"![{n}](data:image/png;base64,{base64.b64encode(paths[n].read_bytes()).decode()})"
+        for n in names
+        if n in paths
+    )
 
 
 @dataclass(frozen=True)
@@ -525,8 +650,13 @@ class SavedDay:
 HISTOGRAM_MODES = ("drifted", "all", "none")
 
 
-def save_day_report(result: DailyDrift, champion: ChampionReference, reports_dir: str | Path,
-                    histograms: str = "drifted", max_histograms: int | None = None) -> SavedDay:
+def save_day_report(
+    result: DailyDrift,
+    champion: ChampionReference,
+    reports_dir: str | Path,
+    histograms: str = "drifted",
+    max_histograms: int | None = None,
+) -> SavedDay:
     """Write ``drift_report_<day>.md/.json`` and PNG histograms: of the drifted features and the scores
     (``drifted``, the default: one plot costs ~0.1-0.4 s), of every feature (``all``), or none;
     at most ``max_histograms`` feature plots (the first ones in feature order)."""
@@ -537,18 +667,34 @@ def save_day_report(result: DailyDrift, champion: ChampionReference, reports_dir
     name = f"drift_report_{result.day}"
     plotted = {"all": champion.features, "drifted": result.report.drifted_features, "none": []}[histograms]
     plotted = list(plotted)[:max_histograms] if max_histograms is not None else list(plotted)
-    saved = save_drift_report(result.report, champion.reference[plotted], result.current[plotted], reports_dir,
-                              name=name, histograms=bool(plotted))
+    saved = save_drift_report(
+        result.report,
+        champion.reference[plotted],
+        result.current[plotted],
+        reports_dir,
+        name=name,
+        histograms=bool(plotted),
+    )
     images = dict(saved.image_paths)
     if histograms != "none" and result.current_scores.size and champion.reference_scores.size:
-        png = plot_feature(pd.Series(champion.reference_scores), pd.Series(result.current_scores), result.prediction)
+        png = plot_feature(
+            pd.Series(champion.reference_scores), pd.Series(result.current_scores), result.prediction
+        )
         images["prediction"] = write_file_atomic(png, Path(reports_dir) / f"{name}_prediction.png")
-    markdown = (render_markdown(result.report, saved.image_paths) + "\n## Performance\n\n"
-                + performance_markdown(result) + "\n")
+    markdown = (
+        render_markdown(result.report, saved.image_paths)
+        + "\n## Performance\n\n"
+        + performance_markdown(result)
+        + "\n"
+    )
     if "prediction" in images:
         markdown += f"\n![prediction]({images['prediction'].name})\n"
     write_file_atomic(markdown.encode(), saved.markdown_path)
-    payload = {**result.report.to_dict(), "summary": result.summary(), "prediction": result.prediction.to_dict(),
-               "estimate": result.estimate.to_dict() if result.estimate else None}
+    payload = {
+        **result.report.to_dict(),
+        "summary": result.summary(),
+        "prediction": result.prediction.to_dict(),
+        "estimate": result.estimate.to_dict() if result.estimate else None,
+    }
     write_file_atomic(json.dumps(payload, indent=2, default=str).encode(), saved.json_path)
     return SavedDay(saved.markdown_path, saved.json_path, images)

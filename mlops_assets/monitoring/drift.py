@@ -204,7 +204,10 @@ def numeric_statistics(
     # Both empirical CDFs at every observed value (right-continuous), from the sorted samples.
     pooled = np.concatenate([ref, cur])
     pooled.sort(kind="mergesort")
-    cdf_gap = np.searchsorted(ref, pooled, side="right") / n_ref - np.searchsorted(cur, pooled, side="right") / n_cur
+    cdf_gap = (
+        np.searchsorted(ref, pooled, side="right") / n_ref
+        - np.searchsorted(cur, pooled, side="right") / n_cur
+    )
 
     if max(n_ref, n_cur) <= _KS_EXACT_MAX_N:
         ks = stats.ks_2samp(ref, cur)  # exact p-value; cheap at this size
@@ -252,7 +255,9 @@ def _smirnov_sf(n: float, x: float) -> float:
     j = np.arange(0, int(np.floor(n * (1.0 - x))) + 1, dtype="float64")
     with np.errstate(divide="ignore"):
         log_terms = (
-            gammaln(n + 1) - gammaln(j + 1) - gammaln(n - j + 1)
+            gammaln(n + 1)
+            - gammaln(j + 1)
+            - gammaln(n - j + 1)
             + (n - j) * np.log(1.0 - x - j / n)
             + (j - 1) * np.log(x + j / n)
         )
@@ -500,7 +505,9 @@ def compute_drift(
             raise DriftInputError(f"columns not found in both reference and current data: {missing}")
         for col in columns:
             if _is_datetime(reference[col]) or _is_datetime(current[col]):
-                raise DriftInputError(f"column {col!r} is a datetime; convert it to a number to test its drift")
+                raise DriftInputError(
+                    f"column {col!r} is a datetime; convert it to a number to test its drift"
+                )
         selected = list(columns)
 
     rows = []
@@ -576,15 +583,15 @@ def with_thresholds(report: DriftReport, thresholds: DriftThresholds) -> DriftRe
             r,
             threshold=thresholds.for_method(r.test),
             drifted=(
-                r.drifted
-                if r.statistic is None
-                else thresholds.is_drifted(r.test, r.statistic, r.p_value)
+                r.drifted if r.statistic is None else thresholds.is_drifted(r.test, r.statistic, r.p_value)
             ),
         )
         for r in report.features
     ]
     share, dataset_drift = _dataset_verdict(rows, thresholds)
-    return replace(report, features=rows, drift_share=share, dataset_drift=dataset_drift, thresholds=thresholds)
+    return replace(
+        report, features=rows, drift_share=share, dataset_drift=dataset_drift, thresholds=thresholds
+    )
 
 
 def _dataset_verdict(rows: Sequence[FeatureDrift], thresholds: DriftThresholds) -> tuple[float, bool]:

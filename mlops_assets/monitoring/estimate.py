@@ -111,7 +111,9 @@ def realized_metrics(
     return {"accuracy": accuracy, "roc_auc": float(auc), "n": int(labels.size)}
 
 
-def compare_performance(estimated: PerformanceEstimate | Mapping[str, float], realized: Mapping[str, float]) -> dict:
+def compare_performance(
+    estimated: PerformanceEstimate | Mapping[str, float], realized: Mapping[str, float]
+) -> dict:
     """Estimated vs realized value of each shared metric, with the error (realized - estimated)."""
     est = estimated.to_dict() if isinstance(estimated, PerformanceEstimate) else dict(estimated)
     out = {}
@@ -150,7 +152,9 @@ def performance_decay(
     mapping ``max_drop``, the metrics it names; with a number, the known metrics
     (``HIGHER_IS_BETTER`` and ``LOWER_IS_BETTER``).
     """
-    current = current_metrics.to_dict() if isinstance(current_metrics, PerformanceEstimate) else current_metrics
+    current = (
+        current_metrics.to_dict() if isinstance(current_metrics, PerformanceEstimate) else current_metrics
+    )
     names = [m for m in training_metrics if m in current]
     if isinstance(max_drop, Mapping):
         names = [m for m in names if m in max_drop]

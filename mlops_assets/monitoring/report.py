@@ -191,15 +191,31 @@ def build_parser(prog: str = "mlops drift") -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     parser.add_argument("--columns", help="comma-separated columns to test (default: all shared columns)")
     parser.add_argument("--categorical", help="comma-separated numeric columns to treat as categorical")
-    parser.add_argument("--method", choices=["ks", "chi2", "wasserstein", "jensenshannon", "psi"],
-                        help="force one method for every column (must apply to each column's kind)")
-    parser.add_argument("--numeric-method", choices=["ks", "wasserstein", "psi"], help="method for numeric columns")
-    parser.add_argument("--categorical-method", choices=["chi2", "jensenshannon", "psi"],
-                        help="method for categorical columns")
-    parser.add_argument("--drift-share", type=float, default=DriftThresholds.drift_share,
-                        help="share of drifted features at which the dataset has drifted (default 0.5)")
-    parser.add_argument("--report-dir", help="also write the markdown, JSON and PNG histograms to this folder")
-    parser.add_argument("--fail-on-drift", action="store_true", help="exit with status 1 when the dataset drifted")
+    parser.add_argument(
+        "--method",
+        choices=["ks", "chi2", "wasserstein", "jensenshannon", "psi"],
+        help="force one method for every column (must apply to each column's kind)",
+    )
+    parser.add_argument(
+        "--numeric-method", choices=["ks", "wasserstein", "psi"], help="method for numeric columns"
+    )
+    parser.add_argument(
+        "--categorical-method",
+        choices=["chi2", "jensenshannon", "psi"],
+        help="method for categorical columns",
+    )
+    parser.add_argument(
+        "--drift-share",
+        type=float,
+        default=DriftThresholds.drift_share,
+        help="share of drifted features at which the dataset has drifted (default 0.5)",
+    )
+    parser.add_argument(
+        "--report-dir", help="also write the markdown, JSON and PNG histograms to this folder"
+    )
+    parser.add_argument(
+        "--fail-on-drift", action="store_true", help="exit with status 1 when the dataset drifted"
+    )
     return parser
 
 
@@ -235,7 +251,11 @@ def run_drift(
             categorical_method=categorical_method,
         )
     except (DriftInputError, ValueError) as exc:
-        where = "" if str(reference) in str(exc) or str(current) in str(exc) else f" [reference: {reference}, current: {current}]"
+        where = (
+            ""
+            if str(reference) in str(exc) or str(current) in str(exc)
+            else f" [reference: {reference}, current: {current}]"
+        )
         err.write(f"error: {exc}{where}\n")
         return 2
     if as_json:
@@ -248,7 +268,9 @@ def run_drift(
     return 1 if (fail_on_drift and report.dataset_drift) else 0
 
 
-def drift_command(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def drift_command(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     """``mlops drift REFERENCE CURRENT [--json] ...`` from command-line arguments; returns the exit status."""
     try:
         args = build_parser().parse_args(list(argv) if argv is not None else None)

@@ -24,9 +24,13 @@ def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
     """One retraining run per tick, keyed by the tick time."""
     tick = context.scheduled_execution_time
     if retraining_in_progress(context.instance):
-        return dg.SkipReason(f"a {RETRAINING_JOB} run is already queued or running; tick {tick.isoformat()} skipped")
+        return dg.SkipReason(
+            f"a {RETRAINING_JOB} run is already queued or running; tick {tick.isoformat()} skipped"
+        )
     return dg.RunRequest(
         run_key=f"schedule:{tick.isoformat()}",
-        tags={"mlops/trigger": "schedule",
-              "mlops/trigger_reason": f"weekly retraining schedule '{RETRAIN_CRON}' (UTC), tick {tick.isoformat()}"},
+        tags={
+            "mlops/trigger": "schedule",
+            "mlops/trigger_reason": f"weekly retraining schedule '{RETRAIN_CRON}' (UTC), tick {tick.isoformat()}",
+        },
     )

@@ -11,8 +11,12 @@ from mlops_assets.monitoring.checks import DRIFT_ASSET
 from mlops_assets.monitoring.daily import ERROR_CHECKS
 
 RETRAINING_JOB = "retraining_job"
-_ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-           dg.DagsterRunStatus.STARTED]
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 def retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
@@ -21,7 +25,9 @@ def retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
     return runs[0].run_id if runs else None
 
 
-def failed_drift_evaluations(instance: dg.DagsterInstance, seen: dict[str, int]) -> tuple[dict[str, list], dict]:
+def failed_drift_evaluations(
+    instance: dg.DagsterInstance, seen: dict[str, int]
+) -> tuple[dict[str, list], dict]:
     """Failed ERROR checks of drift_report newer than the execution ids in ``seen``, by drift_report run.
 
     Reads each check's execution history (kept in the index database by every event log storage,
@@ -37,7 +43,9 @@ def failed_drift_evaluations(instance: dg.DagsterInstance, seen: dict[str, int])
             if record.id <= seen.get(name, 0):
                 continue
             evaluation = record.event.asset_check_evaluation if record.event is not None else None
-            if evaluation is None:  # a planned execution (a partitioned run records its evaluation in a new row)
+            if (
+                evaluation is None
+            ):  # a planned execution (a partitioned run records its evaluation in a new row)
                 continue
             newest = record.id
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
@@ -57,7 +65,7 @@ def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
         tags={
             "mlops/trigger": "drift",
             "mlops/trigger_reason": f"drift_report {days} failed {', '.join(checks)} (champion v{champion}): "
-                                    f"{reason}"[:1000],
+            f"{reason}"[:1000],
             "mlops/drift_run_id": drift_run_id,
             "mlops/drift_days": str(days),
             "mlops/failed_checks": ",".join(checks),
@@ -78,12 +86,17 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     by_run, now_seen = failed_drift_evaluations(context.instance, seen)
     cursor = json.dumps(now_seen, sort_keys=True)
     if not by_run:
-        return dg.SensorResult(skip_reason="no failed ERROR check on drift_report since the last evaluation",
-                               cursor=cursor)
+        return dg.SensorResult(
+            skip_reason="no failed ERROR check on drift_report since the last evaluation", cursor=cursor
+        )
     running = retraining_in_progress(context.instance)
     if running is not None:
-        context.log.info(f"{len(by_run)} failed drift report(s) covered by retraining run {running}, in progress")
-        return dg.SensorResult(skip_reason=f"retraining run {running} is already queued or running", cursor=cursor)
+        context.log.info(
+            f"{len(by_run)} failed drift report(s) covered by retraining run {running}, in progress"
+        )
+        return dg.SensorResult(
+            skip_reason=f"retraining run {running} is already queued or running", cursor=cursor
+        )
     requests = [retraining_request(run_id, evaluations) for run_id, evaluations in by_run.items()]
     for request in requests:
         context.log.info(f"requesting {RETRAINING_JOB}: {request.tags['mlops/trigger_reason']}")
@@ -99,9 +112,11 @@ new_data_automation_sensor = dg.AutomationConditionSensorDefinition(
     default_condition=DAILY_REFRESH,
     use_user_code_server=True,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    run_tags={"mlops/trigger": "new_data",
-              "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "
-                                      "drift report refresh when an upstream partition they read was updated"},
+    run_tags={
+        "mlops/trigger": "new_data",
+        "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "
+        "drift report refresh when an upstream partition they read was updated",
+    },
     description="New ingested partitions (events, customers, labels) refresh the latest day's feature views, "
     "the training set and the latest drift report (automation conditions; the online store has its own sensor).",
 )

@@ -112,13 +112,18 @@ def prob_greater(a1: float, b1: float, a2: float, b2: float) -> float:
     """P(X2 > X1) for X1 ~ Beta(a1, b1), X2 ~ Beta(a2, b2): closed form for integer a2, else quadrature."""
     if float(a2).is_integer() and a2 <= 1e6:
         i = np.arange(int(a2))
-        terms = (special.betaln(a1 + i, b1 + b2) - np.log(b2 + i) - special.betaln(1 + i, b2)
-                 - special.betaln(a1, b1))
+        terms = (
+            special.betaln(a1 + i, b1 + b2)
+            - np.log(b2 + i)
+            - special.betaln(1 + i, b2)
+            - special.betaln(a1, b1)
+        )
         return float(min(1.0, np.exp(special.logsumexp(terms))))
     lo = min(stats.beta.ppf(1e-12, a1, b1), stats.beta.ppf(1e-12, a2, b2))
     hi = max(stats.beta.isf(1e-12, a1, b1), stats.beta.isf(1e-12, a2, b2))
-    value, _ = integrate.quad(lambda x: stats.beta.pdf(x, a2, b2) * stats.beta.cdf(x, a1, b1), lo, hi,
-                              limit=200, epsabs=1e-12)
+    value, _ = integrate.quad(
+        lambda x: stats.beta.pdf(x, a2, b2) * stats.beta.cdf(x, a1, b1), lo, hi, limit=200, epsabs=1e-12
+    )
     return float(min(1.0, max(0.0, value)))
 
 
@@ -133,7 +138,9 @@ class BayesResult:
     posterior_b: tuple[float, float]
 
 
-def beta_binomial(x_a: int, n_a: int, x_b: int, n_b: int, prior: tuple[float, float] = (1.0, 1.0)) -> BayesResult:
+def beta_binomial(
+    x_a: int, n_a: int, x_b: int, n_b: int, prior: tuple[float, float] = (1.0, 1.0)
+) -> BayesResult:
     """Posterior comparison of two rates under independent Beta priors."""
     a1, b1 = prior[0] + x_a, prior[1] + n_a - x_a
     a2, b2 = prior[0] + x_b, prior[1] + n_b - x_b
@@ -189,22 +196,32 @@ def sequential_test(peeks: pd.DataFrame, alpha: float = 0.05, tau: float = 0.05)
 # --------------------------------------------------------------------------------------- power
 
 
-def sample_size_per_arm(baseline_rate: float, minimum_effect: float, alpha: float = 0.05, power: float = 0.8,
-                        ratio: float = 1.0, alternative: str = "two-sided") -> int:
+def sample_size_per_arm(
+    baseline_rate: float,
+    minimum_effect: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    ratio: float = 1.0,
+    alternative: str = "two-sided",
+) -> int:
     """Customers needed in arm A to detect ``baseline_rate -> baseline_rate + minimum_effect`` (B gets ratio x that)."""
     from statsmodels.stats.power import NormalIndPower
     from statsmodels.stats.proportion import proportion_effectsize
 
     if not 0 < baseline_rate < 1 or not 0 < baseline_rate + minimum_effect < 1 or minimum_effect == 0:
-        raise ValueError("baseline_rate and baseline_rate + minimum_effect must be in (0, 1), effect non-zero")
+        raise ValueError(
+            "baseline_rate and baseline_rate + minimum_effect must be in (0, 1), effect non-zero"
+        )
     effect = proportion_effectsize(baseline_rate + minimum_effect, baseline_rate)
-    n = NormalIndPower().solve_power(effect_size=abs(effect), alpha=alpha, power=power, ratio=ratio,
-                                     alternative=alternative)
+    n = NormalIndPower().solve_power(
+        effect_size=abs(effect), alpha=alpha, power=power, ratio=ratio, alternative=alternative
+    )
     return int(math.ceil(float(np.asarray(n).ravel()[0])))
 
 
-def power_at(n_per_arm: int, baseline_rate: float, minimum_effect: float, alpha: float = 0.05,
-             ratio: float = 1.0) -> float:
+def power_at(
+    n_per_arm: int, baseline_rate: float, minimum_effect: float, alpha: float = 0.05, ratio: float = 1.0
+) -> float:
     """Power of the two-sided test with ``n_per_arm`` customers in arm A."""
     from statsmodels.stats.power import NormalIndPower
     from statsmodels.stats.proportion import proportion_effectsize
@@ -267,30 +284,49 @@ class ABReport:
             f"- required customers per arm: {self.required_n_per_arm}",
         ]
         if self.welch is not None and self.mann_whitney is not None:
-            lines.append(f"- Welch t = {self.welch.statistic:.3f} (p = {self.welch.p_value:.4g}); "
-                         f"Mann-Whitney U = {self.mann_whitney.statistic:.0f} (p = {self.mann_whitney.p_value:.4g})")
+            lines.append(
+                f"- Welch t = {self.welch.statistic:.3f} (p = {self.welch.p_value:.4g}); "
+                f"Mann-Whitney U = {self.mann_whitney.statistic:.0f} (p = {self.mann_whitney.p_value:.4g})"
+            )
         if self.guardrail_breaches:
             lines.append("- guardrails broken: " + "; ".join(self.guardrail_breaches))
         lines.append(f"\n**Decision: {self.decision}** — {self.reason}")
         return "\n".join(lines)
 
 
-def decide(good_a: int, n_a: int, good_b: int, n_b: int, sequential: SequentialResult, bayes: BayesResult,
-           required_n: int, breaches: list[str], config: ABConfig) -> tuple[DecisionAction, str]:
+def decide(
+    good_a: int,
+    n_a: int,
+    good_b: int,
+    n_b: int,
+    sequential: SequentialResult,
+    bayes: BayesResult,
+    required_n: int,
+    breaches: list[str],
+    config: ABConfig,
+) -> tuple[DecisionAction, str]:
     """Continue, promote B or stop, from the sequential test, the expected loss and the guardrails."""
     if breaches:
         return "stop", "guardrail broken: " + "; ".join(breaches)
     b_better = good_b / max(n_b, 1) > good_a / max(n_a, 1)
     if sequential.reject:
         if b_better and bayes.expected_loss_b <= config.max_expected_loss:
-            return "promote_b", (f"B is better (always-valid p = {sequential.p_value:.4g}, "
-                                 f"P(B better) = {bayes.prob_b_better:.3f}, expected loss {bayes.expected_loss_b:.5f})")
+            return "promote_b", (
+                f"B is better (always-valid p = {sequential.p_value:.4g}, "
+                f"P(B better) = {bayes.prob_b_better:.3f}, expected loss {bayes.expected_loss_b:.5f})"
+            )
         if not b_better:
             return "stop", f"B is worse (always-valid p = {sequential.p_value:.4g})"
         return "continue", f"B leads but its expected loss {bayes.expected_loss_b:.5f} is above the threshold"
     if min(n_a, n_b) >= required_n:
-        return "stop", f"no significant difference after {min(n_a, n_b)} customers per arm (planned {required_n})"
-    return "continue", f"{min(n_a, n_b)} of {required_n} planned customers per arm; no significant difference yet"
+        return (
+            "stop",
+            f"no significant difference after {min(n_a, n_b)} customers per arm (planned {required_n})",
+        )
+    return (
+        "continue",
+        f"{min(n_a, n_b)} of {required_n} planned customers per arm; no significant difference yet",
+    )
 
 
 def guardrail_metrics(log: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -302,21 +338,33 @@ def guardrail_metrics(log: pd.DataFrame) -> dict[str, dict[str, float]]:
     for arm, rows in served.groupby("arm"):
         ok = rows["status"] == "ok"
         lat = rows.loc[ok, "latency_ms"].to_numpy(dtype=float)
-        out[str(arm)] = {"requests": float(len(rows)), "error_rate": float((~ok).mean()),
-                         "p99_latency_ms": float(np.percentile(lat, 99)) if len(lat) else 0.0}
+        out[str(arm)] = {
+            "requests": float(len(rows)),
+            "error_rate": float((~ok).mean()),
+            "p99_latency_ms": float(np.percentile(lat, 99)) if len(lat) else 0.0,
+        }
     return out
 
 
-def _peeks(outcomes: pd.DataFrame, arm_a: str, arm_b: str, good: pd.Series, time_column: str | None) -> pd.DataFrame:
+def _peeks(
+    outcomes: pd.DataFrame, arm_a: str, arm_b: str, good: pd.Series, time_column: str | None
+) -> pd.DataFrame:
     """Cumulative counts at the end of each period (one peek per day when a time column is given)."""
     frame = pd.DataFrame({"arm": outcomes["arm"].to_numpy(), "good": good.to_numpy()})
-    frame["period"] = (pd.to_datetime(outcomes[time_column], utc=True).dt.floor("D").to_numpy()
-                       if time_column else 0)
+    frame["period"] = (
+        pd.to_datetime(outcomes[time_column], utc=True).dt.floor("D").to_numpy() if time_column else 0
+    )
     grouped = frame.groupby(["period", "arm"])["good"].agg(["sum", "count"]).unstack("arm", fill_value=0)
     grouped = grouped.sort_index().cumsum()
     get = lambda stat, arm: grouped[(stat, arm)] if (stat, arm) in grouped.columns else 0  # noqa: E731
-    peeks = pd.DataFrame({"x_a": get("sum", arm_a), "n_a": get("count", arm_a),
-                          "x_b": get("sum", arm_b), "n_b": get("count", arm_b)})
+    peeks = pd.DataFrame(
+        {
+            "x_a": get("sum", arm_a),
+            "n_a": get("count", arm_a),
+            "x_b": get("sum", arm_b),
+            "n_b": get("count", arm_b),
+        }
+    )
     return peeks.loc[(peeks["n_a"] > 0) & (peeks["n_b"] > 0)].reset_index(drop=True)
 
 
@@ -330,19 +378,29 @@ def outcomes_from_log(log: pd.DataFrame, labels: pd.DataFrame, experiment: str |
     served = log.loc[~log["shadow"].astype(bool) & (log["status"] == "ok")]
     if experiment is not None:
         served = served.loc[served["experiment"] == experiment]
-    first = (served.sort_values("ts", kind="stable").drop_duplicates("customer_id")
-             [["customer_id", "arm", "ts"]].rename(columns={"ts": "assigned_at"}))
+    first = (
+        served.sort_values("ts", kind="stable")
+        .drop_duplicates("customer_id")[["customer_id", "arm", "ts"]]
+        .rename(columns={"ts": "assigned_at"})
+    )
     lab = labels[["customer_id", "label_timestamp", "churned"]].copy()
     lab["label_timestamp"] = pd.to_datetime(lab["label_timestamp"], utc=True)
     joined = first.merge(lab, on="customer_id", how="inner")
     joined = joined.loc[joined["label_timestamp"] > joined["assigned_at"]]
-    joined = joined.sort_values(["customer_id", "label_timestamp"], kind="stable").drop_duplicates("customer_id")
+    joined = joined.sort_values(["customer_id", "label_timestamp"], kind="stable").drop_duplicates(
+        "customer_id"
+    )
     return joined.reset_index(drop=True)
 
 
-def analyze(outcomes: pd.DataFrame, config: ABConfig = ABConfig(), arm_a: str = "champion",
-            arm_b: str = "challenger", time_column: str | None = None,
-            guardrails: Mapping[str, Mapping[str, float]] | None = None) -> ABReport:
+def analyze(
+    outcomes: pd.DataFrame,
+    config: ABConfig = ABConfig(),
+    arm_a: str = "champion",
+    arm_b: str = "challenger",
+    time_column: str | None = None,
+    guardrails: Mapping[str, Mapping[str, float]] | None = None,
+) -> ABReport:
     """Full A/B analysis of realized outcomes (one row per customer: ``arm``, the metric, optional value/time)."""
     missing = [c for c in ("arm", config.metric) if c not in outcomes.columns]
     if missing:
@@ -355,15 +413,23 @@ def analyze(outcomes: pd.DataFrame, config: ABConfig = ABConfig(), arm_a: str = 
     if n_a == 0 or n_b == 0:
         raise ValueError(f"both arms need outcomes: {arm_a}={n_a}, {arm_b}={n_b}")
     g_a, g_b = int(good[in_a].sum()), int(good[in_b].sum())
-    arms = {arm: {"n": float(n), "rate": float(y[mask].mean()), "good_rate": g / n}
-            for arm, n, g, mask in ((arm_a, n_a, g_a, in_a), (arm_b, n_b, g_b, in_b))}
+    arms = {
+        arm: {"n": float(n), "rate": float(y[mask].mean()), "good_rate": g / n}
+        for arm, n, g, mask in ((arm_a, n_a, g_a, in_a), (arm_b, n_b, g_b, in_b))
+    }
     base = min(max(g_a / n_a, 1e-3), 1 - 1e-3)
     effect = config.minimum_effect if base + config.minimum_effect < 1 else -config.minimum_effect
     required = sample_size_per_arm(base, effect, config.alpha, config.power)
     seq = sequential_test(_peeks(rows, arm_a, arm_b, good, time_column), config.alpha, config.tau)
     bayes = beta_binomial(g_a, n_a, g_b, n_b)
-    report = ABReport(arms, two_proportion_ztest(g_a, n_a, g_b, n_b), chi_squared_test(g_a, n_a, g_b, n_b),
-                      bayes, seq, required)
+    report = ABReport(
+        arms,
+        two_proportion_ztest(g_a, n_a, g_b, n_b),
+        chi_squared_test(g_a, n_a, g_b, n_b),
+        bayes,
+        seq,
+        required,
+    )
     if config.value_column is not None:
         values = rows[config.value_column].astype(float)
         a_vals, b_vals = values[in_a].dropna().to_numpy(), values[in_b].dropna().to_numpy()
@@ -374,10 +440,13 @@ def analyze(outcomes: pd.DataFrame, config: ABConfig = ABConfig(), arm_a: str = 
     g_b_metrics = report.guardrails.get(arm_b, {})
     if g_b_metrics.get("error_rate", 0.0) > config.guardrail_max_error_rate:
         report.guardrail_breaches.append(
-            f"{arm_b} error rate {g_b_metrics['error_rate']:.3f} > {config.guardrail_max_error_rate}")
+            f"{arm_b} error rate {g_b_metrics['error_rate']:.3f} > {config.guardrail_max_error_rate}"
+        )
     if g_b_metrics.get("p99_latency_ms", 0.0) > config.guardrail_max_p99_latency_ms:
         report.guardrail_breaches.append(
-            f"{arm_b} p99 latency {g_b_metrics['p99_latency_ms']:.1f} ms > {config.guardrail_max_p99_latency_ms} ms")
-    report.decision, report.reason = decide(g_a, n_a, g_b, n_b, seq, bayes, required, report.guardrail_breaches,
-                                            config)
+            f"{arm_b} p99 latency {g_b_metrics['p99_latency_ms']:.1f} ms > {config.guardrail_max_p99_latency_ms} ms"
+        )
+    report.decision, report.reason = decide(
+        g_a, n_a, g_b, n_b, seq, bayes, required, report.guardrail_breaches, config
+    )
     return report

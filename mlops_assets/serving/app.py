@@ -133,20 +133,47 @@ class _Metrics:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("mlops_serving_requests", "Prediction requests answered, by arm and model version",
-                                ["arm", "model_version", "status"], registry=r)
-        self.errors = Counter("mlops_serving_errors", "Model errors while scoring, by arm and model version",
-                              ["arm", "model_version", "kind"], registry=r)
-        self.latency = Histogram("mlops_serving_latency_seconds", "Prediction latency, by arm and model version",
-                                 ["arm", "model_version"], buckets=LATENCY_BUCKETS, registry=r)
-        self.rejected = Counter("mlops_serving_rejected", "Requests rejected with a 4xx, by status code",
-                                ["status_code"], registry=r)
-        self.reloads = Counter("mlops_serving_model_reloads", "Model swaps after an alias moved", ["alias"],
-                               registry=r)
-        self.load_failures = Counter("mlops_serving_model_load_failures", "Failed model loads (e.g. hash mismatch)",
-                                     ["alias"], registry=r)
-        self.model_info = Gauge("mlops_serving_model_version_info", "1 for the version served per alias",
-                                ["alias", "model_version"], registry=r, multiprocess_mode="livemax")
+        self.requests = Counter(
+            "mlops_serving_requests",
+            "Prediction requests answered, by arm and model version",
+            ["arm", "model_version", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "mlops_serving_errors",
+            "Model errors while scoring, by arm and model version",
+            ["arm", "model_version", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mlops_serving_latency_seconds",
+            "Prediction latency, by arm and model version",
+            ["arm", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "mlops_serving_rejected",
+            "Requests rejected with a 4xx, by status code",
+            ["status_code"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "mlops_serving_model_reloads", "Model swaps after an alias moved", ["alias"], registry=r
+        )
+        self.load_failures = Counter(
+            "mlops_serving_model_load_failures",
+            "Failed model loads (e.g. hash mismatch)",
+            ["alias"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "mlops_serving_model_version_info",
+            "1 for the version served per alias",
+            ["alias", "model_version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
@@ -191,12 +218,21 @@ class _Service:
         root = config.data_root
         self.metrics = _Metrics()
         source = config.model_source if config.model_source is not None else RegistryModelSource()
-        self.models = ModelManager(source, config.aliases, on_error=self._on_load_error, on_swap=self._on_swap)
-        self.features = config.feature_source if config.feature_source is not None else OnlineFeatureSource(root)
+        self.models = ModelManager(
+            source, config.aliases, on_error=self._on_load_error, on_swap=self._on_swap
+        )
+        self.features = (
+            config.feature_source if config.feature_source is not None else OnlineFeatureSource(root)
+        )
         self.state = StateFile(config.state_file or state_path(root))
-        self.assignments = config.assignments if config.assignments is not None else SqliteAssignments(
-            data_paths(root).serving / "bandit_assignments.sqlite")
-        self.logger = PredictionLogger(config.prediction_log_dir or log_dir(root)) if config.log_predictions else None
+        self.assignments = (
+            config.assignments
+            if config.assignments is not None
+            else SqliteAssignments(data_paths(root).serving / "bandit_assignments.sqlite")
+        )
+        self.logger = (
+            PredictionLogger(config.prediction_log_dir or log_dir(root)) if config.log_predictions else None
+        )
         self._limits = None
 
     def _on_load_error(self, alias: str, exc: Exception) -> None:
@@ -221,9 +257,19 @@ class _Service:
         if self.logger is not None:
             self.logger.close()
 
-    def record(self, rid: str, customer: str, arm: str, model: ServedModel | None, score: float | None,
-               latency_s: float, mode: str, shadow: bool = False, error: str | None = None,
-               experiment: str | None = None) -> None:
+    def record(
+        self,
+        rid: str,
+        customer: str,
+        arm: str,
+        model: ServedModel | None,
+        score: float | None,
+        latency_s: float,
+        mode: str,
+        shadow: bool = False,
+        error: str | None = None,
+        experiment: str | None = None,
+    ) -> None:
         version = model.version if model is not None else "none"
         status = "error" if error else "ok"
         if not shadow:
@@ -233,9 +279,22 @@ class _Service:
         else:
             self.metrics.latency.labels(arm, version).observe(latency_s)
         if self.logger is not None:
-            self.logger.write(PredictionRecord(rid, customer, arm, version if model else None, score,
-                                               round(latency_s * 1000.0, 4), datetime.now(UTC).isoformat(), mode,
-                                               shadow, status, error, experiment))
+            self.logger.write(
+                PredictionRecord(
+                    rid,
+                    customer,
+                    arm,
+                    version if model else None,
+                    score,
+                    round(latency_s * 1000.0, 4),
+                    datetime.now(UTC).isoformat(),
+                    mode,
+                    shadow,
+                    status,
+                    error,
+                    experiment,
+                )
+            )
 
     def score(self, model: ServedModel, customer: str, explicit: dict[str, Any] | None) -> float:
         pred = model.predictor
@@ -253,10 +312,21 @@ class _Service:
             if explicit is not None:
                 model.predictor.check_types(explicit)
             score = self.score(model, customer, explicit)
-            self.record(rid, customer, CHALLENGER, model, score, time.perf_counter() - start, mode, shadow=True)
+            self.record(
+                rid, customer, CHALLENGER, model, score, time.perf_counter() - start, mode, shadow=True
+            )
         except Exception as exc:  # a shadow failure is logged, never seen by the caller
-            self.record(rid, customer, CHALLENGER, model, None, time.perf_counter() - start, mode, shadow=True,
-                        error=f"{type(exc).__name__}: {exc}")
+            self.record(
+                rid,
+                customer,
+                CHALLENGER,
+                model,
+                None,
+                time.perf_counter() - start,
+                mode,
+                shadow=True,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
 def create_app(config: ServingConfig | None = None) -> FastAPI:
@@ -300,8 +370,11 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             if unknown or missing:
                 service.metrics.rejected.labels("422").inc()
                 parts = ([f"unknown features {unknown}"] if unknown else []) + (
-                    [f"missing features {missing}"] if missing else [])
-                return _problem(422, "; ".join(parts) + f"; the model takes {wanted} (null for unknown values)")
+                    [f"missing features {missing}"] if missing else []
+                )
+                return _problem(
+                    422, "; ".join(parts) + f"; the model takes {wanted} (null for unknown values)"
+                )
             try:
                 model.predictor.check_types(explicit)
             except FeatureTypeError as exc:
@@ -312,11 +385,21 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             score = service.score(model, req.customer_id, explicit)
         except LookupError:
             service.metrics.rejected.labels("404").inc()
-            return _problem(404, f"customer {req.customer_id!r} has no features in the online store; "
-                                 "send them in 'features'")
+            return _problem(
+                404,
+                f"customer {req.customer_id!r} has no features in the online store; send them in 'features'",
+            )
         except Exception as exc:
-            service.record(rid, req.customer_id, arm, model, None, time.perf_counter() - start, state.mode,
-                           error=f"{type(exc).__name__}: {exc}")
+            service.record(
+                rid,
+                req.customer_id,
+                arm,
+                model,
+                None,
+                time.perf_counter() - start,
+                state.mode,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             fallback = service.models.get(CHAMPION) if arm != CHAMPION else None
             if fallback is None:
                 return _problem(503, f"model {arm} failed to score: {type(exc).__name__}")
@@ -324,13 +407,29 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             try:
                 score = service.score(model, req.customer_id, explicit)
             except Exception as exc2:
-                service.record(rid, req.customer_id, arm, model, None, time.perf_counter() - start, state.mode,
-                               error=f"{type(exc2).__name__}: {exc2}")
+                service.record(
+                    rid,
+                    req.customer_id,
+                    arm,
+                    model,
+                    None,
+                    time.perf_counter() - start,
+                    state.mode,
+                    error=f"{type(exc2).__name__}: {exc2}",
+                )
                 return _problem(503, f"model {arm} failed to score: {type(exc2).__name__}")
         latency = time.perf_counter() - start
-        service.record(rid, req.customer_id, arm, model, score, latency, state.mode, experiment=state.experiment)
-        payload = {"request_id": rid, "customer_id": req.customer_id, "score": score, "arm": arm,
-                   "model_version": model.version, "mode": state.mode}
+        service.record(
+            rid, req.customer_id, arm, model, score, latency, state.mode, experiment=state.experiment
+        )
+        payload = {
+            "request_id": rid,
+            "customer_id": req.customer_id,
+            "score": score,
+            "arm": arm,
+            "model_version": model.version,
+            "mode": state.mode,
+        }
         task = None
         if state.mode == "shadow":
             task = BackgroundTask(service.shadow, rid, req.customer_id, explicit, state.mode)
@@ -338,12 +437,18 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        models = {a: {"version": m.version, "sha256": m.sha256, "fast_path": m.predictor.fast}
-                  for a, m in service.models.models.items()}
+        models = {
+            a: {"version": m.version, "sha256": m.sha256, "fast_path": m.predictor.fast}
+            for a, m in service.models.models.items()
+        }
         ok = CHAMPION in models
-        body = {"status": "ok" if ok else "unavailable", "models": models,
-                "rollout": service.state.get().to_dict(), "model_errors": dict(service.models.last_error),
-                "rollout_state_error": service.state.last_error}
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "models": models,
+            "rollout": service.state.get().to_dict(),
+            "model_errors": dict(service.models.last_error),
+            "rollout_state_error": service.state.last_error,
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -360,8 +465,13 @@ def app_from_env() -> FastAPI:
     return create_app(ServingConfig(poll_interval_s=float(os.environ.get("MLOPS_SERVING_POLL_S", "5"))))
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, data_root: str | Path | None = None,
-          log_level: str = "warning") -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    data_root: str | Path | None = None,
+    log_level: str = "warning",
+) -> None:
     """Run the serving app under uvicorn (blocks); ``mlops serve`` calls this."""
     import uvicorn
 
@@ -371,8 +481,15 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, data_root
         os.environ["MLOPS_DATA_DIR"] = str(Path(data_root).resolve())
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-prometheus-")
-    uvicorn.run("mlops_assets.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+    uvicorn.run(
+        "mlops_assets.serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 __all__ = [

@@ -38,8 +38,9 @@ class LocalServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -58,20 +59,35 @@ class LocalServer:
 
     def predict(self, customer_id: str) -> dict:
         """POST /predict for one customer (features from the app's feature source)."""
-        request = urllib.request.Request(self.url + "/predict", json.dumps({"customer_id": customer_id}).encode(),
-                                         {"content-type": "application/json"})
+        request = urllib.request.Request(
+            self.url + "/predict",
+            json.dumps({"customer_id": customer_id}).encode(),
+            {"content-type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
 
-def canary_demo(data_root: str | Path, champion: Any, challenger: Any, feature_rows: Mapping[str, Mapping[str, Any]],
-                requests_per_step: int = 200, max_batches_per_step: int = 20,
-                break_challenger_at_step: int | None = None, seed: int = 0,
-                printer: Callable[[str], None] = print) -> list[Decision]:
+def canary_demo(
+    data_root: str | Path,
+    champion: Any,
+    challenger: Any,
+    feature_rows: Mapping[str, Mapping[str, Any]],
+    requests_per_step: int = 200,
+    max_batches_per_step: int = 20,
+    break_challenger_at_step: int | None = None,
+    seed: int = 0,
+    printer: Callable[[str], None] = print,
+) -> list[Decision]:
     """Run a canary 5% -> 25% -> 50% -> 100% on simulated requests; optionally break the challenger mid-way."""
     source = InMemoryModelSource({"champion": ("1", champion), "challenger": ("2", challenger)})
-    config = ServingConfig(data_root=data_root, model_source=source, feature_source=MappingFeatureSource(feature_rows),
-                           assignments=MemoryAssignments(), poll_interval_s=0.1)
+    config = ServingConfig(
+        data_root=data_root,
+        model_source=source,
+        feature_source=MappingFeatureSource(feature_rows),
+        assignments=MemoryAssignments(),
+        poll_interval_s=0.1,
+    )
     controller = RolloutController(data_root)
     guardrails = Guardrails(min_requests=100, min_error_requests=10, min_distribution_samples=100)
     customers = list(feature_rows)
@@ -82,11 +98,15 @@ def canary_demo(data_root: str | Path, champion: Any, challenger: Any, feature_r
         printer(f"canary started: {CANARY_STEPS[0]:.0%} of customers on the challenger")
         for step in range(len(CANARY_STEPS)):
             if break_challenger_at_step is not None and step == break_challenger_at_step:
-                source.set("challenger", "3", FailingModel(list(getattr(challenger, "feature_names_in_", []))))
+                source.set(
+                    "challenger", "3", FailingModel(list(getattr(challenger, "feature_names_in_", [])))
+                )
                 time.sleep(0.5)  # the poller swaps the model in
                 printer("challenger replaced by a failing version")
             sent, on_challenger = 0, 0
-            for _ in range(max_batches_per_step):  # a step holds until the challenger has seen enough requests
+            for _ in range(
+                max_batches_per_step
+            ):  # a step holds until the challenger has seen enough requests
                 answers = [server.predict(str(c)) for c in rng.choice(customers, requests_per_step)]
                 sent += len(answers)
                 on_challenger += sum(a["arm"] == "challenger" for a in answers)
@@ -96,11 +116,13 @@ def canary_demo(data_root: str | Path, champion: Any, challenger: Any, feature_r
             decisions.append(decision)
             state = controller.state()
             m = decision.metrics
-            printer(f"step {step + 1}: {sent} requests, {on_challenger / sent:.0%} answered by the challenger "
-                    f"({m.get('challenger_requests', 0):.0f} routed to it, error rate "
-                    f"{m.get('challenger_error_rate', 0):.1%}) -> "
-                    f"{decision.action}: {decision.reason} (now {state.mode}"
-                    + (f" {state.challenger_share:.0%})" if state.mode == "canary" else ")"))
+            printer(
+                f"step {step + 1}: {sent} requests, {on_challenger / sent:.0%} answered by the challenger "
+                f"({m.get('challenger_requests', 0):.0f} routed to it, error rate "
+                f"{m.get('challenger_error_rate', 0):.1%}) -> "
+                f"{decision.action}: {decision.reason} (now {state.mode}"
+                + (f" {state.challenger_share:.0%})" if state.mode == "canary" else ")")
+            )
             if decision.action != "advance" or decision.promote:
                 break
     if decisions and decisions[-1].promote:
@@ -125,17 +147,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     with threadpool_limits(limits=1):
-        champion = fit_model(synthetic_training_set(1000, seed=args.seed), TrainConfig(model_type="logistic_regression"),
-                             NUMERIC_FEATURES, CATEGORICAL_FEATURES)
-        challenger = fit_model(synthetic_training_set(1000, seed=args.seed + 1),
-                               TrainConfig(model_type="logistic_regression", hyperparameters={"C": 0.5}),
-                               NUMERIC_FEATURES, CATEGORICAL_FEATURES)
-    frame = synthetic_training_set(args.customers, seed=args.seed + 2)[NUMERIC_FEATURES + CATEGORICAL_FEATURES]
-    rows = {f"C{i:06d}": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-            for i, r in enumerate(frame.to_dict("records"))}
+        champion = fit_model(
+            synthetic_training_set(1000, seed=args.seed),
+            TrainConfig(model_type="logistic_regression"),
+            NUMERIC_FEATURES,
+            CATEGORICAL_FEATURES,
+        )
+        challenger = fit_model(
+            synthetic_training_set(1000, seed=args.seed + 1),
+            TrainConfig(model_type="logistic_regression", hyperparameters={"C": 0.5}),
+            NUMERIC_FEATURES,
+            CATEGORICAL_FEATURES,
+        )
+    frame = synthetic_training_set(args.customers, seed=args.seed + 2)[
+        NUMERIC_FEATURES + CATEGORICAL_FEATURES
+    ]
+    rows = {
+        f"C{i:06d}": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        for i, r in enumerate(frame.to_dict("records"))
+    }
     with tempfile.TemporaryDirectory(prefix="canary-demo-") as root:
-        canary_demo(root, champion, challenger, rows, seed=args.seed,
-                    break_challenger_at_step=None if args.break_at is None else args.break_at - 1)
+        canary_demo(
+            root,
+            champion,
+            challenger,
+            rows,
+            seed=args.seed,
+            break_challenger_at_step=None if args.break_at is None else args.break_at - 1,
+        )
     return 0
 
 

@@ -224,8 +224,11 @@ class Predictor:
         wrong = []
         for name in self.numeric:
             v = values.get(name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
-                                  or (isinstance(v, float) and not math.isfinite(v))):
+            if v is not None and (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or (isinstance(v, float) and not math.isfinite(v))
+            ):
                 wrong.append(f"{name} (expected a finite number or null, got {v!r})")
         for name in self.categorical:
             v = values.get(name)
@@ -241,8 +244,10 @@ class Predictor:
         parts = []
         for block in self._blocks:
             if isinstance(block, _Numeric):
-                x = np.array([[np.nan if r.get(c) is None else r.get(c) for c in block.columns] for r in rows],
-                             dtype=float)
+                x = np.array(
+                    [[np.nan if r.get(c) is None else r.get(c) for c in block.columns] for r in rows],
+                    dtype=float,
+                )
                 parts.append(block.transform(x))
             else:
                 parts.append(block.transform_rows([[r.get(c) for c in block.columns] for r in rows]))
@@ -301,7 +306,9 @@ def _probe_rows(pred: Predictor, n: int = 64, seed: int = 0) -> list[dict[str, A
     for _ in range(n):
         row: dict[str, Any] = {}
         for col in pred.numeric:
-            row[col] = None if rng.random() < 0.1 else float(rng.lognormal(1.5, 1.5) * rng.choice([-1, 1, 1, 1]))
+            row[col] = (
+                None if rng.random() < 0.1 else float(rng.lognormal(1.5, 1.5) * rng.choice([-1, 1, 1, 1]))
+            )
         for col in pred.categorical:
             row[col] = cats[col][rng.integers(len(cats[col]))]
         rows.append(row)
@@ -314,14 +321,24 @@ def compile_predictor(model: Any, verify: bool = True) -> Predictor:
     from sklearn.pipeline import Pipeline
 
     features = [str(f) for f in getattr(model, "feature_names_in_", [])]
-    is_pipeline = (isinstance(model, Pipeline) and len(model.steps) == 2
-                   and isinstance(model.steps[0][1], ColumnTransformer))
+    is_pipeline = (
+        isinstance(model, Pipeline)
+        and len(model.steps) == 2
+        and isinstance(model.steps[0][1], ColumnTransformer)
+    )
     try:
         if not is_pipeline:
             raise TypeError("the fast path handles Pipeline([ColumnTransformer, classifier])")
         blocks, numeric, categorical = _split_columns(model.steps[0][1])
-        pred = Predictor(model, features or numeric + categorical, numeric, categorical, True, blocks,
-                         _classifier(model.steps[1][1]))
+        pred = Predictor(
+            model,
+            features or numeric + categorical,
+            numeric,
+            categorical,
+            True,
+            blocks,
+            _classifier(model.steps[1][1]),
+        )
     except (TypeError, AttributeError) as exc:
         log.info("model uses the pipeline path: %s", exc)
         return Predictor(model, features, [], [], False)  # untyped: values go to the model as given
@@ -429,9 +446,13 @@ class ModelManager:
     replaces the dict in one assignment, so a request sees the old model or the new one.
     """
 
-    def __init__(self, source: ModelSource, aliases: Sequence[str] = ("champion", "challenger"),
-                 on_error: Callable[[str, Exception], None] | None = None,
-                 on_swap: Callable[[str, ServedModel | None, ServedModel | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        aliases: Sequence[str] = ("champion", "challenger"),
+        on_error: Callable[[str, Exception], None] | None = None,
+        on_swap: Callable[[str, ServedModel | None, ServedModel | None], None] | None = None,
+    ) -> None:
         self.source = source
         self.aliases = tuple(aliases)
         self.on_error = on_error

@@ -22,8 +22,20 @@ from mlops_assets.settings import data_paths
 
 LOG_DIR = "prediction_log"
 
-COLUMNS = ("request_id", "customer_id", "arm", "model_version", "score", "latency_ms", "ts", "mode",
-           "shadow", "status", "error", "experiment")
+COLUMNS = (
+    "request_id",
+    "customer_id",
+    "arm",
+    "model_version",
+    "score",
+    "latency_ms",
+    "ts",
+    "mode",
+    "shadow",
+    "status",
+    "error",
+    "experiment",
+)
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,9 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["ts", "request_id"], kind="stable").reset_index(drop=True)
 
 
-def read_day(day: str | date, data_root: str | Path | None = None, directory: str | Path | None = None
-             ) -> pd.DataFrame:
+def read_day(
+    day: str | date, data_root: str | Path | None = None, directory: str | Path | None = None
+) -> pd.DataFrame:
     """Every complete record logged on ``day`` (UTC) by any process, oldest first."""
     day = day.isoformat() if isinstance(day, date) else date.fromisoformat(day).isoformat()
     folder = Path(directory) if directory is not None else log_dir(data_root)
@@ -127,8 +140,12 @@ def read_day(day: str | date, data_root: str | Path | None = None, directory: st
     return _frame(rows)
 
 
-def read_since(since: datetime, data_root: str | Path | None = None, directory: str | Path | None = None,
-               until: datetime | None = None) -> pd.DataFrame:
+def read_since(
+    since: datetime,
+    data_root: str | Path | None = None,
+    directory: str | Path | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
     """Records with ``since <= ts < until`` (until defaults to now), across day files."""
     until = until or datetime.now(UTC)
     if since.tzinfo is None or until.tzinfo is None:

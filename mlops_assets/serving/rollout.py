@@ -109,7 +109,9 @@ class Decision:
     promote: bool = False  # advancing past the last step: the challenger becomes the champion
 
 
-def evaluate_step(state: RolloutState, window: MetricsWindow, guardrails: Guardrails = Guardrails()) -> Decision:
+def evaluate_step(
+    state: RolloutState, window: MetricsWindow, guardrails: Guardrails = Guardrails()
+) -> Decision:
     """Advance, hold or roll back the current canary step from the challenger's window."""
     if state.mode != "canary":
         return Decision("hold", f"mode is {state.mode!r}, not a canary rollout")
@@ -123,7 +125,10 @@ def evaluate_step(state: RolloutState, window: MetricsWindow, guardrails: Guardr
     broken = []
     if ch.requests >= guardrails.min_error_requests and ch.error_rate > guardrails.max_error_rate:
         broken.append(f"error rate {ch.error_rate:.3f} > {guardrails.max_error_rate}")
-    if len(ch.latencies_ms) >= guardrails.min_error_requests and ch.p99_latency_ms > guardrails.max_p99_latency_ms:
+    if (
+        len(ch.latencies_ms) >= guardrails.min_error_requests
+        and ch.p99_latency_ms > guardrails.max_p99_latency_ms
+    ):
         broken.append(f"p99 latency {ch.p99_latency_ms:.1f} ms > {guardrails.max_p99_latency_ms} ms")
     # score distributions are only compared on enough scores: PSI of a few dozen scores is mostly noise
     if min(len(ch.scores), len(champ.scores)) >= guardrails.min_distribution_samples:
@@ -137,11 +142,16 @@ def evaluate_step(state: RolloutState, window: MetricsWindow, guardrails: Guardr
     if broken:
         return Decision("rollback", "guardrail broken: " + "; ".join(broken), metrics)
     if ch.requests < guardrails.min_requests:
-        return Decision("hold", f"{ch.requests} challenger requests so far, {guardrails.min_requests} needed",
-                        metrics)
+        return Decision(
+            "hold", f"{ch.requests} challenger requests so far, {guardrails.min_requests} needed", metrics
+        )
     last = state.step >= len(CANARY_STEPS) - 1
-    return Decision("advance", "guardrails held over the step" + ("; rollout complete" if last else ""),
-                    metrics, promote=last)
+    return Decision(
+        "advance",
+        "guardrails held over the step" + ("; rollout complete" if last else ""),
+        metrics,
+        promote=last,
+    )
 
 
 def apply_decision(state: RolloutState, decision: Decision) -> RolloutState:
@@ -151,7 +161,9 @@ def apply_decision(state: RolloutState, decision: Decision) -> RolloutState:
     if decision.action == "hold":
         return state
     if decision.promote:
-        return state.with_(mode="direct", challenger_share=0.0, step=len(CANARY_STEPS) - 1, reason=decision.reason)
+        return state.with_(
+            mode="direct", challenger_share=0.0, step=len(CANARY_STEPS) - 1, reason=decision.reason
+        )
     step = state.step + 1
     return state.with_(step=step, challenger_share=CANARY_STEPS[step], reason=decision.reason)
 
@@ -175,21 +187,44 @@ class Transition:
 class RolloutController:
     """Drives a canary rollout through the state file and records every transition."""
 
-    def __init__(self, data_root: str | Path | None = None, state_file: str | Path | None = None,
-                 history_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        state_file: str | Path | None = None,
+        history_file: str | Path | None = None,
+    ) -> None:
         self.data_root = data_root
         self.state_file = Path(state_file) if state_file else state_path(data_root)
-        self.history_file = Path(history_file) if history_file else data_paths(data_root).serving / HISTORY_FILE
+        self.history_file = (
+            Path(history_file) if history_file else data_paths(data_root).serving / HISTORY_FILE
+        )
         self._lock = threading.Lock()
 
     def state(self) -> RolloutState:
         """The current rollout state."""
         return read_state(self.state_file)
 
-    def _record(self, action: str, reason: str, before: RolloutState, after: RolloutState,
-                metrics: dict[str, float] | None = None, promote: bool = False) -> Transition:
-        t = Transition(datetime.now(UTC).isoformat(), action, reason, before.mode, after.mode,
-                       before.challenger_share, after.challenger_share, after.experiment, metrics or {}, promote)
+    def _record(
+        self,
+        action: str,
+        reason: str,
+        before: RolloutState,
+        after: RolloutState,
+        metrics: dict[str, float] | None = None,
+        promote: bool = False,
+    ) -> Transition:
+        t = Transition(
+            datetime.now(UTC).isoformat(),
+            action,
+            reason,
+            before.mode,
+            after.mode,
+            before.challenger_share,
+            after.challenger_share,
+            after.experiment,
+            metrics or {},
+            promote,
+        )
         self.history_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.history_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(asdict(t), sort_keys=True) + "\n")
@@ -204,11 +239,22 @@ class RolloutController:
             self._record("set", reason, before, state)
             return state
 
-    def start_canary(self, experiment: str, reason: str = "canary rollout started",
-                     champion_version: str | None = None, challenger_version: str | None = None) -> RolloutState:
+    def start_canary(
+        self,
+        experiment: str,
+        reason: str = "canary rollout started",
+        champion_version: str | None = None,
+        challenger_version: str | None = None,
+    ) -> RolloutState:
         """Begin a canary at the first step under a new experiment salt."""
-        state = RolloutState(mode="canary", challenger_share=CANARY_STEPS[0], step=0, experiment=experiment,
-                             champion_version=champion_version, challenger_version=challenger_version)
+        state = RolloutState(
+            mode="canary",
+            challenger_share=CANARY_STEPS[0],
+            step=0,
+            experiment=experiment,
+            champion_version=champion_version,
+            challenger_version=challenger_version,
+        )
         with self._lock:
             before = self.state()
             state = state.with_(reason=reason)
@@ -224,16 +270,21 @@ class RolloutController:
             if decision.action != "hold":
                 after = apply_decision(before, decision)
                 write_state(after, self.state_file)
-                self._record(decision.action, decision.reason, before, after, decision.metrics, decision.promote)
+                self._record(
+                    decision.action, decision.reason, before, after, decision.metrics, decision.promote
+                )
             return decision
 
-    def step_from_log(self, guardrails: Guardrails = Guardrails(), log_directory: str | Path | None = None
-                      ) -> Decision:
+    def step_from_log(
+        self, guardrails: Guardrails = Guardrails(), log_directory: str | Path | None = None
+    ) -> Decision:
         """:meth:`step` on the prediction-log records written since the current step began."""
         from mlops_assets.serving.prediction_log import read_since
 
         state = self.state()
-        since = datetime.fromisoformat(state.updated_at) if state.updated_at else datetime(1970, 1, 1, tzinfo=UTC)
+        since = (
+            datetime.fromisoformat(state.updated_at) if state.updated_at else datetime(1970, 1, 1, tzinfo=UTC)
+        )
         return self.step(metrics_window(read_since(since, self.data_root, log_directory)), guardrails)
 
     def rollback(self, reason: str) -> RolloutState:

@@ -171,8 +171,10 @@ class SqliteAssignments:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._conn() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS assignments (experiment TEXT NOT NULL, customer_id TEXT NOT NULL,"
-                        " arm TEXT NOT NULL, assigned_at TEXT NOT NULL, PRIMARY KEY (experiment, customer_id))")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS assignments (experiment TEXT NOT NULL, customer_id TEXT NOT NULL,"
+                " arm TEXT NOT NULL, assigned_at TEXT NOT NULL, PRIMARY KEY (experiment, customer_id))"
+            )
 
     def _conn(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -184,14 +186,18 @@ class SqliteAssignments:
 
     def get_or_set(self, experiment: str, customer_id: str, arm: str) -> str:
         con = self._conn()
-        row = con.execute("SELECT arm FROM assignments WHERE experiment = ? AND customer_id = ?",
-                          (experiment, customer_id)).fetchone()
+        row = con.execute(
+            "SELECT arm FROM assignments WHERE experiment = ? AND customer_id = ?", (experiment, customer_id)
+        ).fetchone()
         if row is not None:
             return row[0]
-        con.execute("INSERT OR IGNORE INTO assignments VALUES (?, ?, ?, ?)",
-                    (experiment, customer_id, arm, datetime.now(UTC).isoformat()))
-        return con.execute("SELECT arm FROM assignments WHERE experiment = ? AND customer_id = ?",
-                           (experiment, customer_id)).fetchone()[0]
+        con.execute(
+            "INSERT OR IGNORE INTO assignments VALUES (?, ?, ?, ?)",
+            (experiment, customer_id, arm, datetime.now(UTC).isoformat()),
+        )
+        return con.execute(
+            "SELECT arm FROM assignments WHERE experiment = ? AND customer_id = ?", (experiment, customer_id)
+        ).fetchone()[0]
 
 
 @dataclass(frozen=True)
@@ -227,8 +233,9 @@ def assign(state: RolloutState, customer_id: str, assignments: AssignmentStore |
     return Assignment(arm)
 
 
-def update_posteriors(state: RolloutState, rewards: Mapping[str, tuple[int, int]],
-                      prior: ArmPosterior = ArmPosterior()) -> RolloutState:
+def update_posteriors(
+    state: RolloutState, rewards: Mapping[str, tuple[int, int]], prior: ArmPosterior = ArmPosterior()
+) -> RolloutState:
     """Bandit state with posteriors ``Beta(prior.alpha + successes, prior.beta + failures)`` per arm.
 
     ``rewards`` maps arm -> (successes, trials) observed so far in the experiment.

@@ -9,7 +9,7 @@ from mlops_assets.serving.rollout import Guardrails, RolloutController
 @dg.sensor(
     name="canary_rollout_sensor",
     description="Judges the current canary step on the prediction log; advances 5% -> 25% -> 50% -> 100%, "
-                "rolls back to the champion when a guardrail breaks, promotes the challenger at the end.",
+    "rolls back to the champion when a guardrail breaks, promotes the challenger at the end.",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -29,13 +29,24 @@ def canary_rollout_sensor(context: dg.SensorEvaluationContext, data: DataDirReso
         client = client_for(TrackingConfig.for_data_root(data.paths.root))
         challenger = registry.alias_version(client, registry.CHALLENGER)
         if challenger is not None:
-            registry.promote(client, challenger.version, f"canary rollout complete: {decision.reason}",
-                             metrics=decision.metrics, history_path=registry.default_history_path(data.paths.root))
+            registry.promote(
+                client,
+                challenger.version,
+                f"canary rollout complete: {decision.reason}",
+                metrics=decision.metrics,
+                history_path=registry.default_history_path(data.paths.root),
+            )
     context.log.info(f"rollout {decision.action}: {decision.reason}")
     observation = dg.AssetObservation(
         asset_key="rollout_state",
-        metadata={"action": decision.action, "reason": decision.reason, "mode": after.mode,
-                  "challenger_share": after.challenger_share, "experiment": after.experiment,
-                  "promote": decision.promote, **{k: float(v) for k, v in decision.metrics.items()}},
+        metadata={
+            "action": decision.action,
+            "reason": decision.reason,
+            "mode": after.mode,
+            "challenger_share": after.challenger_share,
+            "experiment": after.experiment,
+            "promote": decision.promote,
+            **{k: float(v) for k, v in decision.metrics.items()},
+        },
     )
     return dg.SensorResult(asset_events=[observation])

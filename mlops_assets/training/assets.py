@@ -49,8 +49,13 @@ class TrainingConfig(dg.Config):
     importance_repeats: int = 5
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(model_type=self.model_type, hyperparameters=dict(self.hyperparameters),
-                           holdout_fraction=self.holdout_fraction, seed=self.seed, threshold=self.threshold)
+        return TrainConfig(
+            model_type=self.model_type,
+            hyperparameters=dict(self.hyperparameters),
+            holdout_fraction=self.holdout_fraction,
+            seed=self.seed,
+            threshold=self.threshold,
+        )
 
 
 class EvaluationConfig(dg.Config):
@@ -65,9 +70,13 @@ class EvaluationConfig(dg.Config):
     latency_calls: int = 200
 
     def thresholds(self) -> GateThresholds:
-        return GateThresholds(max_accuracy_drop=self.max_accuracy_drop, min_roc_auc=self.min_roc_auc,
-                              max_p99_latency_ms=self.max_p99_latency_ms, max_bias_score=self.max_bias_score,
-                              min_test_coverage=self.min_test_coverage)
+        return GateThresholds(
+            max_accuracy_drop=self.max_accuracy_drop,
+            min_roc_auc=self.min_roc_auc,
+            max_p99_latency_ms=self.max_p99_latency_ms,
+            max_bias_score=self.max_bias_score,
+            min_test_coverage=self.min_test_coverage,
+        )
 
 
 def select_features(frame: pd.DataFrame, requested: list[str]) -> dict[str, list[str]]:
@@ -103,14 +112,18 @@ def metrics_markdown(metrics: dict[str, float]) -> str:
     """Holdout and train metrics of a run side by side."""
     lines = ["| metric | holdout | train |", "|---|---|---|"]
     for name in METRIC_NAMES:
-        lines.append(f"| {name} | {_fmt(metrics.get(f'holdout_{name}'))} | {_fmt(metrics.get(f'train_{name}'))} |")
+        lines.append(
+            f"| {name} | {_fmt(metrics.get(f'holdout_{name}'))} | {_fmt(metrics.get(f'train_{name}'))} |"
+        )
     return "\n".join(lines)
 
 
 def cache_reason(result: TrainResult, use_cache: bool) -> str:
     """Why the version was reused or trained."""
-    inputs = (f"training set {result.training_set_hash[:12]}, params {result.params_hash[:12]}, "
-              f"code {result.code_version}")
+    inputs = (
+        f"training set {result.training_set_hash[:12]}, params {result.params_hash[:12]}, "
+        f"code {result.code_version}"
+    )
     if result.cached:
         return f"reused version {result.version} (run {result.run_id[:8]}): it was trained from the same {inputs}"
     if not use_cache:
@@ -228,23 +241,35 @@ def evaluation_report(
     train_config = config_from_run(client.get_run(trained.run_id).data.params)
     problems, evidence = training_data_findings(context.instance, frame)
     outcome = evaluate_challenger(
-        trained, frame, train_config, tracking=mlflow.tracking, reports_dir=data.paths.reports,
-        thresholds=config.thresholds(), training_data_valid=not problems,
+        trained,
+        frame,
+        train_config,
+        tracking=mlflow.tracking,
+        reports_dir=data.paths.reports,
+        thresholds=config.thresholds(),
+        training_data_valid=not problems,
         fairness_attributes=[a for a in config.fairness_attributes if a in frame.columns],
         latency_calls=config.latency_calls,
     )
-    gates = [training_data_gate(g, problems, evidence) if g.name == "training_data_valid" else g
-             for g in outcome.gates]
+    gates = [
+        training_data_gate(g, problems, evidence) if g.name == "training_data_valid" else g
+        for g in outcome.gates
+    ]
     assert [g.name for g in gates] == list(GATE_NAMES)
     report, paths = outcome.report, outcome.paths
     summary = _json_safe(report.summary())
     failed = [g.name for g in gates if not g.passed]
     against = f"champion v{report.champion_version}" if report.champion_version is not None else "no champion"
-    context.log.info(f"evaluated v{version} against {against}: "
-                     f"{'all gates passed' if not failed else 'FAILED ' + ', '.join(failed)}")
+    context.log.info(
+        f"evaluated v{version} against {against}: "
+        f"{'all gates passed' if not failed else 'FAILED ' + ', '.join(failed)}"
+    )
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(combine_hashes([
-            trained.model_sha256, str(report.champion_version), repr(config.thresholds().to_dict())])),
+        data_version=dg.DataVersion(
+            combine_hashes(
+                [trained.model_sha256, str(report.champion_version), repr(config.thresholds().to_dict())]
+            )
+        ),
         metadata={
             "challenger_version": version,
             "champion_version": report.champion_version if report.champion_version is not None else "none",
@@ -272,13 +297,22 @@ def history_markdown(history: pd.DataFrame, tail: int = 10) -> str:
     for row in history.tail(tail).itertuples():
         previous = "none" if pd.isna(row.previous_version) else int(row.previous_version)
         run = "" if pd.isna(row.dagster_run_id) else str(row.dagster_run_id)[:8]
-        lines.append(f"| {row.at:%Y-%m-%d %H:%M:%S} | {row.action} | {row.version} | {previous} | {run} | "
-                     f"{row.reason} |")
+        lines.append(
+            f"| {row.at:%Y-%m-%d %H:%M:%S} | {row.action} | {row.version} | {previous} | {run} | "
+            f"{row.reason} |"
+        )
     return "\n".join(lines)
 
 
-KEY_METRICS = ("challenger_accuracy", "challenger_roc_auc", "challenger_f1", "champion_accuracy",
-               "p99_latency_ms", "bias_score", "test_coverage")
+KEY_METRICS = (
+    "challenger_accuracy",
+    "challenger_roc_auc",
+    "challenger_f1",
+    "champion_accuracy",
+    "p99_latency_ms",
+    "bias_score",
+    "test_coverage",
+)
 
 
 def _gates_not_passed(instance: dg.DagsterInstance, evaluation_run_id: str) -> list[str]:
@@ -286,7 +320,8 @@ def _gates_not_passed(instance: dg.DagsterInstance, evaluation_run_id: str) -> l
     blocked = []
     for name in GATE_NAMES:
         record = instance.get_latest_asset_check_evaluation_record(
-            dg.AssetCheckKey(dg.AssetKey("evaluation_report"), name))
+            dg.AssetCheckKey(dg.AssetKey("evaluation_report"), name)
+        )
         evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
         if evaluation is None or record.run_id != evaluation_run_id or not evaluation.passed:
             blocked.append(name)
@@ -323,23 +358,37 @@ def promotion(
     version = int(meta["challenger_version"].value)
     blocked = _gates_not_passed(context.instance, evaluation.run_id)
     if blocked:
-        raise dg.Failure(f"version {version} did not pass {', '.join(blocked)} in evaluation run "
-                         f"{evaluation.run_id[:8]}; not promoting")
+        raise dg.Failure(
+            f"version {version} did not pass {', '.join(blocked)} in evaluation run "
+            f"{evaluation.run_id[:8]}; not promoting"
+        )
     summary = meta["summary"].value if "summary" in meta else {}
     metrics = {k: summary[k] for k in KEY_METRICS if summary.get(k) is not None}
-    judged = ("against champion v" + str(summary["champion_version"]) if summary.get("champion_version")
-              else "on absolute thresholds (no champion yet)")
+    judged = (
+        "against champion v" + str(summary["champion_version"])
+        if summary.get("champion_version")
+        else "on absolute thresholds (no champion yet)"
+    )
     reason = f"all {len(GATE_NAMES)} quality gates passed {judged} in run {evaluation.run_id[:8]}"
     history_path = registry.default_history_path(data.paths.root)
     client = mlflow.client()
     rolled_back = rolled_back_since_promotion(client.get_model_version(mlflow.model_name, str(version)).tags)
     record = None
     if rolled_back and not config.allow_rolled_back:
-        reason = (f"version {version} passed the gates but was rolled back at {rolled_back}; not re-promoted "
-                  "(set allow_rolled_back in the promotion run config to override)")
+        reason = (
+            f"version {version} passed the gates but was rolled back at {rolled_back}; not re-promoted "
+            "(set allow_rolled_back in the promotion run config to override)"
+        )
     else:
-        record = registry.promote(client, version, reason, metrics, model_name=mlflow.model_name,
-                                  dagster_run_id=context.run_id, history_path=history_path)
+        record = registry.promote(
+            client,
+            version,
+            reason,
+            metrics,
+            model_name=mlflow.model_name,
+            dagster_run_id=context.run_id,
+            history_path=history_path,
+        )
         if record is None:
             reason = f"version {version} is already the champion; nothing moved"
     champion = registry.alias_version(client, registry.CHAMPION, mlflow.model_name)
@@ -348,7 +397,9 @@ def promotion(
     history = history[history["model_name"] == mlflow.model_name]
     context.log.info(reason)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(f"champion-{champion.version}" if champion is not None else "no-champion"),
+        data_version=dg.DataVersion(
+            f"champion-{champion.version}" if champion is not None else "no-champion"
+        ),
         metadata={
             "champion_version": int(champion.version) if champion is not None else "none",
             "previous_champion": int(previous.version) if previous is not None else "none",
@@ -356,7 +407,9 @@ def promotion(
             "moved": record is not None,
             "reason": reason,
             "key_metrics": dg.MetadataValue.md(
-                "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics.items())),
+                "| metric | value |\n|---|---|\n"
+                + "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics.items())
+            ),
             "promotion_history": dg.MetadataValue.md(history_markdown(history)),
         },
     )

@@ -33,15 +33,20 @@ assert set(GATE_DESCRIPTIONS) == set(GATE_NAMES)
 #: The upstream checks the training_data_valid gate reads from the instance (latest evaluation of each).
 UPSTREAM_CHECKS: tuple[dg.AssetCheckKey, ...] = (
     dg.AssetCheckKey(dg.AssetKey("training_set"), LEAKAGE_CHECK),
-    *(dg.AssetCheckKey(dg.AssetKey(table), name) for table in INGESTED_TABLES
-      for name in (SCHEMA_CHECK, QUARANTINE_CHECK)),
+    *(
+        dg.AssetCheckKey(dg.AssetKey(table), name)
+        for table in INGESTED_TABLES
+        for name in (SCHEMA_CHECK, QUARANTINE_CHECK)
+    ),
 )
 
 
 def gate_check_specs() -> list[dg.AssetCheckSpec]:
     """One blocking check per quality gate on evaluation_report."""
-    return [dg.AssetCheckSpec(name, asset=EVALUATION_ASSET, blocking=True, description=GATE_DESCRIPTIONS[name])
-            for name in GATE_NAMES]
+    return [
+        dg.AssetCheckSpec(name, asset=EVALUATION_ASSET, blocking=True, description=GATE_DESCRIPTIONS[name])
+        for name in GATE_NAMES
+    ]
 
 
 def _metadata_number(value: float | None) -> float | None:
@@ -54,19 +59,24 @@ def gate_check_results(
     """Check results whose descriptions name the measured value and the threshold."""
     results = []
     for gate in gates:
-        metadata: dict = {"skipped": gate.skipped, "challenger_version": challenger_version,
-                          "model_name": model_name}
+        metadata: dict = {
+            "skipped": gate.skipped,
+            "challenger_version": challenger_version,
+            "model_name": model_name,
+        }
         for key, value in (("measured", gate.measured), ("threshold", gate.threshold)):
             number = _metadata_number(value)
             if number is not None:
                 metadata[key] = number
-        results.append(dg.AssetCheckResult(
-            check_name=gate.name,
-            passed=gate.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=gate.message,
-            metadata=metadata,
-        ))
+        results.append(
+            dg.AssetCheckResult(
+                check_name=gate.name,
+                passed=gate.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=gate.message,
+                metadata=metadata,
+            )
+        )
     return results
 
 
@@ -91,8 +101,12 @@ def training_data_findings(instance: dg.DagsterInstance, frame: pd.DataFrame) ->
             missing.append(label)
         elif evaluation.passed:
             evidence.append(f"{label} passed")
-        elif evaluation.severity == dg.AssetCheckSeverity.WARN:  # a warning (e.g. a coerced column) is not a failure
-            evidence.append(f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300])
+        elif (
+            evaluation.severity == dg.AssetCheckSeverity.WARN
+        ):  # a warning (e.g. a coerced column) is not a failure
+            evidence.append(
+                f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300]
+            )
         else:
             detail = f": {evaluation.description}" if evaluation.description else ""
             problems.append(f"{label} failed in run {record.run_id[:8]}{detail}")
@@ -104,8 +118,9 @@ def training_data_findings(instance: dg.DagsterInstance, frame: pd.DataFrame) ->
 def training_data_gate(gate: GateResult, problems: Sequence[str], evidence: Sequence[str]) -> GateResult:
     """The training_data_valid gate rewritten to name what was checked and what failed."""
     if problems:
-        message = (f"{len(problems)} training-data validation(s) failed (allowed: 0): " + "; ".join(problems))
+        message = f"{len(problems)} training-data validation(s) failed (allowed: 0): " + "; ".join(problems)
     else:
         message = "training data passed validation (0 failures, allowed: 0): " + "; ".join(evidence)
-    return dataclasses.replace(gate, passed=not problems, measured=float(len(problems)), threshold=0.0,
-                               message=message[:4000])
+    return dataclasses.replace(
+        gate, passed=not problems, measured=float(len(problems)), threshold=0.0, message=message[:4000]
+    )

@@ -17,7 +17,9 @@ def _tracking(model_name: str, data_dir: str | Path | None) -> TrackingConfig:
 
 def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mlops rollback`."""
-    parser.add_argument("--reason", default="manual rollback (mlops rollback)", help="recorded in the history")
+    parser.add_argument(
+        "--reason", default="manual rollback (mlops rollback)", help="recorded in the history"
+    )
     parser.add_argument("--model-name", default=MODEL_NAME, help="registered model (default %(default)s)")
 
 
@@ -34,15 +36,21 @@ def rollback_command(args: argparse.Namespace) -> int:
     data_dir = getattr(args, "data_dir", None)
     tracking = _tracking(model_name, data_dir)
     try:
-        record = registry.rollback(client_for(tracking), reason, model_name=model_name,
-                                   history_path=registry.default_history_path(data_paths(data_dir).root))
+        record = registry.rollback(
+            client_for(tracking),
+            reason,
+            model_name=model_name,
+            history_path=registry.default_history_path(data_paths(data_dir).root),
+        )
     except registry.RegistryError as exc:
         print(f"rollback refused: {exc}")
         champion = registry.alias_version(client_for(tracking), registry.CHAMPION, model_name)
         print(f"champion unchanged: {f'version {champion.version}' if champion else 'none'}")
         return 1
-    print(f"{model_name}: champion is now version {record.version} (was {record.previous_version}); "
-          f"reason: {record.reason}")
+    print(
+        f"{model_name}: champion is now version {record.version} (was {record.previous_version}); "
+        f"reason: {record.reason}"
+    )
     return 0
 
 
@@ -51,15 +59,23 @@ def reproduce_command(
 ) -> int:
     """Retrain ``version`` from its recorded inputs; print the max prediction difference; 1 if they differ."""
     result = reproduce(version, tracking=_tracking(model_name, data_dir), tolerance=tolerance)
-    print(f"{result.model_name} version {result.version}: retrained from its recorded training set, params "
-          f"and seed; compared on {result.n_holdout} holdout rows")
-    print(f"max |difference| of churn scores: {result.max_abs_difference:.3g} (tolerance {result.tolerance:g})")
+    print(
+        f"{result.model_name} version {result.version}: retrained from its recorded training set, params "
+        f"and seed; compared on {result.n_holdout} holdout rows"
+    )
+    print(
+        f"max |difference| of churn scores: {result.max_abs_difference:.3g} (tolerance {result.tolerance:g})"
+    )
     if not result.code_matches:
-        print(f"note: recorded code version {result.recorded_code_version}, current "
-              f"{result.current_code_version}")
+        print(
+            f"note: recorded code version {result.recorded_code_version}, current "
+            f"{result.current_code_version}"
+        )
     if result.recorded_git_commit != result.current_git_commit:
-        print(f"note: recorded git commit {result.recorded_git_commit[:12]}, current "
-              f"{result.current_git_commit[:12]}")
+        print(
+            f"note: recorded git commit {result.recorded_git_commit[:12]}, current "
+            f"{result.current_git_commit[:12]}"
+        )
     if result.identical:
         print("reproduced: predictions are identical")
         return 0

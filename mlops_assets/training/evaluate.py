@@ -121,41 +121,77 @@ class EvaluationReport:
             "fairness": self.fairness.to_dict(orient="records"),
             "fairness_groups": self.fairness_groups.to_dict(orient="records"),
             "uncovered_segments": self.uncovered_segments,
-            "golden": [{"name": g.name, "high_risk_score": g.high_risk_score, "low_risk_score": g.low_risk_score,
-                        "passed": g.passed} for g in self.golden],
+            "golden": [
+                {
+                    "name": g.name,
+                    "high_risk_score": g.high_risk_score,
+                    "low_risk_score": g.low_risk_score,
+                    "passed": g.passed,
+                }
+                for g in self.golden
+            ],
         }
 
     def to_markdown(self) -> str:
         """The report as markdown tables."""
         models = [m for m in (CHALLENGER, CHAMPION) if m in self.metrics]
-        label = {CHALLENGER: f"challenger (v{self.challenger_version})",
-                 CHAMPION: f"champion (v{self.champion_version})"}
-        lines = [f"# Evaluation: churn-model v{self.challenger_version}", "",
-                 f"Holdout rows: {self.n_holdout}; decision threshold {self.threshold}.", ""]
+        label = {
+            CHALLENGER: f"challenger (v{self.challenger_version})",
+            CHAMPION: f"champion (v{self.champion_version})",
+        }
+        lines = [
+            f"# Evaluation: churn-model v{self.challenger_version}",
+            "",
+            f"Holdout rows: {self.n_holdout}; decision threshold {self.threshold}.",
+            "",
+        ]
         if not self.has_champion:
             lines += ["No champion yet: the challenger is judged on absolute thresholds only.", ""]
-        lines += ["## Quality", "", "| metric | " + " | ".join(label[m] for m in models) + " |",
-                  "|---" * (len(models) + 1) + "|"]
+        lines += [
+            "## Quality",
+            "",
+            "| metric | " + " | ".join(label[m] for m in models) + " |",
+            "|---" * (len(models) + 1) + "|",
+        ]
         for name in METRIC_NAMES:
             lines.append(f"| {name} | " + " | ".join(_fmt(self.metrics[m][name]) for m in models) + " |")
         lines += ["", "## Single-row latency (ms)", "", "| model | p50 | p99 |", "|---|---|---|"]
         for m in models:
-            lines.append(f"| {label[m]} | {_fmt(self.latency_ms[m]['p50'])} | {_fmt(self.latency_ms[m]['p99'])} |")
-        lines += ["", "## Fairness", "",
-                  "| model | attribute | demographic parity difference | equal opportunity difference |",
-                  "|---|---|---|---|"]
+            lines.append(
+                f"| {label[m]} | {_fmt(self.latency_ms[m]['p50'])} | {_fmt(self.latency_ms[m]['p99'])} |"
+            )
+        lines += [
+            "",
+            "## Fairness",
+            "",
+            "| model | attribute | demographic parity difference | equal opportunity difference |",
+            "|---|---|---|---|",
+        ]
         for row in self.fairness.itertuples():
-            lines.append(f"| {label[row.model]} | {row.attribute} | {_fmt(row.demographic_parity_difference)} | "
-                         f"{_fmt(row.equal_opportunity_difference)} |")
-        lines += ["", f"Bias score (challenger): {_fmt(self.bias_score())}", "", "## Coverage", "",
-                  f"- rows scored with complete features: {_fmt(self.row_coverage)}",
-                  f"- segments covered: {_fmt(self.segment_coverage)}"
-                  + (f" (uncovered: {', '.join(self.uncovered_segments)})" if self.uncovered_segments else ""),
-                  "", "## Golden-input sanity", "", "| case | high-risk score | low-risk score | holds |",
-                  "|---|---|---|---|"]
+            lines.append(
+                f"| {label[row.model]} | {row.attribute} | {_fmt(row.demographic_parity_difference)} | "
+                f"{_fmt(row.equal_opportunity_difference)} |"
+            )
+        lines += [
+            "",
+            f"Bias score (challenger): {_fmt(self.bias_score())}",
+            "",
+            "## Coverage",
+            "",
+            f"- rows scored with complete features: {_fmt(self.row_coverage)}",
+            f"- segments covered: {_fmt(self.segment_coverage)}"
+            + (f" (uncovered: {', '.join(self.uncovered_segments)})" if self.uncovered_segments else ""),
+            "",
+            "## Golden-input sanity",
+            "",
+            "| case | high-risk score | low-risk score | holds |",
+            "|---|---|---|---|",
+        ]
         for g in self.golden:
-            lines.append(f"| {g.name} | {_fmt(g.high_risk_score)} | {_fmt(g.low_risk_score)} | "
-                         f"{'yes' if g.passed else 'NO'} |")
+            lines.append(
+                f"| {g.name} | {_fmt(g.high_risk_score)} | {_fmt(g.low_risk_score)} | "
+                f"{'yes' if g.passed else 'NO'} |"
+            )
         if not self.golden:
             lines.append("| (no golden cases) | | | NO |")
         return "\n".join(lines) + "\n"
@@ -173,7 +209,8 @@ class EvaluationReport:
             "calibration": plot_calibration(curves, reports_dir / f"{stem}_calibration.png"),
         }
         paths["markdown"].write_text(
-            self.to_markdown() + f"\n![ROC]({paths['roc'].name})\n\n![Calibration]({paths['calibration'].name})\n"
+            self.to_markdown()
+            + f"\n![ROC]({paths['roc'].name})\n\n![Calibration]({paths['calibration'].name})\n"
         )
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
         return paths
@@ -193,18 +230,25 @@ def _json_default(value: Any) -> Any:
 
 def group_rates(y_true: np.ndarray, y_pred: np.ndarray, groups: Sequence[Any]) -> pd.DataFrame:
     """Per group: rows, positive-prediction rate, actual positives and true-positive rate."""
-    frame = pd.DataFrame({"y": np.asarray(y_true).astype(int), "pred": np.asarray(y_pred).astype(int),
-                          "group": pd.Series(groups).astype(object).fillna("<missing>").to_numpy()})
+    frame = pd.DataFrame(
+        {
+            "y": np.asarray(y_true).astype(int),
+            "pred": np.asarray(y_pred).astype(int),
+            "group": pd.Series(groups).astype(object).fillna("<missing>").to_numpy(),
+        }
+    )
     rows = []
     for group, part in frame.groupby("group", sort=True):
         positives = part[part["y"] == 1]
-        rows.append({
-            "group": group,
-            "n": len(part),
-            "positive_rate": float(part["pred"].mean()),
-            "positives": len(positives),
-            "tpr": float(positives["pred"].mean()) if len(positives) else float("nan"),
-        })
+        rows.append(
+            {
+                "group": group,
+                "n": len(part),
+                "positive_rate": float(part["pred"].mean()),
+                "positives": len(positives),
+                "tpr": float(positives["pred"].mean()) if len(positives) else float("nan"),
+            }
+        )
     return pd.DataFrame(rows, columns=["group", "n", "positive_rate", "positives", "tpr"])
 
 
@@ -232,8 +276,12 @@ def measure_latency(model: Any, rows: pd.DataFrame, n_calls: int = 200, warmup: 
             if i >= warmup:
                 timings.append((time.perf_counter() - start) * 1000.0)
     values = np.asarray(timings)
-    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
-            "mean": float(values.mean()), "n": float(len(values))}
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p99": float(np.percentile(values, 99)),
+        "mean": float(values.mean()),
+        "n": float(len(values)),
+    }
 
 
 def default_golden_pairs(
@@ -279,13 +327,17 @@ def default_golden_pairs(
 
 
 def check_golden(
-    model: Any, pairs: Sequence[GoldenPair], numeric_features: Sequence[str], categorical_features: Sequence[str]
+    model: Any,
+    pairs: Sequence[GoldenPair],
+    numeric_features: Sequence[str],
+    categorical_features: Sequence[str],
 ) -> list[GoldenResult]:
     """Score each pair; a result passes when the high-risk row scores above the low-risk row."""
     results = []
     for p in pairs:
-        frame = model_inputs(pd.DataFrame([dict(p.high_risk), dict(p.low_risk)]), numeric_features,
-                             categorical_features)
+        frame = model_inputs(
+            pd.DataFrame([dict(p.high_risk), dict(p.low_risk)]), numeric_features, categorical_features
+        )
         scores = churn_scores(model, frame)
         results.append(GoldenResult(p.name, float(scores[0]), float(scores[1])))
     return results
@@ -370,21 +422,35 @@ def evaluate(
         for attr in fairness_attributes:
             rates = group_rates(y, pred, holdout[attr].to_numpy())
             dpd, eod = fairness_differences(rates, min_group_size, min_group_positives)
-            fairness_rows.append({"model": name, "attribute": attr, "demographic_parity_difference": dpd,
-                                  "equal_opportunity_difference": eod})
+            fairness_rows.append(
+                {
+                    "model": name,
+                    "attribute": attr,
+                    "demographic_parity_difference": dpd,
+                    "equal_opportunity_difference": eod,
+                }
+            )
             group_rows.append(rates.assign(model=name, attribute=attr))
 
     _, challenger_proba = curves[CHALLENGER]
-    segment_attributes = list(segment_attributes if segment_attributes is not None
-                              else [*categorical_features, *[a for a in fairness_attributes
-                                                             if a not in categorical_features]])
-    row_cov, seg_cov, uncovered = coverage(
-        holdout, challenger_proba,
-        required_features if required_features is not None else categorical_features,
-        segment_attributes, expected_segments, min_segment_rows,
+    segment_attributes = list(
+        segment_attributes
+        if segment_attributes is not None
+        else [*categorical_features, *[a for a in fairness_attributes if a not in categorical_features]]
     )
-    pairs = golden_pairs if golden_pairs is not None else default_golden_pairs(
-        holdout, numeric_features, categorical_features)
+    row_cov, seg_cov, uncovered = coverage(
+        holdout,
+        challenger_proba,
+        required_features if required_features is not None else categorical_features,
+        segment_attributes,
+        expected_segments,
+        min_segment_rows,
+    )
+    pairs = (
+        golden_pairs
+        if golden_pairs is not None
+        else default_golden_pairs(holdout, numeric_features, categorical_features)
+    )
     golden = check_golden(challenger, pairs, numeric_features, categorical_features)
     return EvaluationReport(
         challenger_version=challenger_version,
@@ -394,8 +460,10 @@ def evaluate(
         metrics=metrics,
         latency_ms=latency,
         fairness_groups=pd.concat(group_rows, ignore_index=True) if group_rows else pd.DataFrame(),
-        fairness=pd.DataFrame(fairness_rows, columns=["model", "attribute", "demographic_parity_difference",
-                                                      "equal_opportunity_difference"]),
+        fairness=pd.DataFrame(
+            fairness_rows,
+            columns=["model", "attribute", "demographic_parity_difference", "equal_opportunity_difference"],
+        ),
         row_coverage=row_cov,
         segment_coverage=seg_cov,
         uncovered_segments=uncovered,

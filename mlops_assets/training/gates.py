@@ -46,8 +46,14 @@ class GateResult:
     skipped: bool = False
 
 
-def _gate(name: str, passed: bool, measured: float | None, threshold: float | None, message: str,
-          skipped: bool = False) -> GateResult:
+def _gate(
+    name: str,
+    passed: bool,
+    measured: float | None,
+    threshold: float | None,
+    message: str,
+    skipped: bool = False,
+) -> GateResult:
     return GateResult(name, bool(passed), measured, threshold, message, skipped)
 
 
@@ -59,44 +65,95 @@ def evaluate_gates(
     results = []
     drop = report.accuracy_drop()
     if drop is None:
-        results.append(_gate("accuracy_vs_champion", True, None, t.max_accuracy_drop,
-                             "skipped: no champion yet, judged on absolute thresholds only", skipped=True))
+        results.append(
+            _gate(
+                "accuracy_vs_champion",
+                True,
+                None,
+                t.max_accuracy_drop,
+                "skipped: no champion yet, judged on absolute thresholds only",
+                skipped=True,
+            )
+        )
     else:
         acc = report.metrics["challenger"]["accuracy"]
         champ = report.metrics["champion"]["accuracy"]
-        results.append(_gate(
-            "accuracy_vs_champion", drop <= t.max_accuracy_drop + 1e-12, acc, champ - t.max_accuracy_drop,
-            f"challenger accuracy {acc:.4f} vs champion {champ:.4f}: drop {drop:.4f} "
-            f"{'<=' if drop <= t.max_accuracy_drop + 1e-12 else '>'} max_accuracy_drop {t.max_accuracy_drop}",
-        ))
+        results.append(
+            _gate(
+                "accuracy_vs_champion",
+                drop <= t.max_accuracy_drop + 1e-12,
+                acc,
+                champ - t.max_accuracy_drop,
+                f"challenger accuracy {acc:.4f} vs champion {champ:.4f}: drop {drop:.4f} "
+                f"{'<=' if drop <= t.max_accuracy_drop + 1e-12 else '>'} max_accuracy_drop {t.max_accuracy_drop}",
+            )
+        )
     auc = report.metrics["challenger"]["roc_auc"]
     auc_ok = not math.isnan(auc) and auc >= t.min_roc_auc
-    results.append(_gate("min_roc_auc", auc_ok, auc, t.min_roc_auc,
-                         f"ROC AUC {auc:.4f} {'>=' if auc_ok else '<'} min_roc_auc {t.min_roc_auc}"))
+    results.append(
+        _gate(
+            "min_roc_auc",
+            auc_ok,
+            auc,
+            t.min_roc_auc,
+            f"ROC AUC {auc:.4f} {'>=' if auc_ok else '<'} min_roc_auc {t.min_roc_auc}",
+        )
+    )
     p99 = report.latency_ms["challenger"]["p99"]
-    results.append(_gate("p99_latency", p99 <= t.max_p99_latency_ms, p99, t.max_p99_latency_ms,
-                         f"p99 single-row latency {p99:.2f} ms {'<=' if p99 <= t.max_p99_latency_ms else '>'} "
-                         f"max_p99_latency_ms {t.max_p99_latency_ms}"))
+    results.append(
+        _gate(
+            "p99_latency",
+            p99 <= t.max_p99_latency_ms,
+            p99,
+            t.max_p99_latency_ms,
+            f"p99 single-row latency {p99:.2f} ms {'<=' if p99 <= t.max_p99_latency_ms else '>'} "
+            f"max_p99_latency_ms {t.max_p99_latency_ms}",
+        )
+    )
     bias = report.bias_score()
     if math.isnan(bias):
-        results.append(_gate("bias", True, None, t.max_bias_score,
-                             f"bias not measurable (groups below the minimum size); max_bias_score {t.max_bias_score}",
-                             skipped=True))
+        results.append(
+            _gate(
+                "bias",
+                True,
+                None,
+                t.max_bias_score,
+                f"bias not measurable (groups below the minimum size); max_bias_score {t.max_bias_score}",
+                skipped=True,
+            )
+        )
     else:
         worst = report.fairness.loc[report.fairness["model"] == "challenger"]
-        worst = worst.assign(score=worst[["demographic_parity_difference",
-                                          "equal_opportunity_difference"]].max(axis=1))
+        worst = worst.assign(
+            score=worst[["demographic_parity_difference", "equal_opportunity_difference"]].max(axis=1)
+        )
         row = worst.sort_values("score", ascending=False).iloc[0]
-        results.append(_gate("bias", bias <= t.max_bias_score, bias, t.max_bias_score,
-                             f"bias score {bias:.4f} (worst attribute {row['attribute']}) "
-                             f"{'<=' if bias <= t.max_bias_score else '>'} max_bias_score {t.max_bias_score}"))
+        results.append(
+            _gate(
+                "bias",
+                bias <= t.max_bias_score,
+                bias,
+                t.max_bias_score,
+                f"bias score {bias:.4f} (worst attribute {row['attribute']}) "
+                f"{'<=' if bias <= t.max_bias_score else '>'} max_bias_score {t.max_bias_score}",
+            )
+        )
     cov = report.test_coverage
-    cov_msg = f"test coverage {cov:.4f} (rows {report.row_coverage:.4f}, segments {report.segment_coverage:.4f})"
+    cov_msg = (
+        f"test coverage {cov:.4f} (rows {report.row_coverage:.4f}, segments {report.segment_coverage:.4f})"
+    )
     if report.uncovered_segments:
         cov_msg += f", uncovered {', '.join(report.uncovered_segments)}"
-    results.append(_gate("test_coverage", cov >= t.min_test_coverage, cov, t.min_test_coverage,
-                         f"{cov_msg} {'>=' if cov >= t.min_test_coverage else '<'} min_test_coverage "
-                         f"{t.min_test_coverage}"))
+    results.append(
+        _gate(
+            "test_coverage",
+            cov >= t.min_test_coverage,
+            cov,
+            t.min_test_coverage,
+            f"{cov_msg} {'>=' if cov >= t.min_test_coverage else '<'} min_test_coverage "
+            f"{t.min_test_coverage}",
+        )
+    )
     failed = [g.name for g in report.golden if not g.passed]
     n = len(report.golden)
     if not report.golden:
@@ -105,10 +162,20 @@ def evaluate_gates(
         sanity_msg = f"{n - len(failed)} of {n} golden cases hold their predicted direction; all {n} required"
         if failed:
             sanity_msg += f" (failed: {', '.join(failed)})"
-    results.append(_gate("sanity", report.sanity_passed, float(n - len(failed)), float(max(n, 1)), sanity_msg))
-    results.append(_gate("training_data_valid", training_data_valid, float(training_data_valid), 1.0,
-                         "training data passed validation" if training_data_valid
-                         else "training data failed validation (required: passed)"))
+    results.append(
+        _gate("sanity", report.sanity_passed, float(n - len(failed)), float(max(n, 1)), sanity_msg)
+    )
+    results.append(
+        _gate(
+            "training_data_valid",
+            training_data_valid,
+            float(training_data_valid),
+            1.0,
+            "training data passed validation"
+            if training_data_valid
+            else "training data failed validation (required: passed)",
+        )
+    )
     return results
 
 

@@ -30,21 +30,34 @@ def rollback_champion(
 ) -> None:
     """Move `champion` back to `previous-champion` and record the move."""
     try:
-        record = registry.rollback(mlflow.client(), config.reason, model_name=mlflow.model_name,
-                                   dagster_run_id=context.run_id,
-                                   history_path=registry.default_history_path(data.paths.root))
+        record = registry.rollback(
+            mlflow.client(),
+            config.reason,
+            model_name=mlflow.model_name,
+            dagster_run_id=context.run_id,
+            history_path=registry.default_history_path(data.paths.root),
+        )
     except registry.RegistryError as exc:
         raise dg.Failure(str(exc)) from exc
-    message = (f"{record.model_name}: champion restored to version {record.version} "
-               f"(was {record.previous_version}); reason: {record.reason}")
+    message = (
+        f"{record.model_name}: champion restored to version {record.version} "
+        f"(was {record.previous_version}); reason: {record.reason}"
+    )
     context.log.info(message)
     # The rollback also shows on the promotion asset's timeline.
-    context.log_event(dg.AssetObservation(asset_key="promotion", metadata={
-        "champion_version": record.version,
-        "rolled_back_from": record.previous_version if record.previous_version is not None else "none",
-        "reason": record.reason,
-        "action": "rollback",
-    }))
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="promotion",
+            metadata={
+                "champion_version": record.version,
+                "rolled_back_from": record.previous_version
+                if record.previous_version is not None
+                else "none",
+                "reason": record.reason,
+                "action": "rollback",
+            },
+        )
+    )
 
 
 @dg.job(name="rollback_job", description="Restore the previous champion of churn-model in one step.")

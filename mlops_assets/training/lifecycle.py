@@ -55,7 +55,10 @@ def evaluate_challenger(
     if champion_mv is not None and int(champion_mv.version) != trained.version:
         champion = registry.load_model_version(client, champion_mv.version, model_name=tracking.model_name)
         params = client.get_run(champion.run_id).data.params
-        champion_features = (json.loads(params["numeric_features"]), json.loads(params["categorical_features"]))
+        champion_features = (
+            json.loads(params["numeric_features"]),
+            json.loads(params["categorical_features"]),
+        )
     _, holdout = time_split(training_set, config.holdout_fraction)
     report = evaluate(
         challenger.model,
@@ -95,18 +98,34 @@ def run_lifecycle(
     paths = data_paths(data_root)
     tracking = tracking or TrackingConfig.for_data_root(paths.root)
     trained = train_and_log(
-        training_set, config, numeric_features=numeric_features, categorical_features=categorical_features,
-        sensitive_attributes=sensitive_attributes, training_set_hash=training_set_hash, tracking=tracking,
+        training_set,
+        config,
+        numeric_features=numeric_features,
+        categorical_features=categorical_features,
+        sensitive_attributes=sensitive_attributes,
+        training_set_hash=training_set_hash,
+        tracking=tracking,
         dagster_run_id=dagster_run_id,
     )
     outcome = evaluate_challenger(
-        trained, training_set, config, tracking=tracking, reports_dir=paths.reports, thresholds=thresholds,
-        training_data_valid=training_data_valid, fairness_attributes=tuple(dict.fromkeys([*sensitive_attributes, "region"])),
+        trained,
+        training_set,
+        config,
+        tracking=tracking,
+        reports_dir=paths.reports,
+        thresholds=thresholds,
+        training_data_valid=training_data_valid,
+        fairness_attributes=tuple(dict.fromkeys([*sensitive_attributes, "region"])),
         latency_calls=latency_calls,
     )
     promotion = registry.promote_if_passed(
-        client_for(tracking), trained.version, outcome.gates, outcome.report.summary(),
-        model_name=tracking.model_name, dagster_run_id=dagster_run_id,
-        history_path=history_path or registry.default_history_path(paths.root), alert_sink=alert_sink,
+        client_for(tracking),
+        trained.version,
+        outcome.gates,
+        outcome.report.summary(),
+        model_name=tracking.model_name,
+        dagster_run_id=dagster_run_id,
+        history_path=history_path or registry.default_history_path(paths.root),
+        alert_sink=alert_sink,
     )
     return LifecycleResult(trained, outcome, promotion)

@@ -238,8 +238,11 @@ def promote_if_passed(
         if alert_sink is not None:
             from mlops_assets.training.alerts import gate_failure_alert
 
-            alert_sink.send(gate_failure_alert(failed, model_name=model_name, version=int(version),
-                                               dagster_run_id=dagster_run_id))
+            alert_sink.send(
+                gate_failure_alert(
+                    failed, model_name=model_name, version=int(version), dagster_run_id=dagster_run_id
+                )
+            )
         return None
     passed = ", ".join(g.name for g in gate_results)
     return promote(
@@ -265,8 +268,9 @@ class LoadedModel:
     sha256: str
 
 
-def load_model_version(client, version: int | str, *, model_name: str = MODEL_NAME, alias: str | None = None,
-                       verify: bool = True) -> LoadedModel:
+def load_model_version(
+    client, version: int | str, *, model_name: str = MODEL_NAME, alias: str | None = None, verify: bool = True
+) -> LoadedModel:
     """Download, verify (SHA-256 against the version tag) and load one registered version."""
     import mlflow.sklearn
 
@@ -277,7 +281,9 @@ def load_model_version(client, version: int | str, *, model_name: str = MODEL_NA
         expected = mv.tags.get(MODEL_SHA256_TAG)
         if verify:
             if not expected:
-                raise ModelIntegrityError(f"{model_name} version {mv.version} has no {MODEL_SHA256_TAG} tag to verify")
+                raise ModelIntegrityError(
+                    f"{model_name} version {mv.version} has no {MODEL_SHA256_TAG} tag to verify"
+                )
             if digest != expected:
                 raise ModelIntegrityError(
                     f"{model_name} version {mv.version}: artifact SHA-256 {digest} differs from the registered "
@@ -295,8 +301,9 @@ def _download_version(client, mv, dst: str) -> str:
     return download_artifacts(artifact_uri=source, dst_path=dst, tracking_uri=client.tracking_uri)
 
 
-def load_model_by_alias(client, alias: str = CHAMPION, *, model_name: str = MODEL_NAME,
-                        verify: bool = True) -> LoadedModel:
+def load_model_by_alias(
+    client, alias: str = CHAMPION, *, model_name: str = MODEL_NAME, verify: bool = True
+) -> LoadedModel:
     """Load the version behind ``alias`` (default champion) after verifying its artifact hash."""
     mv = alias_version(client, alias, model_name)
     if mv is None:

@@ -75,7 +75,8 @@ def reproduce(
     params, tags = run.data.params, run.data.tags
     with tempfile.TemporaryDirectory(prefix="mlops-reproduce-") as tmp:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{run.info.artifact_uri}/{TRAINING_SET_ARTIFACT}", dst_path=tmp,
+            artifact_uri=f"{run.info.artifact_uri}/{TRAINING_SET_ARTIFACT}",
+            dst_path=tmp,
             tracking_uri=tracking.tracking_uri,
         )
         data = Path(local).read_bytes()

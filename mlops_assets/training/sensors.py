@@ -18,30 +18,43 @@ def failed_gates(instance: dg.DagsterInstance, run_id: str) -> list[SimpleNamesp
     failed = []
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
         evaluation = entry.asset_check_evaluation
-        if (evaluation is None or evaluation.passed or evaluation.check_name not in GATE_NAMES
-                or evaluation.asset_key != dg.AssetKey(EVALUATION_ASSET)):
+        if (
+            evaluation is None
+            or evaluation.passed
+            or evaluation.check_name not in GATE_NAMES
+            or evaluation.asset_key != dg.AssetKey(EVALUATION_ASSET)
+        ):
             continue
         meta = {k: v.value for k, v in evaluation.metadata.items()}
-        failed.append(SimpleNamespace(
-            name=evaluation.check_name,
-            message=evaluation.description or "failed",
-            measured=meta.get("measured"),
-            threshold=meta.get("threshold"),
-            version=meta.get("challenger_version"),
-            model_name=meta.get("model_name", MODEL_NAME),
-        ))
+        failed.append(
+            SimpleNamespace(
+                name=evaluation.check_name,
+                message=evaluation.description or "failed",
+                measured=meta.get("measured"),
+                threshold=meta.get("threshold"),
+                version=meta.get("challenger_version"),
+                model_name=meta.get("model_name", MODEL_NAME),
+            )
+        )
     return failed
 
 
-def alert_for_failed_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_message: str) -> Alert | None:
+def alert_for_failed_run(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, failure_message: str
+) -> Alert | None:
     """A gate-failure alert when quality gates failed, a run-failure alert for a failed training job, else None."""
     gates = failed_gates(instance, run.run_id)
     if gates:
-        return gate_failure_alert(gates, model_name=gates[0].model_name, version=gates[0].version, dagster_run_id=run.run_id)
+        return gate_failure_alert(
+            gates, model_name=gates[0].model_name, version=gates[0].version, dagster_run_id=run.run_id
+        )
     if run.job_name in TRAINING_JOBS:
-        return Alert(kind="training_run_failed", title=f"{run.job_name} run {run.run_id[:8]} failed",
-                     message=failure_message or "the run failed", details={"dagster_run_id": run.run_id,
-                                                                          "job": run.job_name})
+        return Alert(
+            kind="training_run_failed",
+            title=f"{run.job_name} run {run.run_id[:8]} failed",
+            message=failure_message or "the run failed",
+            details={"dagster_run_id": run.run_id, "job": run.job_name},
+        )
     return None
 
 

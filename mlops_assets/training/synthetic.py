@@ -50,19 +50,21 @@ def synthetic_training_set(
     day = rng.integers(0, n_days, n_rows)
     seconds = rng.integers(0, 86_400, n_rows)
     stamps = [start + timedelta(days=int(d), seconds=int(s)) for d, s in zip(day, seconds, strict=True)]
-    frame = pd.DataFrame({
-        "customer_id": [f"C{i:06d}" for i in range(n_rows)],
-        "label_timestamp": pd.to_datetime(stamps, utc=True),
-        "churned": churned,
-        "logins_30d": logins.astype("float64"),
-        "total_purchases_30d": purchases.astype("float64"),
-        "total_spend_30d": spend,
-        "avg_order_value_30d": values,
-        "days_since_last_login": since_login,
-        "tickets_30d": tickets.astype("float64"),
-        "account_age_days": rng.integers(30, 2000, n_rows).astype("float64"),
-        "plan": pd.array(plan, dtype="str"),
-        "region": pd.array(rng.choice(REGIONS, n_rows), dtype="str"),
-        "age_group": pd.array(rng.choice(AGE_GROUPS, n_rows), dtype="str"),
-    })
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:06d}" for i in range(n_rows)],
+            "label_timestamp": pd.to_datetime(stamps, utc=True),
+            "churned": churned,
+            "logins_30d": logins.astype("float64"),
+            "total_purchases_30d": purchases.astype("float64"),
+            "total_spend_30d": spend,
+            "avg_order_value_30d": values,
+            "days_since_last_login": since_login,
+            "tickets_30d": tickets.astype("float64"),
+            "account_age_days": rng.integers(30, 2000, n_rows).astype("float64"),
+            "plan": pd.array(plan, dtype="str"),
+            "region": pd.array(rng.choice(REGIONS, n_rows), dtype="str"),
+            "age_group": pd.array(rng.choice(AGE_GROUPS, n_rows), dtype="str"),
+        }
+    )
     return frame.sort_values(["label_timestamp", "customer_id"]).reset_index(drop=True)

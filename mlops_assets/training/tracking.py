@@ -93,8 +93,9 @@ def ensure_tracking_store(config: TrackingConfig) -> str:
             if artifact_location and "://" not in artifact_location:
                 Path(artifact_location).mkdir(parents=True, exist_ok=True)
             try:
-                experiment_id = client.create_experiment(config.experiment_name,
-                                                         artifact_location=artifact_location)
+                experiment_id = client.create_experiment(
+                    config.experiment_name, artifact_location=artifact_location
+                )
             except MlflowException as exc:  # another process (no file lock on a server) created it first
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -103,7 +104,8 @@ def ensure_tracking_store(config: TrackingConfig) -> str:
             experiment_id = experiment.experiment_id
         try:
             client.create_registered_model(
-                config.model_name, description="Churn classifier; aliases challenger/champion/previous-champion."
+                config.model_name,
+                description="Churn classifier; aliases challenger/champion/previous-champion.",
             )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":

@@ -95,9 +95,14 @@ class TrainResult:
     model: Pipeline | None = None  # the fitted pipeline when trained in this call
 
 
-def params_hash(config: TrainConfig, numeric_features: Sequence[str], categorical_features: Sequence[str]) -> str:
+def params_hash(
+    config: TrainConfig, numeric_features: Sequence[str], categorical_features: Sequence[str]
+) -> str:
     """Hash of everything besides data and code that decides the model: config and feature lists."""
-    payload = config.to_dict() | {"numeric": list(numeric_features), "categorical": list(categorical_features)}
+    payload = config.to_dict() | {
+        "numeric": list(numeric_features),
+        "categorical": list(categorical_features),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -131,7 +136,9 @@ def time_split(
     days = df[time_column].dt.tz_convert("UTC").dt.floor("D")
     counts = days.value_counts().sort_index()
     if len(counts) < 2:
-        raise ValueError(f"a time split needs labels on at least two days; all labels fall on {counts.index[0]}")
+        raise ValueError(
+            f"a time split needs labels on at least two days; all labels fall on {counts.index[0]}"
+        )
     from_end = counts[::-1].cumsum()
     target = holdout_fraction * len(df)
     # the fewest latest days holding at least the target share, leaving at least one day to train on
@@ -139,12 +146,18 @@ def time_split(
     n_days = min(max(n_days, 1), len(counts) - 1)
     cutoff = counts.index[len(counts) - n_days]
     is_holdout = days >= cutoff
-    train = df.loc[~is_holdout].sort_values([time_column, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
-    holdout = df.loc[is_holdout].sort_values([time_column, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
+    train = (
+        df.loc[~is_holdout].sort_values([time_column, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
+    )
+    holdout = (
+        df.loc[is_holdout].sort_values([time_column, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
+    )
     return train, holdout
 
 
-def model_inputs(df: pd.DataFrame, numeric_features: Sequence[str], categorical_features: Sequence[str]) -> pd.DataFrame:
+def model_inputs(
+    df: pd.DataFrame, numeric_features: Sequence[str], categorical_features: Sequence[str]
+) -> pd.DataFrame:
     """The model's input frame: numeric features as float64, categorical as strings (missing as NaN)."""
     out = pd.DataFrame(index=df.index)
     for col in numeric_features:
@@ -171,14 +184,20 @@ def build_pipeline(
     """Preprocessing (impute + scale numeric, impute + one-hot categorical) followed by the classifier."""
     transformers = []
     if numeric_features:
-        numeric = Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                            ("scale", StandardScaler())])
+        numeric = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("scale", StandardScaler()),
+            ]
+        )
         transformers.append(("numeric", numeric, list(numeric_features)))
     if categorical_features:
-        categorical = Pipeline([
-            ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ])
+        categorical = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+            ]
+        )
         transformers.append(("categorical", categorical, list(categorical_features)))
     if not transformers:
         raise ValueError("the model needs at least one feature")
@@ -199,7 +218,9 @@ def fit_model(
     """
     pipeline = build_pipeline(config, numeric_features, categorical_features)
     with thread_limit(max_threads):
-        pipeline.fit(model_inputs(train, numeric_features, categorical_features), train[LABEL_COLUMN].astype(int))
+        pipeline.fit(
+            model_inputs(train, numeric_features, categorical_features), train[LABEL_COLUMN].astype(int)
+        )
     return pipeline
 
 
@@ -224,10 +245,20 @@ def churn_scores(model: Any, frame: pd.DataFrame) -> np.ndarray:
 def git_state(root: Path = PROJECT_ROOT) -> tuple[str, bool | None]:
     """The checked-out commit and whether tracked files differ from it (``unknown``/None outside git)."""
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True, timeout=10).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
@@ -257,12 +288,19 @@ def skops_trusted_types(model: Pipeline) -> list[str]:
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
     unexpected = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
     if unexpected:
-        raise TypeError(f"the pipeline holds types outside scikit-learn/numpy that skops would load: {unexpected}")
+        raise TypeError(
+            f"the pipeline holds types outside scikit-learn/numpy that skops would load: {unexpected}"
+        )
     return sorted(untrusted)
 
 
 def find_cached_version(
-    client, training_set_hash: str, params_hash: str, code_version: str, *, model_name: str = registry.MODEL_NAME
+    client,
+    training_set_hash: str,
+    params_hash: str,
+    code_version: str,
+    *,
+    model_name: str = registry.MODEL_NAME,
 ):
     """The newest registered version trained from the same data, params and code, or ``None``."""
     query = (
@@ -281,13 +319,16 @@ def permutation_importance_frame(
 
     scoring = "roc_auc" if len(np.unique(y)) == 2 else "accuracy"
     with single_thread():
-        result = permutation_importance(model, holdout_inputs, y, scoring=scoring, n_repeats=n_repeats,
-                                        random_state=seed, n_jobs=1)
-    frame = pd.DataFrame({
-        "feature": list(holdout_inputs.columns),
-        "importance_mean": result.importances_mean,
-        "importance_std": result.importances_std,
-    })
+        result = permutation_importance(
+            model, holdout_inputs, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1
+        )
+    frame = pd.DataFrame(
+        {
+            "feature": list(holdout_inputs.columns),
+            "importance_mean": result.importances_mean,
+            "importance_std": result.importances_std,
+        }
+    )
     return frame.sort_values("importance_mean", ascending=False).reset_index(drop=True)
 
 
@@ -375,7 +416,9 @@ def train_and_log(
     proba = churn_scores(model, x_holdout)
     holdout_metrics = classification_metrics(y_holdout, proba, config.threshold)
     train_proba = churn_scores(model, model_inputs(train, numeric_features, categorical_features))
-    train_metrics = classification_metrics(train[LABEL_COLUMN].astype(int).to_numpy(), train_proba, config.threshold)
+    train_metrics = classification_metrics(
+        train[LABEL_COLUMN].astype(int).to_numpy(), train_proba, config.threshold
+    )
     holdout_start = holdout[TIME_COLUMN].min()
     commit, dirty = git_state()
     versions = package_versions()
@@ -393,31 +436,44 @@ def train_and_log(
         "model_type": config.model_type,
         **{f"package.{name}": version for name, version in versions.items()},
     }
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run, \
-            tempfile.TemporaryDirectory(prefix="mlops-train-") as tmp_text:
+    with (
+        mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run,
+        tempfile.TemporaryDirectory(prefix="mlops-train-") as tmp_text,
+    ):
         tmp = Path(tmp_text)
-        mlflow.log_params({
-            "model_type": config.model_type,
-            "hyperparameters": json.dumps(dict(config.hyperparameters), sort_keys=True),
-            **{f"hp.{k}": v for k, v in sorted(config.hyperparameters.items())},
-            "holdout_fraction": config.holdout_fraction,
-            "seed": config.seed,
-            "threshold": config.threshold,
-            "numeric_features": json.dumps(numeric_features),
-            "categorical_features": json.dumps(categorical_features),
-            "sensitive_attributes": json.dumps(list(sensitive_attributes)),
-            "n_train": len(train),
-            "n_holdout": len(holdout),
-            "holdout_start": holdout_start.isoformat(),
-            "training_set_hash": training_set_hash,
-            "code_version": code_version,
-        })
+        mlflow.log_params(
+            {
+                "model_type": config.model_type,
+                "hyperparameters": json.dumps(dict(config.hyperparameters), sort_keys=True),
+                **{f"hp.{k}": v for k, v in sorted(config.hyperparameters.items())},
+                "holdout_fraction": config.holdout_fraction,
+                "seed": config.seed,
+                "threshold": config.threshold,
+                "numeric_features": json.dumps(numeric_features),
+                "categorical_features": json.dumps(categorical_features),
+                "sensitive_attributes": json.dumps(list(sensitive_attributes)),
+                "n_train": len(train),
+                "n_holdout": len(holdout),
+                "holdout_start": holdout_start.isoformat(),
+                "training_set_hash": training_set_hash,
+                "code_version": code_version,
+            }
+        )
         mlflow.log_metrics({f"holdout_{k}": v for k, v in holdout_metrics.items() if np.isfinite(v)})
         mlflow.log_metrics({f"train_{k}": v for k, v in train_metrics.items() if np.isfinite(v)})
-        mlflow.log_metrics({"holdout_churn_rate": float(y_holdout.mean()), "train_churn_rate": float(train[LABEL_COLUMN].mean())})
+        mlflow.log_metrics(
+            {
+                "holdout_churn_rate": float(y_holdout.mean()),
+                "train_churn_rate": float(train[LABEL_COLUMN].mean()),
+            }
+        )
 
-        features_doc = {"numeric": numeric_features, "categorical": categorical_features,
-                        "sensitive_attributes_not_inputs": list(sensitive_attributes), "label": LABEL_COLUMN}
+        features_doc = {
+            "numeric": numeric_features,
+            "categorical": categorical_features,
+            "sensitive_attributes_not_inputs": list(sensitive_attributes),
+            "label": LABEL_COLUMN,
+        }
         (tmp / "features.json").write_text(json.dumps(features_doc, indent=2))
         (tmp / "package_versions.json").write_text(json.dumps(versions, indent=2, sort_keys=True))
         mlflow.log_artifact(str(tmp / "features.json"))
@@ -429,14 +485,20 @@ def train_and_log(
         mlflow.log_artifact(str(training_file), artifact_path="training_set")
         mlflow.set_tag("training_set_file_sha256", training_file_sha)
 
-        importance = permutation_importance_frame(model, x_holdout, y_holdout, config.seed, importance_repeats)
+        importance = permutation_importance_frame(
+            model, x_holdout, y_holdout, config.seed, importance_repeats
+        )
         importance.to_csv(tmp / "permutation_importance.csv", index=False)
         plot_importance(importance, tmp / "permutation_importance.png")
         curves = [(f"{config.model_type} (holdout)", y_holdout, proba)]
         plot_roc(curves, tmp / "roc_curve.png")
         plot_calibration(curves, tmp / "calibration_curve.png")
-        for name in ("permutation_importance.csv", "permutation_importance.png", "roc_curve.png",
-                     "calibration_curve.png"):
+        for name in (
+            "permutation_importance.csv",
+            "permutation_importance.png",
+            "roc_curve.png",
+            "calibration_curve.png",
+        ):
             mlflow.log_artifact(str(tmp / name), artifact_path="plots" if name.endswith(".png") else None)
 
         example = _input_example(x_holdout)
@@ -450,8 +512,9 @@ def train_and_log(
             skops_trusted_types=skops_trusted_types(model),
             pyfunc_predict_fn="predict_proba",
         )
-        local_model = mlflow.artifacts.download_artifacts(artifact_uri=info.artifact_path,
-                                                          dst_path=str(tmp / "model_copy"))
+        local_model = mlflow.artifacts.download_artifacts(
+            artifact_uri=info.artifact_path, dst_path=str(tmp / "model_copy")
+        )
         model_sha = registry.model_artifact_sha256(local_model)
         mlflow.set_tag(registry.MODEL_SHA256_TAG, model_sha)
         run_id = run.info.run_id
@@ -466,8 +529,9 @@ def train_and_log(
         "holdout_start": holdout_start.isoformat(),
         "model_type": config.model_type,
     }
-    mv = client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
-                                     model_id=info.model_id)
+    mv = client.create_model_version(
+        model_name, source=info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id
+    )
     client.set_registered_model_alias(model_name, registry.CHALLENGER, mv.version)
     mv = client.get_model_version(model_name, mv.version)
     return _result_from_version(mv, client, cached=False, model=model)
