@@ -293,6 +293,16 @@ def run_demo(config: DemoConfig) -> int:
                 return 1
             t0 = time.monotonic()
             _step("online store refresh", materialize(defs, ["online_features"], instance), t0)
+            t0 = time.monotonic()
+            result = materialize_range(defs, ["batch_predictions"], new_first, last, instance)
+            if _step(f"batch scoring {new_first}..{last} by the champion", result, t0):
+                scored = [
+                    m.metadata["dagster/row_count"].value
+                    for m in result.asset_materializations_for_node("batch_predictions")
+                ]
+                _say(
+                    f"scored {sum(scored):,} customer-days ({min(scored):,}..{max(scored):,} active customers a day)"
+                )
             monitor_first = _day(history_end, 1 - config.monitor_days_before)
             t0 = time.monotonic()
             result = materialize_range(defs, ["drift_report"], monitor_first, last, instance)

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.cli import main
-from mlops_assets_tests.conftest import write_events
+from mlops_assets_tests.conftest import stop_process, write_events
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -135,9 +135,5 @@ def test_job_backfill_is_run_by_the_daemon(data_dir, dagster_home):
         for day in days:
             assert (data_dir.partition_dir("raw_events", day) / "part-0.parquet").exists()
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_process(daemon)
         log.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pandas as pd
 import pytest
 
 from mlops_assets.demo import DemoConfig, run_demo
@@ -58,4 +59,11 @@ def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(data_dir, dagster_h
     assert "champion: v1" in out
     assert "| 2026-03-03 |" in out  # the drift report covers the new days
     assert len(list(data_dir.warehouse.glob("raw_events/date=*/part-0.parquet"))) == 62
-    assert len(list(data_dir.reports.glob("drift_report_*.md"))) == 14  # 2 days before + the 12 new days
+    assert len(list(data_dir.reports.glob("drift_report_*.md"))) == 14
+    # the champion scored every active customer of each new day, recording its version
+    scored = pd.read_parquet(data_dir.partition_dir("batch_predictions", "2026-03-01"))
+    events = pd.read_parquet(data_dir.partition_dir("raw_events", "2026-03-01"))
+    assert set(scored["customer_id"]) == set(events["customer_id"])
+    assert (
+        scored["score"].between(0, 1).all() and (scored["model_version"].astype(str) == "1").all()
+    )  # 2 days before + the 12 new days

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlops_assets_tests.conftest import events_frame, free_port, write_events
+from mlops_assets_tests.conftest import events_frame, free_port, stop_process, write_events
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -89,11 +89,7 @@ def webserver(data_dir, dagster_home):
             pytest.fail("dagster-webserver did not start within 120 s")
         yield f"{url}/graphql"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
