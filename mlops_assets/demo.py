@@ -199,11 +199,28 @@ def run_canary(paths: DataPaths, last: str, customers: int = 2000) -> None:
         }
         for i, cid in enumerate(columns["customer_id"])
     }
+    # the new champion's reference score distribution: its scores on its own evaluation holdout
+    from mlops_assets.training.train import churn_scores, model_inputs, registered_result, time_split
+
+    trained = registered_result(client, champion.version, model_name=tracking.model_name)
+    params = client.get_run(trained.run_id).data.params
+    training_set, _ = store.read_training_set()
+    _, holdout = time_split(training_set, float(params.get("holdout_fraction", 0.2)))
+    reference = churn_scores(
+        champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features)
+    )
     _say(
-        f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} simulated customers"
+        f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} simulated customers; "
+        f"score guardrails against v{champion.version}'s {len(reference):,} holdout scores "
+        f"(mean {reference.mean():.3f})"
     )
     decisions = canary_demo(
-        paths.serving / "canary-demo", baseline.model, champion.model, rows, printer=lambda m: _say("  " + m)
+        paths.serving / "canary-demo",
+        baseline.model,
+        champion.model,
+        rows,
+        printer=lambda m: _say("  " + m),
+        challenger_reference_scores=reference,
     )
     if decisions and decisions[-1].action == "rollback":
         record = registry.rollback(

@@ -18,7 +18,7 @@ from mlops_assets.serving.models import InMemoryModelSource, compile_predictor
 from mlops_assets.serving.rollout import Guardrails, RolloutController, metrics_window
 from mlops_assets.serving.routing import MemoryAssignments, RolloutState, bucket, write_state
 from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
-from mlops_assets.training.train import TrainConfig, fit_model
+from mlops_assets.training.train import TrainConfig, churn_scores, fit_model, model_inputs
 from mlops_assets_tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -301,11 +301,22 @@ def test_canary_demo_promotes_a_healthy_challenger_and_rolls_back_a_broken_one(w
         f"D{i:05d}": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
         for i, r in enumerate(many)
     }
+    # the challenger's reference: its scores on a holdout it was not trained on
+    holdout = synthetic_training_set(1000, seed=12)
+    reference = churn_scores(challenger, model_inputs(holdout, NUMERIC_FEATURES, CATEGORICAL_FEATURES))
     lines: list[str] = []
     good = canary_demo(
-        tmp_path / "a", champion, challenger, rows, requests_per_step=200, printer=lines.append
+        tmp_path / "a",
+        champion,
+        challenger,
+        rows,
+        requests_per_step=200,
+        printer=lines.append,
+        challenger_reference_scores=reference,
     )
     assert [d.action for d in good] == ["advance"] * 4 and good[-1].promote
+    assert all(d.metrics["reference_samples"] == 1000 for d in good)  # judged against the reference
+    assert all(d.metrics["score_psi"] <= 0.25 for d in good)
     assert any("rollout complete" in line for line in lines)
     bad = canary_demo(
         tmp_path / "b",

@@ -16,6 +16,7 @@ from mlops_assets.serving.rollout import (
     CANARY_STEPS,
     Guardrails,
     RolloutController,
+    ScoreReference,
     apply_decision,
     evaluate_step,
     metrics_window,
@@ -166,6 +167,107 @@ def test_a_broken_guardrail_rolls_back_to_the_champion(tmp_path, challenger, nee
     state = controller.state()
     assert state.mode == "direct" and state.challenger_share == 0.0
     assert controller.history()["action"].iloc[-1] == "rollback"
+
+
+def _brute_psi(reference, current, bins=10, eps=1e-4):
+    """PSI on equal-width [0, 1] bins, counted by hand (independent of score_psi)."""
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        last = b == bins - 1
+        r = max(np.mean((reference >= lo) & ((reference <= hi) if last else (reference < hi))), eps)
+        c = max(np.mean((current >= lo) & ((current <= hi) if last else (current < hi))), eps)
+        total += (c - r) * np.log(c / r)
+    return total
+
+
+def _scores(n, mean, seed):
+    return np.clip(np.random.default_rng(seed).normal(mean, 0.1, n), 0, 1)
+
+
+def test_a_retrained_challenger_matching_its_reference_advances_though_it_differs_from_the_champion(
+    tmp_path,
+):
+    controller = RolloutController(tmp_path)
+    # the challenger scores around 0.6 offline and live; the old champion scores around 0.3
+    controller.start_canary("exp-r", challenger_reference_scores=_scores(5000, 0.6, seed=7))
+    window = metrics_window(
+        pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", score_mean=0.6, seed=1)])
+    )
+    for _ in range(len(CANARY_STEPS)):
+        decision = controller.step(window)
+        assert decision.action == "advance", decision.reason
+    assert decision.promote
+    m = decision.metrics
+    # the champion comparison is still reported, and would have broken both bounds
+    assert m["champion_mean_score_shift"] > 0.25 and m["champion_score_psi"] > 1.0
+    assert m["mean_score_shift"] < 0.05 and m["score_psi"] < 0.25 and m["reference_samples"] == 5000
+    # the same live traffic without a reference falls back to the champion and is rolled back
+    fallback = RolloutController(tmp_path / "fallback")
+    fallback.start_canary("exp-f")
+    decision = fallback.step(window)
+    assert decision.action == "rollback" and "vs champion" in decision.reason
+    # ... unless the fallback is switched off: then there is no distribution guardrail
+    off = RolloutController(tmp_path / "off")
+    off.start_canary("exp-o")
+    assert off.step(window, Guardrails(champion_fallback=False)).action == "advance"
+
+
+@pytest.mark.parametrize(("live_mean", "needle"), [(0.54, "score PSI"), (0.3, "mean score shift")])
+def test_a_challenger_drifting_from_its_own_reference_rolls_back(tmp_path, live_mean, needle):
+    reference = _scores(5000, 0.6, seed=7)
+    controller = RolloutController(tmp_path)
+    controller.start_canary("exp-s", challenger_reference_scores=reference)
+    # champion and challenger agree live (the champion comparison passes), but the challenger no
+    # longer scores like it did offline: a broken feature pipeline, say
+    live = pd.concat(
+        [
+            _log_rows(1000, "champion", score_mean=live_mean),
+            _log_rows(400, "challenger", score_mean=live_mean, seed=1),
+        ]
+    )
+    window = metrics_window(live)
+    decision = controller.step(window)
+    assert decision.action == "rollback", decision.reason
+    assert needle in decision.reason and "vs reference" in decision.reason
+    m = decision.metrics
+    challenger_scores = window.arm("challenger").scores
+    assert m["champion_score_psi"] < 0.25  # the old rule would have let it through
+    # the stored summary gives the shift and PSI of the full reference, counted independently
+    assert m["mean_score_shift"] == pytest.approx(abs(challenger_scores.mean() - reference.mean()))
+    if needle == "score PSI":  # a shift within its bound, a PSI past it
+        assert m["mean_score_shift"] < 0.1 and "mean score shift" not in decision.reason
+        assert m["score_psi"] == pytest.approx(_brute_psi(reference, challenger_scores), rel=0.05)
+        assert f"{m['score_psi']:.3f} vs reference > 0.25" in decision.reason
+    else:
+        assert f"{m['mean_score_shift']:.3f} vs reference > 0.1" in decision.reason
+    assert controller.state().mode == "direct"
+    assert controller.history()["action"].tolist() == ["start", "rollback"]
+
+
+def test_the_reference_is_a_small_summary_kept_with_the_canary_it_started(tmp_path):
+    reference = np.random.default_rng(3).beta(2, 5, 50_000)
+    controller = RolloutController(tmp_path)
+    controller.start_canary("exp-1", challenger_reference_scores=reference)
+    assert "quantiles" not in controller.state_file.read_text()  # the state file stays small
+    stored = RolloutController(tmp_path).reference()  # read back from disk by another controller
+    assert stored is not None and stored.count == 50_000 and len(stored.quantiles) <= 200
+    assert stored.mean == pytest.approx(reference.mean())
+    assert len(controller.history_file.read_text()) < 6000
+    # the summary's quantiles are the sample's quantiles, and PSI against it matches the full sample's
+    levels = (np.arange(len(stored.quantiles)) + 0.5) / len(stored.quantiles)
+    assert np.allclose(stored.quantiles, np.quantile(reference, levels), atol=1e-6)
+    for mean in (0.2, 0.3, 0.5):
+        live = _scores(3000, mean, seed=4)
+        assert score_psi(stored.sample(), live) == pytest.approx(_brute_psi(reference, live), rel=0.05)
+    small = ScoreReference.from_scores([0.3, np.nan, 0.1, 0.2])
+    assert small.quantiles == (0.1, 0.2, 0.3) and small.count == 3
+    assert ScoreReference.from_dict(small.to_dict()) == small
+    # a later canary started without a reference does not inherit this one
+    controller.start_canary("exp-2")
+    assert controller.reference() is None
+    controller.rollback("stop")
+    assert controller.reference() is None
 
 
 def test_too_few_requests_hold_the_step():

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,13 @@ def canary_demo(
     break_challenger_at_step: int | None = None,
     seed: int = 0,
     printer: Callable[[str], None] = print,
+    challenger_reference_scores: Sequence[float] | None = None,
 ) -> list[Decision]:
-    """Run a canary 5% -> 25% -> 50% -> 100% on simulated requests; optionally break the challenger mid-way."""
+    """Run a canary 5% -> 25% -> 50% -> 100% on simulated requests; optionally break the challenger mid-way.
+
+    ``challenger_reference_scores`` (the challenger's scores on its holdout) are what the score
+    guardrails compare its live scores with; without them the champion's live scores are used.
+    """
     source = InMemoryModelSource({"champion": ("1", champion), "challenger": ("2", challenger)})
     config = ServingConfig(
         data_root=data_root,
@@ -94,8 +99,17 @@ def canary_demo(
     rng = np.random.default_rng(seed)
     decisions: list[Decision] = []
     with LocalServer(create_app(config)) as server:
-        controller.start_canary("canary-demo", champion_version="1", challenger_version="2")
-        printer(f"canary started: {CANARY_STEPS[0]:.0%} of customers on the challenger")
+        controller.start_canary(
+            "canary-demo",
+            champion_version="1",
+            challenger_version="2",
+            challenger_reference_scores=challenger_reference_scores,
+        )
+        baseline = "its holdout scores" if challenger_reference_scores is not None else "the champion"
+        printer(
+            f"canary started: {CANARY_STEPS[0]:.0%} of customers on the challenger "
+            f"(score guardrails against {baseline})"
+        )
         for step in range(len(CANARY_STEPS)):
             if break_challenger_at_step is not None and step == break_challenger_at_step:
                 source.set(
@@ -119,7 +133,14 @@ def canary_demo(
             printer(
                 f"step {step + 1}: {sent} requests, {on_challenger / sent:.0%} answered by the challenger "
                 f"({m.get('challenger_requests', 0):.0f} routed to it, error rate "
-                f"{m.get('challenger_error_rate', 0):.1%}) -> "
+                f"{m.get('challenger_error_rate', 0):.1%}"
+                + (
+                    f", score PSI {m['score_psi']:.3f} / mean shift {m['mean_score_shift']:.3f}"
+                    if "score_psi" in m
+                    else ""
+                )
+                + (f", PSI vs champion {m['champion_score_psi']:.3f}" if "champion_score_psi" in m else "")
+                + ") -> "
                 f"{decision.action}: {decision.reason} (now {state.mode}"
                 + (f" {state.challenger_share:.0%})" if state.mode == "canary" else ")")
             )
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
-    from mlops_assets.training.train import TrainConfig, fit_model
+    from mlops_assets.training.train import TrainConfig, churn_scores, fit_model, model_inputs
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--customers", type=int, default=4000)
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             NUMERIC_FEATURES,
             CATEGORICAL_FEATURES,
         )
+        holdout = synthetic_training_set(1000, seed=args.seed + 3)
+        reference = churn_scores(challenger, model_inputs(holdout, NUMERIC_FEATURES, CATEGORICAL_FEATURES))
     frame = synthetic_training_set(args.customers, seed=args.seed + 2)[
         NUMERIC_FEATURES + CATEGORICAL_FEATURES
     ]
@@ -174,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             rows,
             seed=args.seed,
             break_challenger_at_step=None if args.break_at is None else args.break_at - 1,
+            challenger_reference_scores=reference,
         )
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,17 +35,78 @@ HISTORY_FILE = "rollout_history.jsonl"
 Action = Literal["advance", "hold", "rollback"]
 
 
+REFERENCE_QUANTILES = 200  # size of the stored summary of the challenger's offline scores
+
+
 @dataclass(frozen=True)
 class Guardrails:
-    """Bounds a canary step must stay within (challenger arm, over the step's window)."""
+    """Bounds a canary step must stay within (challenger arm, over the step's window).
+
+    Prediction-distribution sanity. The guardrail catches a challenger that scores differently in
+    serving than it did offline (broken feature pipeline, training-serving skew, wrong model file),
+    so the challenger's live scores are compared with its own *reference*: its scores on its
+    evaluation holdout, recorded when the canary starts (``RolloutController.start_canary(...,
+    challenger_reference_scores=...)``). ``max_mean_score_shift`` bounds |mean live score - mean
+    reference score| and ``max_score_psi`` the PSI of the live scores against the reference.
+
+    The champion's live scores are not a rollback reason when a reference exists: a legitimate
+    retrain (after concept drift, say) is expected to score differently from the old champion. The
+    champion comparison is still reported, as ``champion_mean_score_shift`` and
+    ``champion_score_psi`` in the decision's metrics. Only when the canary has no reference (or one
+    with fewer than ``min_distribution_samples`` scores) and ``champion_fallback`` is true are the
+    same two bounds applied to challenger-vs-champion live scores, as before; with
+    ``champion_fallback=False`` such a canary has no distribution guardrail.
+    """
 
     max_error_rate: float = 0.01
     max_p99_latency_ms: float = 100.0
-    max_mean_score_shift: float = 0.10  # |mean challenger score - mean champion score|
-    max_score_psi: float = 0.25  # PSI of challenger scores against champion scores
+    max_mean_score_shift: float = 0.10  # |mean live challenger score - mean reference score|
+    max_score_psi: float = 0.25  # PSI of live challenger scores against the reference scores
     min_requests: int = 200  # challenger requests needed before a step can advance
     min_error_requests: int = 20  # requests needed before an error rate can trigger a rollback
-    min_distribution_samples: int = 100  # scores per arm needed before mean shift / PSI are judged
+    min_distribution_samples: int = 100  # scores per side needed before mean shift / PSI are judged
+    champion_fallback: bool = True  # without a reference, judge the shift against the champion's scores
+
+
+@dataclass(frozen=True)
+class ScoreReference:
+    """Compact summary of the challenger's offline scores: their count, exact mean and quantiles.
+
+    ``quantiles`` are the sorted scores themselves when there are at most ``REFERENCE_QUANTILES`` of
+    them, otherwise the quantiles at the mid-points ``(i + 0.5) / REFERENCE_QUANTILES``: an equally
+    weighted pseudo-sample whose binned shares are within ``1 / REFERENCE_QUANTILES`` of the full
+    sample's, so PSI against it matches PSI against all the scores.
+    """
+
+    count: int
+    mean: float
+    quantiles: tuple[float, ...]
+
+    @classmethod
+    def from_scores(cls, scores: Sequence[float], size: int = REFERENCE_QUANTILES) -> ScoreReference:
+        """Summarize ``scores`` (non-finite values dropped)."""
+        values = np.asarray(scores, dtype=float)
+        values = values[np.isfinite(values)]
+        if not len(values):
+            raise ValueError("a score reference needs at least one finite score")
+        if len(values) <= size:
+            points = np.sort(values)
+        else:
+            points = np.quantile(values, (np.arange(size) + 0.5) / size)
+        return cls(len(values), float(values.mean()), tuple(round(float(v), 6) for v in points))
+
+    def sample(self) -> np.ndarray:
+        """The equally weighted pseudo-sample the PSI is computed against."""
+        return np.asarray(self.quantiles, dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {"count": self.count, "mean": self.mean, "quantiles": list(self.quantiles)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreReference:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(data["count"]), float(data["mean"]), tuple(float(v) for v in data["quantiles"]))
 
 
 @dataclass(frozen=True)
@@ -110,9 +172,16 @@ class Decision:
 
 
 def evaluate_step(
-    state: RolloutState, window: MetricsWindow, guardrails: Guardrails = Guardrails()
+    state: RolloutState,
+    window: MetricsWindow,
+    guardrails: Guardrails = Guardrails(),
+    reference: ScoreReference | None = None,
 ) -> Decision:
-    """Advance, hold or roll back the current canary step from the challenger's window."""
+    """Advance, hold or roll back the current canary step from the challenger's window.
+
+    ``reference`` is the challenger's offline score summary the score distribution is judged
+    against (see :class:`Guardrails` for the semantics and the champion fallback).
+    """
     if state.mode != "canary":
         return Decision("hold", f"mode is {state.mode!r}, not a canary rollout")
     ch, champ = window.arm(CHALLENGER), window.arm(CHAMPION)
@@ -131,14 +200,30 @@ def evaluate_step(
     ):
         broken.append(f"p99 latency {ch.p99_latency_ms:.1f} ms > {guardrails.max_p99_latency_ms} ms")
     # score distributions are only compared on enough scores: PSI of a few dozen scores is mostly noise
-    if min(len(ch.scores), len(champ.scores)) >= guardrails.min_distribution_samples:
-        shift = abs(float(ch.scores.mean()) - float(champ.scores.mean()))
-        psi = score_psi(champ.scores, ch.scores)
+    enough = guardrails.min_distribution_samples
+    champion_shift = champion_psi = None
+    if min(len(ch.scores), len(champ.scores)) >= enough:  # informative, or the fallback baseline
+        champion_shift = abs(float(ch.scores.mean()) - float(champ.scores.mean()))
+        champion_psi = score_psi(champ.scores, ch.scores)
+        metrics.update({"champion_mean_score_shift": champion_shift, "champion_score_psi": champion_psi})
+    judged: tuple[str, float, float] | None = None  # (baseline, mean shift, PSI)
+    if reference is not None and reference.count >= enough:
+        metrics["reference_samples"] = float(reference.count)
+        if len(ch.scores) >= enough:
+            judged = (
+                "reference",
+                abs(float(ch.scores.mean()) - reference.mean),
+                score_psi(reference.sample(), ch.scores),
+            )
+    elif guardrails.champion_fallback and champion_shift is not None and champion_psi is not None:
+        judged = ("champion", champion_shift, champion_psi)
+    if judged is not None:
+        baseline, shift, psi = judged
         metrics.update({"mean_score_shift": shift, "score_psi": psi})
         if shift > guardrails.max_mean_score_shift:
-            broken.append(f"mean score shift {shift:.3f} > {guardrails.max_mean_score_shift}")
+            broken.append(f"mean score shift {shift:.3f} vs {baseline} > {guardrails.max_mean_score_shift}")
         if psi > guardrails.max_score_psi:
-            broken.append(f"score PSI {psi:.3f} > {guardrails.max_score_psi}")
+            broken.append(f"score PSI {psi:.3f} vs {baseline} > {guardrails.max_score_psi}")
     if broken:
         return Decision("rollback", "guardrail broken: " + "; ".join(broken), metrics)
     if ch.requests < guardrails.min_requests:
@@ -182,6 +267,7 @@ class Transition:
     experiment: str
     metrics: dict[str, float]
     promote: bool = False
+    reference: dict[str, Any] | None = None  # start: the challenger's ScoreReference.to_dict()
 
 
 class RolloutController:
@@ -212,6 +298,7 @@ class RolloutController:
         after: RolloutState,
         metrics: dict[str, float] | None = None,
         promote: bool = False,
+        reference: ScoreReference | None = None,
     ) -> Transition:
         t = Transition(
             datetime.now(UTC).isoformat(),
@@ -224,6 +311,7 @@ class RolloutController:
             after.experiment,
             metrics or {},
             promote,
+            reference.to_dict() if reference is not None else None,
         )
         self.history_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.history_file, "a", encoding="utf-8") as handle:
@@ -245,8 +333,20 @@ class RolloutController:
         reason: str = "canary rollout started",
         champion_version: str | None = None,
         challenger_version: str | None = None,
+        challenger_reference_scores: Sequence[float] | None = None,
     ) -> RolloutState:
-        """Begin a canary at the first step under a new experiment salt."""
+        """Begin a canary at the first step under a new experiment salt.
+
+        ``challenger_reference_scores`` are the challenger's scores on its evaluation holdout; a
+        compact summary of them (:class:`ScoreReference`) is recorded with the start transition in
+        the history file (the state file stays small) and the score-distribution guardrails judge
+        the live challenger scores against it.
+        """
+        reference = (
+            ScoreReference.from_scores(challenger_reference_scores)
+            if challenger_reference_scores is not None
+            else None
+        )
         state = RolloutState(
             mode="canary",
             challenger_share=CANARY_STEPS[0],
@@ -259,14 +359,30 @@ class RolloutController:
             before = self.state()
             state = state.with_(reason=reason)
             write_state(state, self.state_file)
-            self._record("start", reason, before, state)
+            self._record("start", reason, before, state, reference=reference)
             return state
+
+    def reference(self, state: RolloutState | None = None) -> ScoreReference | None:
+        """The score reference recorded when the current canary started (None when it had none)."""
+        state = state or self.state()
+        if state.mode != "canary" or not self.history_file.exists():
+            return None
+        for line in reversed(self.history_file.read_text(encoding="utf-8").splitlines()):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("action") == "start":
+                if record.get("experiment") != state.experiment or not record.get("reference"):
+                    return None
+                return ScoreReference.from_dict(record["reference"])
+        return None
 
     def step(self, window: MetricsWindow, guardrails: Guardrails = Guardrails()) -> Decision:
         """Evaluate the current step on ``window``, write the next state and record it (holds are not written)."""
         with self._lock:
             before = self.state()
-            decision = evaluate_step(before, window, guardrails)
+            decision = evaluate_step(before, window, guardrails, self.reference(before))
             if decision.action != "hold":
                 after = apply_decision(before, decision)
                 write_state(after, self.state_file)
