@@ -166,7 +166,7 @@ def request_drift_retraining(defs: dg.Definitions, instance: dg.DagsterInstance)
     return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else list(result or [])
 
 
-def run_canary(paths: DataPaths, last: str, customers: int = 2000) -> None:
+def run_canary(paths: DataPaths, last: str, customers: int = 10_000) -> None:
     """Canary of the new champion against the previous one on simulated traffic through the real app."""
     import math
     from datetime import UTC, datetime
@@ -175,6 +175,7 @@ def run_canary(paths: DataPaths, last: str, customers: int = 2000) -> None:
 
     from mlops_assets.featurestore import FeatureStore
     from mlops_assets.serving.demo import canary_demo
+    from mlops_assets.serving.rollout import Guardrails
     from mlops_assets.training import registry
     from mlops_assets.training.tracking import TrackingConfig, client_for
 
@@ -189,7 +190,15 @@ def run_canary(paths: DataPaths, last: str, customers: int = 2000) -> None:
     store = FeatureStore(paths.root)
     now = date.fromisoformat(last) + timedelta(days=1)
     profile = pd.read_parquet(paths.warehouse / "features" / "customer_profile" / f"date={last}")
-    ids = profile["customer_id"].head(customers).tolist()
+    # the traffic comes from active customers (events in the last week), the population the model is
+    # trained and evaluated on: churned customers get no labels and make no requests
+    active: set[str] = set()
+    for k in range(7):
+        day_dir = paths.warehouse / "raw_events" / f"date={date.fromisoformat(last) - timedelta(days=k)}"
+        if day_dir.exists():
+            active |= set(pd.read_parquet(day_dir, columns=["customer_id"])["customer_id"].astype(str))
+    ids = [c for c in profile["customer_id"].astype(str) if c in active][:customers]
+    ids = ids or profile["customer_id"].head(customers).tolist()
     columns = store.get_online_features_dict(ids, now=datetime(now.year, now.month, now.day, tzinfo=UTC))
     names = [c for c in columns if c != "customer_id" and "__" not in c]
     rows = {
@@ -221,6 +230,10 @@ def run_canary(paths: DataPaths, last: str, customers: int = 2000) -> None:
         rows,
         printer=lambda m: _say("  " + m),
         challenger_reference_scores=reference,
+        # PSI over 10 bins on ~100 scores is mostly noise on a skewed score distribution: judge 300
+        # scores, from every active customer (at 5% the challenger sees only 1 in 20 of them)
+        requests_per_step=500,
+        guardrails=Guardrails(min_requests=300, min_error_requests=10, min_distribution_samples=300),
     )
     if decisions and decisions[-1].action == "rollback":
         record = registry.rollback(

@@ -79,11 +79,13 @@ def canary_demo(
     seed: int = 0,
     printer: Callable[[str], None] = print,
     challenger_reference_scores: Sequence[float] | None = None,
+    guardrails: Guardrails | None = None,
 ) -> list[Decision]:
     """Run a canary 5% -> 25% -> 50% -> 100% on simulated requests; optionally break the challenger mid-way.
 
     ``challenger_reference_scores`` (the challenger's scores on its holdout) are what the score
     guardrails compare its live scores with; without them the champion's live scores are used.
+    ``guardrails`` default to small-sample bounds (100 challenger requests and scores per step).
     """
     source = InMemoryModelSource({"champion": ("1", champion), "challenger": ("2", challenger)})
     config = ServingConfig(
@@ -94,7 +96,9 @@ def canary_demo(
         poll_interval_s=0.1,
     )
     controller = RolloutController(data_root)
-    guardrails = Guardrails(min_requests=100, min_error_requests=10, min_distribution_samples=100)
+    guardrails = guardrails or Guardrails(
+        min_requests=100, min_error_requests=10, min_distribution_samples=100
+    )
     customers = list(feature_rows)
     rng = np.random.default_rng(seed)
     decisions: list[Decision] = []
