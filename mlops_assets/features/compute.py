@@ -153,18 +153,24 @@ def _event_view_sql(view: FeatureView, files: list[str], day: str) -> str:
     """
 
 
-def _snapshot_view_sql(view: FeatureView, files: list[str], day: str) -> str:
-    end = feature_time(day)
+def _snapshot_exprs(view: FeatureView, end_sql: str) -> list[str]:
+    """The SELECT expressions of a snapshot view's features, ``end_sql`` being the feature day."""
     exprs = []
     for feat in view.features:
         col = _quote(feat.column or "")
         if feat.aggregation == "days_since":
-            expr = f"date_diff('day', CAST({col} AS DATE), DATE '{end.date().isoformat()}')"
+            expr = f"date_diff('day', CAST({col} AS DATE), {end_sql})"
         elif feat.aggregation == "latest":
             expr = col
         else:
             raise ValueError(f"aggregation {feat.aggregation!r} is not supported on a snapshot source")
         exprs.append(f"CAST({expr} AS {_duck_type(feat.dtype)}) AS {_quote(feat.name)}")
+    return exprs
+
+
+def _snapshot_view_sql(view: FeatureView, files: list[str], day: str) -> str:
+    end = feature_time(day)
+    exprs = _snapshot_exprs(view, f"DATE '{end.date().isoformat()}'")
     file_list = ", ".join(_sql_str(f) for f in files)
     key = _quote(view.entity)
     return f"""
@@ -640,16 +646,10 @@ def _snapshot_range_tables(view: FeatureView, run: list[str], paths: DataPaths) 
     schema = view_schema(view)
     if not all_files:
         return {day: schema.empty_table() for day in run}
-    exprs = []
-    for feat in view.features:
-        col = _quote(feat.column or "")
-        if feat.aggregation == "days_since":
-            expr = f"date_diff('day', CAST({col} AS DATE), __end)"
-        elif feat.aggregation == "latest":
-            expr = col
-        else:
-            return None  # the per-day path raises the error
-        exprs.append(f"CAST({expr} AS {_duck_type(feat.dtype)}) AS {_quote(feat.name)}")
+    try:
+        exprs = _snapshot_exprs(view, "__end")
+    except ValueError:
+        return None  # the per-day path raises the error
     first = date.fromisoformat(run[0])
     # a record counts from the later of its partition's day and its own UTC day (per-day: the
     # partition is read from day D on, the record kept once updated_at < D+1 00:00 UTC)

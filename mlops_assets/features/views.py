@@ -127,6 +127,18 @@ def _window_features(prefix: str, event_type: str, description: str) -> tuple[Fe
     )
 
 
+def _days_since_last(name: str, event_type: str, what: str) -> Feature:
+    """Recency of the last event of a type (null when none within the view's lookback)."""
+    return Feature(
+        name,
+        "float64",
+        f"Days from the last {what} to the feature time; null if no {what} in the last 90 days.",
+        "days_since_last",
+        event_type=event_type,
+        tags=("recency",),
+    )
+
+
 def _purchase_features() -> tuple[Feature, ...]:
     feats: list[Feature] = []
     for w in WINDOWS:
@@ -192,22 +204,8 @@ ENGAGEMENT = FeatureView(
     owner="product-analytics",
     features=_window_features("logins", "login", "Number of logins")
     + (
-        Feature(
-            "days_since_last_login",
-            "float64",
-            "Days from the last login to the feature time; null if no login in the last 90 days.",
-            "days_since_last",
-            event_type="login",
-            tags=("recency",),
-        ),
-        Feature(
-            "days_since_last_purchase",
-            "float64",
-            "Days from the last purchase to the feature time; null if no purchase in the last 90 days.",
-            "days_since_last",
-            event_type="purchase",
-            tags=("recency",),
-        ),
+        _days_since_last("days_since_last_login", "login", "login"),
+        _days_since_last("days_since_last_purchase", "purchase", "purchase"),
     ),
     ttl=timedelta(days=2),
     lookback_days=90,
@@ -220,16 +218,7 @@ SUPPORT = FeatureView(
     "customer with a ticket in the last 90 days).",
     owner="customer-care",
     features=_window_features("tickets", "support_ticket", "Number of support tickets")
-    + (
-        Feature(
-            "days_since_last_ticket",
-            "float64",
-            "Days from the last support ticket to the feature time; null if none in the last 90 days.",
-            "days_since_last",
-            event_type="support_ticket",
-            tags=("recency",),
-        ),
-    ),
+    + (_days_since_last("days_since_last_ticket", "support_ticket", "support ticket"),),
     ttl=timedelta(days=2),
     lookback_days=90,
     tags=("churn", "support"),

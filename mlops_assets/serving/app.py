@@ -381,32 +381,24 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
                 service.metrics.rejected.labels("422").inc()
                 return _problem(422, str(exc))
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        try:
-            score = service.score(model, req.customer_id, explicit)
-        except LookupError:
-            service.metrics.rejected.labels("404").inc()
-            return _problem(
-                404,
-                f"customer {req.customer_id!r} has no features in the online store; send them in 'features'",
-            )
-        except Exception as exc:
-            service.record(
-                rid,
-                req.customer_id,
-                arm,
-                model,
-                None,
-                time.perf_counter() - start,
-                state.mode,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            fallback = service.models.get(CHAMPION) if arm != CHAMPION else None
-            if fallback is None:
-                return _problem(503, f"model {arm} failed to score: {type(exc).__name__}")
-            arm, model = CHAMPION, fallback  # the challenger failed: the champion answers instead
+        candidates = [(arm, model)]
+        if arm != CHAMPION and service.models.get(CHAMPION) is not None:
+            candidates.append(
+                (CHAMPION, service.models.get(CHAMPION))
+            )  # a failing challenger: the champion answers
+        score, failure = None, ""
+        for arm, model in candidates:  # noqa: B007 - the arm and model that answered are used below
             try:
                 score = service.score(model, req.customer_id, explicit)
-            except Exception as exc2:
+                break
+            except LookupError:
+                service.metrics.rejected.labels("404").inc()
+                return _problem(
+                    404,
+                    f"customer {req.customer_id!r} has no features in the online store; send them in 'features'",
+                )
+            except Exception as exc:
+                failure = type(exc).__name__
                 service.record(
                     rid,
                     req.customer_id,
@@ -415,9 +407,11 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
                     None,
                     time.perf_counter() - start,
                     state.mode,
-                    error=f"{type(exc2).__name__}: {exc2}",
+                    error=f"{failure}: {exc}",
+                    experiment=state.experiment,
                 )
-                return _problem(503, f"model {arm} failed to score: {type(exc2).__name__}")
+        else:
+            return _problem(503, f"model {arm} failed to score: {failure}")
         latency = time.perf_counter() - start
         service.record(
             rid, req.customer_id, arm, model, score, latency, state.mode, experiment=state.experiment
