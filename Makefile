@@ -2,20 +2,23 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
-RUN := $(UV) run --locked
+RUN = $(UV) run --locked $(EXTRAS)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export UV_LINK_MODE ?= copy
 # compile .pyc files at install: imports stay fast even where PYTHONDONTWRITEBYTECODE is set
 export UV_COMPILE_BYTECODE ?= 1
 PYTEST_ARGS ?=
+# the scale-out integrations are part of the development environment: their tests run in `make test`
+EXTRAS ?= --extra postgres --extra celery
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast ui bench lint format env clean dagster-home
+.PHONY: demo test test-fast ui bench lint format env clean dagster-home services workers workers-stop
 
 env: .venv/.synced
 
 .venv/.synced: uv.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
-	$(UV) sync --locked
+	$(UV) sync --locked $(EXTRAS)
 	@touch $@
 
 dagster-home: env
@@ -24,7 +27,7 @@ dagster-home: env
 demo: dagster-home
 	$(RUN) mlops demo --fresh
 
-test: env
+test: env services
 	$(RUN) pytest $(PYTEST_ARGS)
 
 test-fast: env
@@ -44,6 +47,12 @@ lint: env
 format: env
 	$(RUN) ruff check --fix mlops_assets mlops_assets_tests benchmarks
 	$(RUN) ruff format mlops_assets mlops_assets_tests benchmarks
+
+# PostgreSQL and Redis servers from Debian's packages for the scale-out tests (started by the tests
+# themselves on free loopback ports; the packages' own services are not used).
+services:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then :; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server; fi
 
 clean:
 	rm -rf .venv .dagster_home .pytest_cache .ruff_cache

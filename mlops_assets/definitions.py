@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from mlops_assets.executors import executor_from_env
 from mlops_assets.features import definitions as features
 from mlops_assets.ingestion import definitions as ingestion
 from mlops_assets.monitoring import definitions as monitoring
@@ -15,5 +16,5 @@ defs = dg.Definitions.merge(
     monitoring.defs,
     serving.defs,
     training.defs,
-    dg.Definitions(resources={"data": DataDirResource()}),
+    dg.Definitions(resources={"data": DataDirResource()}, executor=executor_from_env()),
 )

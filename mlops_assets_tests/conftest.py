@@ -78,3 +78,21 @@ def write_events(
 ) -> Path:
     frame = events_frame(day) if frame is None else frame
     return write_parquet(frame, paths.landing_dir("raw_events") / (name or f"events_{day}.parquet"))
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1, stopped after the test."""
+    from mlops_assets_tests.servers import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_broker():
+    """A real Redis server on 127.0.0.1, stopped after the test."""
+    from mlops_assets_tests.servers import redis_server
+
+    with redis_server() as server:
+        yield server
