@@ -54,5 +54,27 @@ services:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then :; \
 	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server; fi
 
+# Celery workers for runs on the Celery executor (MLOPS_EXECUTOR=celery). Each worker runs in its own
+# process group, one task at a time; `make workers-stop` ends them. The broker is in CELERY_CONFIG.
+WORKERS ?= 2
+CELERY_CONFIG ?= deploy/dagster.celery.yaml
+WORKERS_DIR ?= $(DAGSTER_HOME)/celery-workers
+workers: env
+	@mkdir -p $(WORKERS_DIR)
+	@for i in $$(seq 1 $(WORKERS)); do \
+	  PATH=$(CURDIR)/.venv/bin:$$PATH MLOPS_EXECUTOR=celery setsid dagster-celery worker start -A dagster_celery.app \
+	    -y $(CELERY_CONFIG) -n mlops-w$$i -- --concurrency=1 >$(WORKERS_DIR)/w$$i.log 2>&1 </dev/null & \
+	  echo $$! >$(WORKERS_DIR)/w$$i.pid; \
+	  echo "celery worker mlops-w$$i started (pid $$!, log $(WORKERS_DIR)/w$$i.log)"; \
+	done
+
+workers-stop:
+	@for f in $(WORKERS_DIR)/w*.pid; do \
+	  [ -f "$$f" ] || continue; pid=$$(cat $$f); \
+	  kill -TERM -- -$$pid 2>/dev/null && echo "stopping celery worker group $$pid"; \
+	  for _ in $$(seq 1 60); do kill -0 -- -$$pid 2>/dev/null || break; sleep 0.5; done; \
+	  kill -KILL -- -$$pid 2>/dev/null; rm -f $$f; \
+	done
+
 clean:
 	rm -rf .venv .dagster_home .pytest_cache .ruff_cache
