@@ -1,6 +1,8 @@
 """Which executor runs the steps of a run, chosen by configuration (``MLOPS_EXECUTOR``), never by code edits.
 
-- unset or ``multiprocess``: Dagster's multiprocess executor (one process per step) — the laptop default;
+- unset: Dagster's multiprocess executor (one process per step), except the linear retraining chain,
+  which runs in process on a laptop;
+- ``multiprocess``: one process per step for every job;
 - ``in_process``: every step in the run's own process;
 - ``celery``: steps are sent to Celery workers (``make workers``) through the broker in
   ``MLOPS_CELERY_BROKER`` (default ``redis://127.0.0.1:6379/0``), results in ``MLOPS_CELERY_BACKEND``;
@@ -35,11 +37,13 @@ def celery_broker_config() -> dict[str, str]:
 
 
 def executor_from_env(environ: dict[str, str] | None = None) -> dg.ExecutorDefinition | None:
-    """The executor named by ``MLOPS_EXECUTOR``; ``None`` keeps Dagster's default (multiprocess)."""
+    """The executor named by ``MLOPS_EXECUTOR``; ``None`` when unset (each job keeps its own default)."""
     env = os.environ if environ is None else environ
     kind = (env.get(EXECUTOR_ENV) or "").strip().lower().replace("-", "_")
-    if kind in ("", "multiprocess"):
+    if kind == "":
         return None
+    if kind == "multiprocess":
+        return dg.multiprocess_executor
     if kind == "in_process":
         return dg.in_process_executor
     if kind == "celery":
