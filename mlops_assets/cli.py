@@ -69,6 +69,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce_command(args.version, model_name=args.model_name)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mlops_assets.training.report_cli import report_command
+
+    return report_command(args)
+
+
 def _add_world_arguments(parser: argparse.ArgumentParser, customers: int, days: int) -> None:
     parser.add_argument(
         "--customers", type=int, default=customers, help=f"number of customers (default {customers})"
@@ -121,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser("reproduce", help="retrain a registered version and compare its predictions")
     add_reproduce_arguments(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
+
+    from mlops_assets.training.report_cli import add_report_arguments
+
+    report = sub.add_parser(
+        "report",
+        help="model report: challenger vs champion, quality gates, drift (markdown for PRs, or --json)",
+    )
+    add_report_arguments(report)
+    report.set_defaults(func=_cmd_report)
 
     serve = sub.add_parser("serve", help="serve the champion over HTTP (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
