@@ -20,7 +20,7 @@ from mlops_assets.training import registry
 from mlops_assets.training.assets import candidate_model, evaluation_report, promotion
 from mlops_assets.training.gates import GATE_NAMES
 from mlops_assets.training.model_report import REPORT_MARKER, build_model_report
-from mlops_assets.training.report_cli import instance_gate_lookup
+from mlops_assets.training.report_cli import dagster_home, instance_gate_lookup
 from mlops_assets.training.resources import MlflowResource
 from mlops_assets.training.synthetic import synthetic_training_set
 from mlops_assets.training.tracking import TrackingConfig, client_for
@@ -227,6 +227,13 @@ def test_instance_verdicts_are_used_only_for_the_evaluation_file_they_recorded(i
         finally:
             os.utime(path, (stat.st_atime, stat.st_mtime))
 
+    def unreachable(path):
+        raise ConnectionError("could not connect to the instance database")
+
+    report = build_model_report(in_world.paths.root, gate_lookup=unreachable)
+    assert report.gates_source.startswith("recomputed from evaluation_v2.json")
+    assert any("could not connect to the instance database" in n for n in report.notes)
+
 
 @pytest.mark.slow
 def test_drift_summary_shows_the_latest_days_against_the_champion(in_world):
@@ -301,3 +308,12 @@ def test_report_reads_a_registry_without_evaluations_and_skips_unreadable_files(
     assert any("evaluation_v3.json" in n for n in report.notes)
     assert any("drift_report_2026-02-01.json" in n for n in report.notes)
     assert "## Notes" in report.to_markdown()
+
+
+def test_an_empty_dagster_home_is_not_opened(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert dagster_home() is None  # opening it would create instance storage in it
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    assert dagster_home() == home

@@ -551,7 +551,12 @@ def build_model_report(
     comparison, gates, source = [], [], ""
     if evaluation is not None:
         comparison = comparison_rows(evaluation)
-        recorded = gate_lookup(evaluation.path) if gate_lookup is not None else None
+        recorded = None
+        if gate_lookup is not None:
+            try:
+                recorded = gate_lookup(evaluation.path)
+            except Exception as exc:  # e.g. an instance on a database that is not reachable from here
+                notes.append(f"gate verdicts not readable from the Dagster instance: {exc}")
         if recorded is not None:
             source, gates = recorded
         else:

@@ -54,10 +54,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dagster_home() -> Path | None:
-    """``$DAGSTER_HOME``, else the project's ``.dagster_home`` when it exists (never created here)."""
+    """``$DAGSTER_HOME``, else the project's ``.dagster_home``, when it holds an instance (none is created)."""
     home = os.environ.get("DAGSTER_HOME")
     path = Path(home) if home else PROJECT_ROOT / ".dagster_home"
-    return path if path.is_dir() else None
+    if any((path / name).exists() for name in ("dagster.yaml", "history", "storage")):
+        return path
+    return None
 
 
 def instance_gate_lookup(instance) -> GateLookup:
