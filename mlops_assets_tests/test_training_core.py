@@ -246,6 +246,17 @@ def test_inverted_model_fails_sanity(data):
     assert [g.name for g in explicit.golden] == ["explicit"] and explicit.golden[0].passed
 
 
+def test_golden_tolerance_forgives_a_flat_pair_but_not_a_reversal():
+    from mlops_assets.training.evaluate import GOLDEN_TOLERANCE, GoldenResult
+
+    # the login-only pair of a real model (ROC AUC 0.84): nearly flat, slightly reversed
+    flat = GoldenResult("inactive_vs_active_logins", 0.0372, 0.0400, GOLDEN_TOLERANCE)
+    assert flat.passed
+    assert not GoldenResult("strict", 0.0372, 0.0400).passed
+    assert not GoldenResult("reversed", 0.03, 0.03 + GOLDEN_TOLERANCE + 1e-6, GOLDEN_TOLERANCE).passed
+    assert not GoldenResult("tie", 0.04, 0.04).passed  # without tolerance a tie does not hold
+
+
 def report_row(holdout, tickets):
     row = {c: float(holdout[c].median()) for c in NUMERIC_FEATURES}
     row |= {"plan": "basic", "region": "north", "tickets_30d": tickets, "logins_30d": 1.0}

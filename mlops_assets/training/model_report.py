@@ -379,7 +379,8 @@ def recomputed_gates(evaluation: Evaluation, thresholds=None) -> list[GateRow]:
         segment_coverage=float(summary["segment_coverage"]),
         uncovered_segments=list(data.get("uncovered_segments", [])),
         golden=[
-            GoldenResult(g["name"], g["high_risk_score"], g["low_risk_score"]) for g in data.get("golden", [])
+            GoldenResult(g["name"], g["high_risk_score"], g["low_risk_score"], g.get("tolerance", 0.0))
+            for g in data.get("golden", [])
         ],
     )
     rows = []
