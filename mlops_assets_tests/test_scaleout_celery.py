@@ -39,6 +39,7 @@ def _pids_of_process_group(pgid: int) -> set[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.scaleout
 def test_run_on_celery_executor_executes_steps_in_two_workers(data_dir, dagster_home, postgres, redis_broker):
     (dagster_home / "dagster.yaml").write_text(POSTGRES_YAML)
     postgres.create_database("dagster")

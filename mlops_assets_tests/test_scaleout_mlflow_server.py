@@ -20,7 +20,7 @@ import uvicorn
 from mlops_assets.training import registry
 from mlops_assets_tests.conftest import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scaleout]
 
 RUN_CONFIG = {
     "ops": {
