@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 EXTRAS ?= --extra postgres --extra celery
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast ui bench lint format env clean dagster-home services workers workers-stop
+.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop
 
 env: .venv/.synced
 
@@ -32,6 +32,10 @@ test: env services
 
 test-fast: env
 	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+
+# only the tests on real PostgreSQL / Redis / Celery / MLflow servers
+test-scaleout: env services
+	$(RUN) pytest -m scaleout $(PYTEST_ARGS)
 
 ui: dagster-home
 	$(RUN) dagster dev -w workspace.yaml --host 127.0.0.1
