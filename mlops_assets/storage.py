@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -48,20 +49,27 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     """Yield a staging folder; on success it replaces ``directory`` in one rename.
 
     A reader sees either the old folder or the new one, never half of one; on error the old
-    folder is left untouched and the staging folder is removed.
+    folder is left untouched and the staging folder is removed. Concurrent writers of the same
+    folder (two runs of one partition) all succeed; the last one to swap its folder in wins.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         yield staging
-        if directory.exists():
+        while True:
+            try:
+                os.replace(staging, directory)  # a rename onto an absent (or empty) folder
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
             retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
-            os.replace(directory, retired)
-            os.replace(staging, directory)
+            try:
+                os.replace(directory, retired)
+            except FileNotFoundError:  # another writer retired it first
+                continue
             shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

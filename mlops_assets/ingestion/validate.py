@@ -6,6 +6,7 @@ cannot be read at all is copied to the quarantine whole, with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -479,9 +481,9 @@ def write_day(result: DayResult, partition_dir: Path, quarantine_dir: Path, land
     quarantine_dir = Path(quarantine_dir)
     if not result.rows_quarantined and not result.files_quarantined:
         if quarantine_dir.exists():  # this run rejected nothing: retire the old quarantine of the day
-            retired = quarantine_dir.with_name(f".{quarantine_dir.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(quarantine_dir, retired)
+            retired = quarantine_dir.with_name(f".{quarantine_dir.name}.old-{uuid.uuid4().hex}")
+            with contextlib.suppress(FileNotFoundError):  # a concurrent run of the same day retired it first
+                os.replace(quarantine_dir, retired)
             shutil.rmtree(retired, ignore_errors=True)
         return
     with atomic_directory(quarantine_dir) as staging:

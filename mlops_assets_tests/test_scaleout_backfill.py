@@ -1,0 +1,459 @@
+"""Backfills on a PostgreSQL-backed Dagster instance, run by a real ``dagster-daemon``.
+
+The instance is ``deploy/dagster.postgres.yaml`` as shipped (run, event-log and schedule storage in
+Postgres, queued run coordinator, at most 4 concurrent runs). Backfills are launched with the
+``dagster job backfill`` command and executed by the daemon; runs use Dagster's default multiprocess
+executor. The parallel backfill's outputs are compared byte for byte with a sequential in-process run.
+Two small tests pin down what two runs of the same day may do at once: write one partition, retire
+one quarantine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from mlops_assets.features.views import FEATURE_VIEWS
+from mlops_assets.settings import INGESTED_TABLES, DataPaths
+from mlops_assets.simulate import simulate
+from mlops_assets_tests.conftest import stop_process, write_events
+
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+POSTGRES_YAML = PROJECT / "deploy" / "dagster.postgres.yaml"
+WORKSPACE = "workspace.yaml"  # relative to the project root, the CLIs' working directory
+MAX_RUNS = 4  # concurrency: runs: max_concurrent_runs in deploy/dagster.postgres.yaml
+BACKFILL_TAG = "dagster/backfill"
+MULTIPROCESS = "Executing steps using multiprocess executor"
+LOCK_ERROR = re.compile(
+    r"database is locked|deadlock|could not obtain lock|lock ?not ?available|lock timeout", re.I
+)
+
+# The code location's sensors and schedule default to RUNNING: under the daemon the landing sensor would
+# request the same days' ingestion again and the automation sensors would start training-set and
+# online-store runs. A backfill is measured alone, so they are stopped in the instance first (what
+# `dagster sensor stop` / `dagster schedule stop` do, with the code location loaded once).
+STOP_AUTOMATION = """
+import sys
+
+import dagster
+from dagster._cli.workspace.cli_target import get_repository_from_cli_opts
+from dagster_shared.cli import WorkspaceOpts
+
+with dagster.DagsterInstance.get() as instance, get_repository_from_cli_opts(
+    instance, dagster.__version__, WorkspaceOpts(workspace=[sys.argv[1]]), None
+) as repo:
+    for sensor in repo.get_sensors():
+        instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+        print("stopped sensor", sensor.name)
+    for schedule in repo.get_schedules():
+        instance.stop_schedule(schedule.get_remote_origin_id(), schedule.selector_id, schedule)
+        print("stopped schedule", schedule.name)
+"""
+
+
+def days_between(first: str, last: str) -> list[str]:
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def postgres_home(tmp_path: Path, postgres, db: str, data_root: Path, monkeypatch) -> tuple[Path, dict]:
+    """A DAGSTER_HOME whose dagster.yaml is the shipped Postgres config, and the environment of its CLIs."""
+    postgres.create_database(db)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(POSTGRES_YAML, home / "dagster.yaml")
+    pg_env = postgres.dagster_env(db)
+    for key, value in {**pg_env, "DAGSTER_HOME": str(home), "MLOPS_DATA_DIR": str(data_root)}.items():
+        monkeypatch.setenv(key, value)  # the test process reads the same instance
+    monkeypatch.delenv("MLOPS_EXECUTOR", raising=False)  # Dagster's default: the multiprocess executor
+    return home, dict(os.environ)
+
+
+def cli(env: dict, *args: str, timeout: float = 300) -> str:
+    proc = subprocess.run(
+        [str(a) for a in args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def stop_automation(env: dict) -> None:
+    out = cli(env, sys.executable, "-c", STOP_AUTOMATION, WORKSPACE)
+    assert "stopped sensor landing_files_sensor" in out, out
+
+
+def job_backfill(env: dict, job: str, first: str, last: str) -> None:
+    out = cli(
+        env,
+        BIN / "dagster",
+        "job",
+        "backfill",
+        "-w",
+        WORKSPACE,
+        "-j",
+        job,
+        "--from",
+        first,
+        "--to",
+        last,
+        "--noprompt",
+    )
+    assert "Launched backfill job" in out, out[-3000:]
+
+
+def processes_of(home: str) -> list[int]:
+    """Live processes started for this instance: their environment names its DAGSTER_HOME."""
+    marker = f"DAGSTER_HOME={home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_leftovers(home: str, timeout: float = 20) -> None:
+    """Stop what outlives the daemon: its code server keeps running until its runs finish (and forever
+    once Postgres is gone), and a run stopped mid-way keeps its step processes."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_of(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while processes_of(home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@contextmanager
+def daemon(env: dict, log: Path) -> Iterator[subprocess.Popen]:
+    """``dagster-daemon run`` on the project's workspace; on exit it and every process it started stop."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [BIN / "dagster-daemon", "run", "-w", WORKSPACE],
+            cwd=PROJECT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            stop_process(proc)
+            stop_leftovers(env["DAGSTER_HOME"])
+
+
+def wait_for_backfill(
+    instance: dg.DagsterInstance,
+    backfill_id: str,
+    proc: subprocess.Popen,
+    log: Path,
+    timeout: float,
+    started_samples: list[int] | None = None,
+) -> list[dg.DagsterRun]:
+    """Poll until the backfill launched every run and all of them finished; sample the STARTED runs."""
+    deadline = time.monotonic() + timeout
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}\n{log.read_text()[-3000:]}"
+        backfill = instance.get_backfill(backfill_id)
+        runs = list(instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_TAG: backfill_id})))
+        if started_samples is not None:
+            started_samples.append(instance.get_runs_count(started))
+        if backfill.status.value != "REQUESTED" and runs and all(r.is_finished for r in runs):
+            return runs
+        time.sleep(0.5)
+    statuses = [r.status.value for r in instance.get_runs()]
+    raise AssertionError(
+        f"backfill {backfill_id} not done in {timeout:.0f} s: {statuses}\n{log.read_text()[-3000:]}"
+    )
+
+
+def run_events(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
+    return list(instance.all_logs(run_id))
+
+
+def event_types(entries: list[dg.EventLogEntry]) -> list[dg.DagsterEventType]:
+    return [e.dagster_event.event_type for e in entries if e.dagster_event is not None]
+
+
+def went_through_the_queue(entries: list[dg.EventLogEntry]) -> bool:
+    """Enqueued, then launched by the daemon's run queue (STARTING), then started by the run worker."""
+    order = [
+        dg.DagsterEventType.RUN_ENQUEUED,
+        dg.DagsterEventType.RUN_STARTING,
+        dg.DagsterEventType.RUN_START,
+    ]
+    return [t for t in event_types(entries) if t in order] == order
+
+
+def lock_errors(texts: list[str]) -> list[str]:
+    return [line for text in texts for line in text.splitlines() if LOCK_ERROR.search(line)]
+
+
+def event_texts(entries: list[dg.EventLogEntry]) -> list[str]:
+    texts = []
+    for entry in entries:
+        texts.append(entry.user_message or "")
+        if entry.error_info is not None:
+            texts.append(entry.error_info.to_string())
+        event = entry.dagster_event
+        if event is not None and event.event_specific_data is not None:
+            texts.append(repr(event.event_specific_data))
+    return texts
+
+
+def run_window(entries: list[dg.EventLogEntry]) -> tuple[float, float]:
+    """When the run was STARTED: from RUN_START to its success or failure."""
+    start = next(e.timestamp for e in entries if e.dagster_event_type == dg.DagsterEventType.RUN_START)
+    end_types = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE)
+    end = next(e.timestamp for e in entries if e.dagster_event_type in end_types)
+    return start, end
+
+
+def max_overlap(windows: list[tuple[float, float]]) -> int:
+    """Most windows open at one instant (an end and a start at the same instant do not overlap)."""
+    points = sorted([(s, 1) for s, _ in windows] + [(e, -1) for _, e in windows], key=lambda p: (p[0], p[1]))
+    best = current = 0
+    for _, step in points:
+        current += step
+        best = max(best, current)
+    return best
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def postgres_runs(url: str) -> dict[str, str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.text("SELECT run_id, status FROM runs")).all())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_queued_backfill_runs_under_the_daemon_on_postgres(tmp_path, postgres, monkeypatch):
+    data = DataPaths(tmp_path / "data")
+    days = ["2026-02-10", "2026-02-11", "2026-02-12"]
+    for day in days:
+        write_events(data, day)
+    home, env = postgres_home(tmp_path, postgres, "dagster_backfill", data.root, monkeypatch)
+    stop_automation(env)
+    job_backfill(env, "ingestion_job", days[0], days[-1])
+    log = tmp_path / "daemon.log"
+    with daemon(env, log) as proc, dg.DagsterInstance.get() as instance:
+        [backfill] = instance.get_backfills()
+        runs = wait_for_backfill(instance, backfill.backfill_id, proc, log, timeout=300)
+        events = {run.run_id: run_events(instance, run.run_id) for run in runs}
+        all_runs = list(instance.get_runs())
+
+    # one run per day, each queued, launched by the daemon, then started; all succeeded
+    assert sorted(r.tags["dagster/partition"] for r in runs) == days
+    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, log.read_text()[-3000:]
+    assert all(went_through_the_queue(e) for e in events.values())
+    assert {r.run_id for r in all_runs} == {r.run_id for r in runs}  # automation stayed stopped
+    # the runs live in the Postgres database, not in SQLite files under DAGSTER_HOME
+    assert postgres_runs(postgres.url("dagster_backfill")) == {r.run_id: "SUCCESS" for r in runs}
+    assert not (home / "history").exists()
+    for day in days:
+        assert (data.partition_dir("raw_events", day) / "part-0.parquet").exists()
+    assert lock_errors([log.read_text()] + [t for e in events.values() for t in event_texts(e)]) == []
+
+
+def sequential_materialization(root: Path, days: list[str], monkeypatch) -> float:
+    """Ingestion then feature views, one partition at a time in this process; returns the wall time."""
+    from mlops_assets.definitions import defs
+
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(root))
+    started = time.monotonic()
+    with dg.DagsterInstance.ephemeral() as instance:
+        for job in ("ingestion_job", "feature_views_job"):
+            job_def = defs.resolve_job_def(job)
+            for day in days:
+                result = job_def.execute_in_process(partition_key=day, instance=instance)
+                assert result.success, (job, day)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4200)
+def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypatch):
+    # 31 simulated days (labels start on the 31st, a data-quality incident on 2026-03-11 that ingestion
+    # quarantines); the backfills cover the last 30
+    landing_days = days_between("2026-03-01", "2026-03-31")
+    days = landing_days[1:]
+    parallel, sequential = DataPaths(tmp_path / "parallel"), DataPaths(tmp_path / "sequential")
+    simulate(
+        out=parallel.landing,
+        customers=250,
+        days=len(landing_days),
+        start=landing_days[0],
+        seed=11,
+        scenarios=["quality_incident@day10"],
+    )
+    shutil.copytree(parallel.landing, sequential.landing)
+    home, env = postgres_home(tmp_path, postgres, "dagster_scaleout", parallel.root, monkeypatch)
+    stop_automation(env)
+
+    log = tmp_path / "daemon.log"
+    samples: list[int] = []
+    runs: dict[str, list[dg.DagsterRun]] = {}
+    started = time.monotonic()
+    with daemon(env, log) as proc, dg.DagsterInstance.get() as instance:
+        # feature views of day d read raw_events of the days before it: ingestion completes first
+        for job in ("ingestion_job", "feature_views_job"):
+            job_backfill(env, job, days[0], days[-1])
+            [backfill] = [b for b in instance.get_backfills() if b.job_name == job]
+            runs[job] = wait_for_backfill(instance, backfill.backfill_id, proc, log, 1800, samples)
+        parallel_seconds = time.monotonic() - started
+        events = {r.run_id: run_events(instance, r.run_id) for rs in runs.values() for r in rs}
+        all_runs = list(instance.get_runs())
+
+    sequential_seconds = sequential_materialization(sequential.root, days, monkeypatch)
+
+    windows = [run_window(e) for e in events.values()]
+    overlap = max_overlap(windows)
+    durations = sorted(end - start for start, end in windows)
+    print(
+        f"\nparallel (daemon, {MAX_RUNS} runs, multiprocess executor): {parallel_seconds:.1f} s for "
+        f"{len(events)} runs; sequential in-process: {sequential_seconds:.1f} s"
+        f"\nmax STARTED runs: sampled {max(samples)}, from run start/end events {overlap}; "
+        f"run duration min/median/max {durations[0]:.1f}/{durations[len(durations) // 2]:.1f}/"
+        f"{durations[-1]:.1f} s"
+    )
+
+    # one run per partition of each job, all through the queue, all successful, steps in subprocesses
+    for job, job_runs in runs.items():
+        assert sorted(r.tags["dagster/partition"] for r in job_runs) == days, job
+    assert {r.run_id for r in all_runs} == set(events)  # nothing but the two backfills ran
+    failed = [
+        (r.job_name, r.tags["dagster/partition"]) for rs in runs.values() for r in rs if not r.is_success
+    ]
+    assert failed == [], log.read_text()[-3000:]
+    assert all(went_through_the_queue(e) for e in events.values())
+    assert all(any((e.user_message or "").startswith(MULTIPROCESS) for e in es) for es in events.values())
+    assert postgres_runs(postgres.url("dagster_scaleout")) == dict.fromkeys(events, "SUCCESS")
+
+    # runs really ran side by side, and never more than the instance allows
+    assert 1 < overlap <= MAX_RUNS and 1 < max(samples) <= MAX_RUNS, (overlap, max(samples))
+
+    # no lock errors anywhere: daemon log, run event logs, step output captured under DAGSTER_HOME
+    captured = [p.read_text(errors="replace") for p in (home / "storage").rglob("*") if p.is_file()]
+    texts = [log.read_text()] + captured + [t for es in events.values() for t in event_texts(es)]
+    assert lock_errors(texts) == []
+
+    # every output file byte-identical to the sequential run's, and every partition written
+    for tree in ("warehouse", "quarantine"):
+        got, want = tree_digests(parallel.root / tree), tree_digests(sequential.root / tree)
+        assert got and sorted(got) == sorted(want), tree
+        assert got == want, [k for k in got if got[k] != want[k]]
+    assert "raw_events/date=2026-03-11/rows.parquet" in tree_digests(parallel.quarantine)
+    written = tree_digests(parallel.warehouse)
+    for day in days:
+        for table in INGESTED_TABLES:
+            assert f"{table}/date={day}/part-0.parquet" in written
+        for view in FEATURE_VIEWS:
+            assert f"features/{view.name}/date={day}/part-0.parquet" in written
+    assert not [name for name in written if "/." in f"/{name}"]  # no staging or retired folders left
+
+
+def _write_the_same_partition(directory: str, writer: int, times: int) -> list[str]:
+    import pyarrow as pa
+
+    from mlops_assets.storage import write_partition
+
+    table = pa.table({"writer": [writer] * 1000})
+    errors = []
+    for _ in range(times):
+        try:
+            write_partition(table, Path(directory))
+        except OSError as exc:
+            errors.append(repr(exc))
+    return errors
+
+
+def test_concurrent_writers_of_one_partition_all_succeed(tmp_path):
+    """Two runs of the same day (a backfill and the landing sensor's run, say) may write one partition at once."""
+    import multiprocessing
+
+    import pyarrow.parquet as pq
+
+    directory = tmp_path / "raw_events" / "date=2026-03-01"
+    writers = 4
+    with multiprocessing.get_context("fork").Pool(writers) as pool:
+        results = pool.starmap(_write_the_same_partition, [(str(directory), w, 150) for w in range(writers)])
+    assert [e for errors in results for e in errors] == []
+    leftovers = [p.name for p in directory.parent.iterdir() if p != directory]
+    assert leftovers == []  # no staging or retired folder
+    [part] = directory.iterdir()
+    assert pq.read_table(part).column("writer").unique().to_pylist() in [[w] for w in range(writers)]
+
+
+def test_two_runs_of_a_day_both_retire_its_old_quarantine(tmp_path, monkeypatch):
+    """A day quarantined before and clean now, ingested by two runs at once: the second run retires the
+    quarantine while the first is about to; both succeed and the quarantine is gone."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from mlops_assets.ingestion import validate
+
+    day = "2026-03-01"
+    quarantine = tmp_path / "quarantine" / "raw_events" / f"date={day}"
+    quarantine.mkdir(parents=True)
+    (quarantine / "rows.parquet").write_bytes(b"rows of the old run")
+    clean = validate.DayResult(
+        table="raw_events",
+        day=day,
+        kept=pa.table({"event_id": ["e1"]}),
+        quarantined=pd.DataFrame(),
+        files=[],
+        rows_read=1,
+        landing_hash="h",
+    )
+
+    def ingest() -> None:
+        validate.write_day(clean, tmp_path / "warehouse" / "raw_events" / f"date={day}", quarantine, tmp_path)
+
+    replace = os.replace
+    interleaved = []
+
+    def replace_after_the_other_run(src, dst):
+        if Path(src) == quarantine and not interleaved:
+            interleaved.append(dst)
+            ingest()  # the other run gets there first
+        replace(src, dst)
+
+    monkeypatch.setattr(validate.os, "replace", replace_after_the_other_run)
+    ingest()
+    assert interleaved  # the two runs did overlap where they retire the quarantine
+    assert sorted(p.name for p in quarantine.parent.iterdir()) == []
