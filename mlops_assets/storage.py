@@ -48,8 +48,9 @@ def combine_hashes(hashes: Iterable[str]) -> str:
 def atomic_directory(directory: Path) -> Iterator[Path]:
     """Yield a staging folder; on success it replaces ``directory`` in one rename.
 
-    A reader sees either the old folder or the new one, never half of one; on error the old
-    folder is left untouched and the staging folder is removed. Concurrent writers of the same
+    A reader sees the old folder, the new one, or (for the instant between the two renames of a
+    replacement) none, never half of one; on error the old folder is left untouched and the staging
+    folder is removed. Concurrent writers of the same
     folder (two runs of one partition) all succeed; the last one to swap its folder in wins.
     """
     directory = Path(directory)

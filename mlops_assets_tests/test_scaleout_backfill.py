@@ -262,6 +262,7 @@ def postgres_runs(url: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.scaleout
 def test_queued_backfill_runs_under_the_daemon_on_postgres(tmp_path, postgres, monkeypatch):
     data = DataPaths(tmp_path / "data")
     days = ["2026-02-10", "2026-02-11", "2026-02-12"]
@@ -306,6 +307,7 @@ def sequential_materialization(root: Path, days: list[str], monkeypatch) -> floa
 
 
 @pytest.mark.slow
+@pytest.mark.scaleout
 @pytest.mark.timeout(4200)
 def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypatch):
     # 31 simulated days (labels start on the 31st, a data-quality incident on 2026-03-11 that ingestion
