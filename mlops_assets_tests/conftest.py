@@ -96,3 +96,22 @@ def redis_broker():
 
     with redis_server() as server:
         yield server
+
+
+def ingest_small_world(paths: DataPaths, instance) -> None:
+    """Simulate 300 customers × 45 days and ingest them plus every feature view in one range run."""
+    import dagster as dg
+
+    from mlops_assets.definitions import defs
+    from mlops_assets.demo import RANGE_END_TAG, RANGE_START_TAG
+    from mlops_assets.features.views import FEATURE_VIEWS
+    from mlops_assets.simulate.world import simulate
+
+    simulate(out=paths.landing, customers=300, days=45, start="2026-01-01", seed=3)
+    upstream = ["raw_events", "raw_labels", "customers", *(v.name for v in FEATURE_VIEWS)]
+    ingested = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey(k) for k in upstream],
+        tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"},
+    )
+    assert ingested.success

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from mlops_assets.training import registry
-from mlops_assets_tests.conftest import free_port
+from mlops_assets_tests.conftest import free_port, ingest_small_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.scaleout]
 
@@ -77,12 +77,9 @@ def test_training_promotion_serving_and_rollback_against_the_mlflow_server(
 
     from mlops_assets.cli import main as mlops_main
     from mlops_assets.definitions import defs
-    from mlops_assets.demo import RANGE_END_TAG, RANGE_START_TAG
-    from mlops_assets.features.views import FEATURE_VIEWS
     from mlops_assets.serving.app import MappingFeatureSource, ServingConfig, create_app
     from mlops_assets.serving.models import compile_predictor
     from mlops_assets.serving.routing import MemoryAssignments
-    from mlops_assets.simulate.world import simulate
     from mlops_assets_tests.servers import mlflow_server
 
     backend = postgres.create_database("mlflow")
@@ -90,15 +87,8 @@ def test_training_promotion_serving_and_rollback_against_the_mlflow_server(
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
 
         # simulate → ingest → feature views, then the code location's own retraining_job
-        simulate(out=data_dir.landing, customers=300, days=45, start="2026-01-01", seed=3)
         instance = dg.DagsterInstance.ephemeral()
-        upstream = ["raw_events", "raw_labels", "customers", *(v.name for v in FEATURE_VIEWS)]
-        ingested = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance,
-            asset_selection=[dg.AssetKey(k) for k in upstream],
-            tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"},
-        )
-        assert ingested.success
+        ingest_small_world(data_dir, instance)
         job = defs.resolve_job_def("retraining_job")
         result = job.execute_in_process(instance=instance, run_config=RUN_CONFIG, raise_on_error=False)
         assert result.success, _failures(result)

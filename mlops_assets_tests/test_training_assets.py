@@ -24,6 +24,7 @@ from mlops_assets.training.resources import MlflowResource
 from mlops_assets.training.sensors import alert_for_failed_run, quality_gate_alert_sensor
 from mlops_assets.training.synthetic import synthetic_training_set
 from mlops_assets.training.tracking import TrackingConfig, ensure_tracking_store
+from mlops_assets_tests.conftest import ingest_small_world
 
 FAST = {
     "candidate_model": {"config": {"hyperparameters": {"max_iter": 30}, "importance_repeats": 2}},
@@ -289,20 +290,11 @@ def test_code_location_wires_jobs_sensor_and_gate_defaults():
 def test_retraining_job_on_simulated_ingested_data(data_dir, monkeypatch):
     """simulate → ingest → feature views → retraining_job (training_set → candidate → gates → promotion)."""
     from mlops_assets.definitions import defs
-    from mlops_assets.demo import RANGE_END_TAG, RANGE_START_TAG
-    from mlops_assets.features.views import FEATURE_VIEWS, model_feature_names
-    from mlops_assets.simulate.world import simulate
+    from mlops_assets.features.views import model_feature_names
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store under the data root
-    simulate(out=data_dir.landing, customers=300, days=45, start="2026-01-01", seed=3)
     instance = dg.DagsterInstance.ephemeral()
-    upstream = ["raw_events", "raw_labels", "customers", *(v.name for v in FEATURE_VIEWS)]
-    ingested = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey(k) for k in upstream],
-        tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"},
-    )
-    assert ingested.success
+    ingest_small_world(data_dir, instance)
 
     job = defs.resolve_job_def("retraining_job")
     run_config = {
