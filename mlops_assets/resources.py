@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from mlops_assets.project import Project
 from mlops_assets.settings import DataPaths, data_paths
 
 
@@ -13,3 +14,8 @@ class DataDirResource(dg.ConfigurableResource):
     @property
     def paths(self) -> DataPaths:
         return data_paths(self.root or None)
+
+
+def runtime_project(project: Project, data: DataDirResource) -> Project:
+    """The project with the data folder the run was configured with."""
+    return project.with_data_root(data.paths.root)

@@ -1,29 +1,19 @@
-"""Paths and thresholds in one place, overridable by environment variables."""
+"""Where a project's data lives: the storage layout under one data root (see README: data layout)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-#: Tables produced by ingestion, each a daily-partitioned asset.
-INGESTED_TABLES = ("raw_events", "raw_labels", "customers")
-
-#: Landing folder name of each ingested table (``data/landing/<folder>/``).
-LANDING_FOLDERS = {"raw_events": "events", "raw_labels": "labels", "customers": "customers"}
-
-
-def _env_path(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
-    return Path(value).expanduser().resolve() if value else default
+#: The repository this package was installed from (a source checkout), used for defaults only.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR_ENV = "MLOPS_DATA_DIR"
 
 
 @dataclass(frozen=True)
 class DataPaths:
-    """The storage layout under one data root (see README: data layout)."""
+    """The storage layout under one data root."""
 
     root: Path
 
@@ -59,8 +49,13 @@ class DataPaths:
     def alerts(self) -> Path:
         return self.root / "alerts"
 
-    def landing_dir(self, table: str) -> Path:
-        return self.landing / LANDING_FOLDERS.get(table, table)
+    @property
+    def features(self) -> Path:
+        return self.warehouse / "features"
+
+    def landing_dir(self, folder: str) -> Path:
+        """``<root>/landing/<folder>`` (a source's landing folder: see ``Project.landing_dir``)."""
+        return self.landing / folder
 
     def table_dir(self, table: str) -> Path:
         return self.warehouse / table
@@ -71,32 +66,21 @@ class DataPaths:
     def quarantine_dir(self, table: str, day: str) -> Path:
         return self.quarantine / table / f"date={day}"
 
+    def manifest_path(self, table: str, day: str) -> Path:
+        """Which landing content a table's day was ingested from."""
+        return self.warehouse / "_manifests" / table / f"{day}.json"
 
-def data_root() -> Path:
-    """The data folder: ``$MLOPS_DATA_DIR`` or ``<project>/data``."""
-    return _env_path("MLOPS_DATA_DIR", PROJECT_ROOT / "data")
+
+def data_root(environ: dict[str, str] | None = None) -> Path:
+    """The data folder: ``$MLOPS_DATA_DIR``, else ``./data`` of the working directory's project."""
+    env = os.environ if environ is None else environ
+    value = env.get(DATA_DIR_ENV)
+    if value:
+        return Path(value).expanduser().resolve()
+    from mlops_assets.project import project_root
+
+    return project_root() / "data"
 
 
 def data_paths(root: str | Path | None = None) -> DataPaths:
-    return DataPaths(Path(root).resolve() if root is not None else data_root())
-
-
-@dataclass(frozen=True)
-class IngestionSettings:
-    """Thresholds of the ingestion gates."""
-
-    max_quarantine_rate: float = float(os.environ.get("MLOPS_MAX_QUARANTINE_RATE", "0.05"))
-
-
-@dataclass(frozen=True)
-class Settings:
-    data: DataPaths = field(default_factory=data_paths)
-    partitions_start: str = os.environ.get("MLOPS_PARTITIONS_START", "2026-01-01")
-    ingestion: IngestionSettings = field(default_factory=IngestionSettings)
-
-
-def partitions_start() -> str:
-    """First day of the daily partitions (``$MLOPS_PARTITIONS_START``, default 2026-01-01)."""
-    value = os.environ.get("MLOPS_PARTITIONS_START", "2026-01-01")
-    date.fromisoformat(value)  # fail early with a clear ValueError on a malformed date
-    return value
+    return DataPaths(Path(root).expanduser().resolve() if root is not None else data_root())

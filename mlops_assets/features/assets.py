@@ -5,178 +5,229 @@ import time
 
 import dagster as dg
 
-from mlops_assets.features.compute import materialize_range
+from mlops_assets.features.layout import ViewLayout, layouts
 from mlops_assets.features.pit import assert_no_leakage
 from mlops_assets.features.store import FeatureStore
-from mlops_assets.features.views import FEATURE_VIEWS, FeatureView
-from mlops_assets.partitions import daily_partitions
-from mlops_assets.resources import DataDirResource
+from mlops_assets.features.tiles import FeatureInputError, materialize_days
+from mlops_assets.project import Project
+from mlops_assets.resources import DataDirResource, runtime_project
 from mlops_assets.storage import combine_hashes
 
-TRAINING_LOGIC_VERSION = "1"
-ONLINE_LOGIC_VERSION = "1"
+TRAINING_LOGIC_VERSION = "2"
+ONLINE_LOGIC_VERSION = "2"
 LEAKAGE_CHECK = "no_feature_after_label"
-_DTYPES = {"int64": "int64", "float64": "float64", "string": "string"}
+_DTYPES = {"int64": "int64", "float64": "float64", "string": "string", "bool": "bool"}
 
 
-def view_column_schema(view: FeatureView) -> dg.TableSchema:
-    """The view's columns with per-feature descriptions (the searchable catalog)."""
+def view_column_schema(layout: ViewLayout) -> dg.TableSchema:
+    """The view's features with their descriptions, types and tags (the searchable catalog)."""
     columns = [
         dg.TableColumn(
-            view.entity,
-            "string",
-            description="Entity key.",
-            constraints=dg.TableColumnConstraints(nullable=False, unique=True),
-        ),
-        dg.TableColumn(
-            "feature_timestamp",
-            "timestamp[us, UTC]",
-            description="When the values are as of: D+1 00:00 UTC for partition D.",
-        ),
+            layout.entity_key,
+            str(layout.entity_type),
+            description=f"Join key of entity {layout.view.entity}.",
+            constraints=dg.TableColumnConstraints(nullable=False),
+        )
     ]
-    columns += [
-        dg.TableColumn(f.name, _DTYPES[f.dtype], description=f.description, tags={t: "" for t in f.tags})
-        for f in view.features
-    ]
+    for name, feat in layout.view.features.items():
+        window = "lifetime" if feat.window is None else f"{feat.window}d"
+        what = f"{feat.agg}({feat.column or '*'}) over {window}" if layout.kind == "events" else f"{feat.agg}({feat.column})"
+        if feat.filter:
+            what += f" where {feat.filter}"
+        columns.append(
+            dg.TableColumn(
+                name,
+                _DTYPES[layout.dtype(name)],
+                description=(feat.description + " — " if feat.description else "") + what,
+                tags={t: "" for t in feat.tags},
+            )
+        )
     return dg.TableSchema(columns=columns)
 
 
-def source_dep(view: FeatureView) -> dg.AssetDep:
-    """The view's source table with a lookback partition mapping (all days up to D without a lookback)."""
-    offset = -(view.lookback_days - 1) if view.lookback_days is not None else -3650
+def source_dep(layout: ViewLayout, project: Project) -> dg.AssetDep:
+    """Day D of an event view reads its source's day D; a snapshot view reads every day up to D."""
+    if layout.kind == "events":
+        return dg.AssetDep(layout.source_name)
     return dg.AssetDep(
-        view.source,
+        layout.source_name,
         partition_mapping=dg.TimeWindowPartitionMapping(
-            start_offset=offset, end_offset=0, allow_nonexistent_upstream_partitions=True
+            start_offset=-(len(project.partition_days()) + 3650), end_offset=0, allow_nonexistent_upstream_partitions=True
         ),
     )
 
 
-def build_feature_view_asset(view: FeatureView) -> dg.AssetsDefinition:
-    """A daily-partitioned asset computing one feature view into the offline store."""
+def build_feature_view_asset(
+    project: Project, layout: ViewLayout, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    """A daily-partitioned asset writing one view's tiles (or change rows) into the offline store."""
+    view = layout.view
+    stored = "tiles: one row per entity with records on the day" if layout.kind == "events" else (
+        "change rows: one row per entity whose latest record changed on the day"
+    )
 
     @dg.asset(
-        name=view.name,
+        name=layout.name,
         group_name="features",
-        description=view.description,
-        partitions_def=daily_partitions,
+        description=(view.description or f"Features of {view.entity} from {view.source}.") + f" Stores {stored}.",
+        partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        code_version=view.version(),
-        deps=[source_dep(view)],
-        owners=[f"team:{view.owner}"],
+        code_version=layout.version(),
+        deps=[source_dep(layout, project)],
+        owners=[f"team:{view.owner}"] if view.owner else None,
         tags={t: "" for t in view.tags},
         kinds={"duckdb", "parquet"},
         metadata={
-            "dagster/column_schema": view_column_schema(view),
+            "dagster/column_schema": view_column_schema(layout),
+            "entity": view.entity,
+            "filter": view.filter or "none",
             "ttl": "none" if view.ttl is None else str(view.ttl),
-            "lookback_days": view.lookback_days if view.lookback_days is not None else "all",
-            "offline_path": f"data/warehouse/features/{view.name}/date=YYYY-MM-DD/",
+            "offline_path": f"warehouse/features/{layout.name}/date=YYYY-MM-DD/",
         },
     )
     def _view(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        paths = runtime_project(project, data).paths
         days = list(context.partition_keys)
         started = time.monotonic()
         step = max(1, len(days) // 10)
 
         def progress(day: str, done: int, total: int) -> None:
             if done % step == 0 or done == total:
-                context.log.info(
-                    f"{view.name}: {done}/{total} days written (last {day}), "
-                    f"{time.monotonic() - started:.1f}s"
-                )
+                context.log.info(f"{layout.name}: {done}/{total} days written (last {day}), {time.monotonic() - started:.1f}s")
 
-        # one read of the sources for the whole range; each partition equals the per-day computation
-        metas = materialize_range(view, days, data.paths, progress=progress)
-        hashes = []
+        try:
+            metas = materialize_days(layout, paths, days, project.spec.partitions.start.isoformat(), progress)
+        except FeatureInputError as exc:
+            raise dg.Failure(str(exc)) from exc
         for day in days:
             meta = metas[day]
-            hashes.append(meta["content_hash"])
             context.add_asset_metadata(
                 {
                     "dagster/row_count": meta["rows"],
+                    "entities": meta["entities"],
                     "content_hash": meta["content_hash"],
                     "source_files": meta["source_files"],
-                    "null_rates": dg.MetadataValue.json(meta["null_rates"]),
                 },
                 partition_key=day,
             )
-        version = hashes[0] if len(hashes) == 1 else combine_hashes(hashes)
-        return dg.MaterializeResult(data_version=dg.DataVersion(version))
+        empty = [d for d in days if metas[d]["rows"] == 0]
+        if empty:
+            context.log.warning(
+                f"{layout.name}: {len(empty)} of {len(days)} day(s) have no record of source {layout.source_name} "
+                f"passing the view's filter (first: {empty[0]})"
+            )
+        hashes = [metas[d]["content_hash"] for d in days]
+        return dg.MaterializeResult(data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combine_hashes(hashes)))
 
     return _view
 
 
-feature_view_assets = [build_feature_view_asset(v) for v in FEATURE_VIEWS]
-_ALL_VERSIONS = hashlib.sha256("".join(v.version() for v in FEATURE_VIEWS).encode()).hexdigest()[:12]
+def _versions(project: Project) -> str:
+    return hashlib.sha256("".join(v.version() for v in layouts(project.spec).values()).encode()).hexdigest()[:12]
 
 
-@dg.asset(
-    group_name="features",
-    description="Every label joined point-in-time to every feature view (within each view's TTL); "
-    "no label row is dropped.",
-    deps=[*(v.name for v in FEATURE_VIEWS), "raw_labels"],
-    code_version=f"training-set-v{TRAINING_LOGIC_VERSION}-{_ALL_VERSIONS}",
-    kinds={"duckdb", "parquet"},
-    metadata={"path": "data/warehouse/training_set/part-0.parquet"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            LEAKAGE_CHECK,
-            asset="training_set",
-            blocking=True,
-            description="No feature row is later than its label (nor older than its view's TTL).",
-        )
-    ],
-)
-def training_set(data: DataDirResource) -> dg.MaterializeResult:
-    """Build and store the training set with its metadata."""
-    store = FeatureStore(data.paths.root)
-    frame, meta = store.build_training_set(store.load_labels())
-    store.write_training_set(frame, meta)
-    violations = assert_no_leakage(frame, "label_timestamp", {v.name: v.ttl for v in store.views})
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(meta["content_hash"]),
-        metadata={
-            "dagster/row_count": meta["rows"],
-            "label_rate": meta["label_rate"],
-            "time_min": meta["time_min"] or "",
-            "time_max": meta["time_max"] or "",
-            "content_hash": meta["content_hash"],
-            "null_rates": dg.MetadataValue.json(meta["null_rates"]),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=LEAKAGE_CHECK,
-                passed=not violations,
-                metadata={
-                    "violations": len(violations),
-                    "first": dg.MetadataValue.json(
-                        [{k: str(v) for k, v in x.items()} for x in violations[:5]]
-                    ),
-                },
+def build_training_set_asset(project: Project) -> dg.AssetsDefinition:
+    target = project.spec.target
+    ts = project.target_timestamp
+
+    @dg.asset(
+        name="training_set",
+        group_name="features",
+        description=f"Every label of {target.source}.{target.column} joined point-in-time to every feature view "
+        "(values as of the UTC midnight before the label, within each view's TTL); no label row is dropped.",
+        deps=[*project.view_names, target.source],
+        code_version=f"training-set-v{TRAINING_LOGIC_VERSION}-{_versions(project)}",
+        kinds={"duckdb", "parquet"},
+        metadata={"path": "warehouse/training_set/part-0.parquet"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                LEAKAGE_CHECK,
+                asset="training_set",
+                blocking=True,
+                description="No feature row is later than its label (nor older than its view's TTL).",
             )
         ],
     )
+    def training_set(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        store = FeatureStore(runtime_project(project, data))
+        try:
+            frame, meta = store.build_training_set()
+        except FeatureInputError as exc:
+            raise dg.Failure(str(exc)) from exc
+        if meta["rows"] == 0:
+            raise dg.Failure(f"no label rows in {target.source}; ingest its landing files first")
+        store.write_training_set(frame, meta)
+        for view in meta["views_without_rows"]:
+            context.log.warning(
+                f"feature view {view} has no row for any label (source {project.view(view).source} holds no "
+                "matching records before the labels): its features carry no information"
+            )
+        violations = assert_no_leakage(frame, ts, {n: v.view.ttl for n, v in store.layouts.items()})
+        null_table = "| feature | null rate |\n|---|---:|\n" + "\n".join(
+            f"| {k} | {v:.3f} |" for k, v in sorted(meta["null_rates"].items(), key=lambda kv: -kv[1])
+        )
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(meta["content_hash"]),
+            metadata={
+                "dagster/row_count": meta["rows"],
+                "label_rate" if target.task == "binary_classification" else "label_mean": round(meta["label_rate"], 4),
+                "time_min": meta["time_min"] or "",
+                "time_max": meta["time_max"] or "",
+                "content_hash": meta["content_hash"],
+                "views_without_rows": dg.MetadataValue.json(meta["views_without_rows"]),
+                "null_rates": dg.MetadataValue.md(null_table),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=LEAKAGE_CHECK,
+                    passed=not violations,
+                    description=f"{len(violations)} point-in-time violation(s) in {len(frame)} rows",
+                    metadata={
+                        "violations": len(violations),
+                        "first": dg.MetadataValue.json([{k: str(v) for k, v in x.items()} for x in violations[:5]]),
+                    },
+                )
+            ],
+        )
+
+    return training_set
 
 
-@dg.asset(
-    group_name="features",
-    description="Latest feature row per customer per view in the SQLite online store, swapped in atomically.",
-    deps=[v.name for v in FEATURE_VIEWS],
-    code_version=f"online-v{ONLINE_LOGIC_VERSION}-{_ALL_VERSIONS}",
-    kinds={"sqlite"},
-    automation_condition=dg.AutomationCondition.eager(),
-    metadata={"path": "data/online/online_store.db"},
-)
-def online_features(data: DataDirResource) -> dg.MaterializeResult:
-    """Refresh the online store from the offline partitions."""
-    store = FeatureStore(data.paths.root)
-    meta = store.refresh_online()
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(
-            combine_hashes(f"{k}:{v['rows']}:{v['version']}" for k, v in sorted(meta.items()))
-        ),
-        metadata={"rows_per_view": dg.MetadataValue.json({k: v["rows"] for k, v in meta.items()})},
+def build_online_asset(project: Project) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="online_features",
+        group_name="features",
+        description="Each view's feature values for every known entity as of its newest stored day, in the "
+        "SQLite online store, swapped in atomically.",
+        deps=project.view_names,
+        code_version=f"online-v{ONLINE_LOGIC_VERSION}-{_versions(project)}",
+        kinds={"sqlite"},
+        automation_condition=dg.AutomationCondition.eager(),
+        metadata={"path": "online/online_store.db"},
     )
+    def online_features(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        store = FeatureStore(runtime_project(project, data))
+        meta = store.refresh_online()
+        lines = ["| view | entities | feature time |", "|---|---:|---|"]
+        lines += [f"| {k} | {v['rows']} | {v['feature_time'] or 'no data'} |" for k, v in meta.items()]
+        for view, item in meta.items():
+            if item["feature_time"] is None:
+                context.log.warning(f"online store: view {view} has no stored day; its features read as missing")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(
+                combine_hashes(f"{k}:{v['rows']}:{v['version']}:{v['feature_time']}" for k, v in sorted(meta.items()))
+            ),
+            metadata={"views": dg.MetadataValue.md("\n".join(lines))},
+        )
+
+    return online_features
 
 
-feature_assets = [*feature_view_assets, training_set, online_features]
+def build_feature_assets(project: Project, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    views = [build_feature_view_asset(project, layout, partitions) for layout in layouts(project.spec).values()]
+    assets = [*views]
+    if project.view_names:
+        assets.append(build_online_asset(project))
+        if project.spec.target is not None:
+            assets.append(build_training_set_asset(project))
+    return assets

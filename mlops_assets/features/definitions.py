@@ -2,21 +2,30 @@
 
 import dagster as dg
 
-from mlops_assets.features.assets import feature_assets, feature_view_assets, online_features
-from mlops_assets.partitions import daily_partitions
+from mlops_assets.features.assets import build_feature_assets
+from mlops_assets.project import Project
 
-features_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "features_automation_sensor",
-    target=dg.AssetSelection.assets(online_features),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Refreshes the online store when new feature partitions land.",
-)
+FEATURE_VIEWS_JOB = "feature_views_job"
 
-feature_views_job = dg.define_asset_job(
-    "feature_views_job",
-    selection=dg.AssetSelection.assets(*feature_view_assets),
-    partitions_def=daily_partitions,
-    description="Compute the day's partition of every feature view (after the day's ingestion).",
-)
 
-defs = dg.Definitions(assets=feature_assets, sensors=[features_automation_sensor], jobs=[feature_views_job])
+def build_defs(project: Project, partitions: dg.PartitionsDefinition) -> dg.Definitions:
+    assets = build_feature_assets(project, partitions)
+    sensors, jobs = [], []
+    if project.view_names:
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "features_automation_sensor",
+                target=dg.AssetSelection.assets("online_features"),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                description="Refreshes the online store when new feature partitions land.",
+            )
+        )
+        jobs.append(
+            dg.define_asset_job(
+                FEATURE_VIEWS_JOB,
+                selection=dg.AssetSelection.assets(*project.view_names),
+                partitions_def=partitions,
+                description="Compute the day's partition of every feature view (after the day's ingestion).",
+            )
+        )
+    return dg.Definitions(assets=assets, sensors=sensors, jobs=jobs)

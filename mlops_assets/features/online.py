@@ -1,13 +1,13 @@
-"""SQLite online store: the latest feature row per entity per view, swapped in atomically.
+"""SQLite online store: each view's feature values per entity as of its newest stored day, swapped in atomically.
 
 Each :func:`refresh` builds a complete new database file next to the live one and renames it
 over ``<data_root>/online/online_store.db``. A reader keeps its connection open and notices a new
 file by its inode, so one read sees either the old refresh or the new one, never half of one.
 
-A read returns each view's values with a status:
+A read returns each view's values with a status, judged at the request's time (``now``):
 
-* ``ok``: the entity's latest row is within the view's TTL at read time;
-* ``expired``: the row is older than the TTL: its values are returned as null;
+* ``fresh``: the view's values are as of a feature time within the view's TTL of ``now``;
+* ``expired``: they are older than the TTL: returned as null;
 * ``missing``: the entity has no row in that view.
 """
 
@@ -18,27 +18,27 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
-from mlops_assets.features.compute import feature_files
-from mlops_assets.features.pit import duckdb_cursor
-from mlops_assets.features.views import FEATURE_VIEWS, FeatureView, resolve_features
+from mlops_assets.features.layout import ViewLayout, layouts, select_features
 from mlops_assets.settings import DataPaths
+from mlops_assets.spec.model import ProjectSpec
 
 DB_NAME = "online_store.db"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
+_CHUNK = 5000  # keys per IN (...) query, below SQLite's variable limit
+FRESH, EXPIRED, MISSING = "fresh", "expired", "missing"
 
 
 def online_db_path(paths: DataPaths) -> Path:
     """Where the live online database lives."""
     return paths.online / DB_NAME
-
-
-_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
 
 
 def _us(ts: datetime) -> int:
@@ -49,41 +49,25 @@ def _from_us(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + value * _US
 
 
-_CHUNK = 5000  # keys per IN (...) query, below SQLite's variable limit
-
-
-def _status(row: tuple | None, ttl: float | None, now_us: int) -> str:
-    if row is None:
-        return "missing"
-    if ttl is not None and now_us - row[1] > ttl * 1_000_000:
-        return "expired"
-    return "ok"
-
-
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _latest_rows(view: FeatureView, files: list[str]) -> pd.DataFrame:
-    file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    cols = ", ".join(_q(f) for f in view.feature_names)
-    sql = f"""
-        SELECT {_q(view.entity)} AS entity, epoch_us(feature_timestamp) AS fts, {cols}
-        FROM read_parquet([{file_list}], file_row_number = true)
-        WHERE {_q(view.entity)} IS NOT NULL
-        QUALIFY row_number() OVER (PARTITION BY {_q(view.entity)}
-            ORDER BY feature_timestamp DESC, file_index DESC, file_row_number DESC) = 1
-    """
-    con = duckdb_cursor()
-    try:
-        return con.sql(sql).to_arrow_table().to_pandas()
-    finally:
-        con.close()
+def _status(row: tuple | None, ttl: float | None, now_us: int) -> str:
+    if row is None:
+        return MISSING
+    if ttl is not None and now_us - row[1] > ttl * 1_000_000:
+        return EXPIRED
+    return FRESH
 
 
-def refresh(views: Sequence[FeatureView], paths: DataPaths, now: datetime | None = None) -> dict[str, dict]:
-    """Rebuild the online store from the offline partitions of ``views``; return per-view metadata."""
-    now = now or datetime.now(UTC)
+def refresh(
+    views: Mapping[str, ViewLayout],
+    tables: Mapping[str, tuple[datetime | None, pa.Table]],
+    paths: DataPaths,
+    now: datetime,
+) -> dict[str, dict]:
+    """Replace the online store with ``tables`` (per view: its feature time and an ``entity`` + features table)."""
     target = online_db_path(paths)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{DB_NAME}.tmp-", dir=target.parent)
@@ -96,29 +80,29 @@ def refresh(views: Sequence[FeatureView], paths: DataPaths, now: datetime | None
             con.execute("PRAGMA synchronous = OFF")
             con.execute(
                 "CREATE TABLE _views (view TEXT PRIMARY KEY, version TEXT, ttl_seconds REAL, "
-                "refreshed_at_us INTEGER, rows INTEGER, features TEXT)"
+                "refreshed_at_us INTEGER, feature_time_us INTEGER, rows INTEGER, features TEXT)"
             )
-            for view in views:
-                files = feature_files(paths, view.name)
-                frame = (
-                    _latest_rows(view, files)
-                    if files
-                    else pd.DataFrame(columns=["entity", "fts", *view.feature_names])
-                )
-                cols = ", ".join(_q(f) for f in view.feature_names)
+            for name, layout in views.items():
+                feature_time, table = tables.get(name, (None, pa.table({"entity": pa.array([], pa.string())})))
+                names = layout.feature_names
+                cols = ", ".join(_q(f) for f in names)
+                con.execute(f"CREATE TABLE {_q('v_' + name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) WITHOUT ROWID")
+                fts = _us(feature_time) if feature_time is not None else None
+                if table.num_rows:
+                    columns = [table.column("entity").to_pylist()] + [table.column(f).to_pylist() for f in names]
+                    rows = ((row[0], fts, *row[1:]) for row in zip(*columns, strict=True))
+                    marks = ", ".join("?" * (len(names) + 2))
+                    con.executemany(f"INSERT INTO {_q('v_' + name)} VALUES ({marks})", rows)
+                ttl = None if layout.view.ttl is None else layout.view.ttl.total_seconds()
                 con.execute(
-                    f"CREATE TABLE {_q('v_' + view.name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) "
-                    "WITHOUT ROWID"
+                    "INSERT INTO _views VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, layout.version(), ttl, _us(now), fts, table.num_rows, json.dumps(names)),
                 )
-                rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
-                marks = ", ".join("?" * (len(view.feature_names) + 2))
-                con.executemany(f"INSERT INTO {_q('v_' + view.name)} VALUES ({marks})", rows)
-                ttl = None if view.ttl is None else view.ttl.total_seconds()
-                con.execute(
-                    "INSERT INTO _views VALUES (?, ?, ?, ?, ?, ?)",
-                    (view.name, view.version(), ttl, _us(now), len(frame), json.dumps(view.feature_names)),
-                )
-                meta[view.name] = {"rows": len(frame), "version": view.version(), "files": len(files)}
+                meta[name] = {
+                    "rows": table.num_rows,
+                    "version": layout.version(),
+                    "feature_time": feature_time.isoformat() if feature_time else None,
+                }
             con.commit()
         finally:
             con.close()
@@ -132,9 +116,10 @@ def refresh(views: Sequence[FeatureView], paths: DataPaths, now: datetime | None
 class OnlineStore:
     """Reads the online store; keeps one read-only connection and follows atomic swaps."""
 
-    def __init__(self, paths: DataPaths, views: Sequence[FeatureView] = FEATURE_VIEWS) -> None:
+    def __init__(self, paths: DataPaths, spec: ProjectSpec) -> None:
         self.path = online_db_path(paths)
-        self.views = tuple(views)
+        self.spec = spec
+        self.layouts = layouts(spec)
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
         self._inode: int | None = None
@@ -224,7 +209,7 @@ class OnlineStore:
                     "feature_timestamp": None if row is None else _from_us(row[1]),
                     "refreshed_at": refreshed_at,
                     "values": dict(zip(feats, row[2:], strict=True))
-                    if status == "ok"
+                    if status == FRESH
                     else dict.fromkeys(feats),
                 }
         return out
@@ -232,22 +217,25 @@ class OnlineStore:
     def read_dict(
         self, entity_ids: Sequence[str], features: list[str] | None = None, now: datetime | None = None
     ) -> dict[str, list]:
-        """Columns as lists (the fast path): ``customer_id``, features, ``<view>__status`` / ``__feature_timestamp``."""
-        wanted = resolve_features(features, self.views)
-        ids = list(entity_ids)
+        """Columns as lists (the fast path): the join key, features, ``<view>__status`` / ``__feature_timestamp``."""
+        wanted = select_features(self.spec, features)
+        keys = {self.layouts[v].entity_key for v in wanted}
+        if len(keys) != 1:
+            raise ValueError(f"the requested features belong to entities with different join keys {sorted(keys)}")
+        ids = [str(e) for e in entity_ids]
         now_us = _us(now or datetime.now(UTC))
-        columns: dict[str, list] = {"customer_id": ids}
+        columns: dict[str, list] = {keys.pop(): ids}
         stamps: dict[int, datetime | None] = {}  # rows of a view mostly share a few timestamps
         for view, (ttl, _refreshed, found) in self._snapshot(ids, wanted).items():
             rows = [found.get(e) for e in ids]
             limit = None if ttl is None else now_us - ttl * 1_000_000
             statuses = [
-                "missing" if row is None else "expired" if limit is not None and row[1] < limit else "ok"
+                MISSING if row is None else EXPIRED if limit is not None and row[1] < limit else FRESH
                 for row in rows
             ]
             for j, feat in enumerate(wanted[view], start=2):
                 columns[feat] = [
-                    row[j] if st == "ok" else None for row, st in zip(rows, statuses, strict=True)
+                    row[j] if st == FRESH else None for row, st in zip(rows, statuses, strict=True)
                 ]
             columns[f"{view}__status"] = statuses
             columns[f"{view}__feature_timestamp"] = [
@@ -269,10 +257,10 @@ class OnlineStore:
 
 
 def read(
-    entity_ids: Sequence[str], features: list[str] | None, paths: DataPaths, now: datetime | None = None
+    entity_ids: Sequence[str], features: list[str] | None, paths: DataPaths, spec: ProjectSpec, now: datetime | None = None
 ) -> pd.DataFrame:
     """One-off read of the online store (opens and closes a connection)."""
-    store = OnlineStore(paths)
+    store = OnlineStore(paths, spec)
     try:
         return store.read(entity_ids, features, now)
     finally:

@@ -1,6 +1,6 @@
 """Point-in-time join of entity rows to feature rows, and a leakage check.
 
-For each entity row ``(customer_id, event_timestamp)`` and each feature source, the joined
+For each entity row ``(entity key, event_timestamp)`` and each feature source, the joined
 feature row is the latest one of that entity with
 
     event_timestamp - ttl <= feature_timestamp <= event_timestamp
@@ -45,7 +45,7 @@ class FeatureSource:
     data: pd.DataFrame | pa.Table | Sequence[str]
     features: Sequence[str]
     ttl: timedelta | None = None
-    entity: str = "customer_id"
+    entity: str = "entity_id"
     timestamp: str = "feature_timestamp"
     created: str | None = None  # optional tie-breaker column (greatest wins)
     output_names: Sequence[str] = field(default_factory=tuple)  # rename features in the output
@@ -153,7 +153,7 @@ def _source_relation(con: duckdb.DuckDBPyConnection, src: FeatureSource, alias: 
 def point_in_time_join(
     entity_df: pd.DataFrame,
     sources: Sequence[FeatureSource],
-    entity: str = "customer_id",
+    entity: str = "entity_id",
     event_timestamp: str = "event_timestamp",
 ) -> pd.DataFrame:
     """Join each entity row to each source's latest feature row within the TTL (see module doc).

@@ -1,4 +1,4 @@
-"""Daily ingestion assets: one per table contract, with blocking schema and quarantine-rate gates."""
+"""Daily ingestion assets: one per source of the project spec, with blocking schema and quarantine-rate gates."""
 
 import hashlib
 import json
@@ -6,22 +6,22 @@ import json
 import dagster as dg
 
 from mlops_assets.ingestion.report import files_markdown, range_summary_markdown, reasons_markdown
-from mlops_assets.ingestion.schema import CONTRACTS, TableContract
+from mlops_assets.ingestion.schema import TableContract
 from mlops_assets.ingestion.validate import DayResult, ingest_day, write_day
-from mlops_assets.partitions import daily_partitions
+from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
-from mlops_assets.settings import IngestionSettings
 from mlops_assets.storage import combine_hashes, write_file_atomic
 
-INGESTION_LOGIC_VERSION = "1"
+INGESTION_LOGIC_VERSION = "2"
 SCHEMA_CHECK = "schema_valid"
 QUARANTINE_CHECK = "quarantine_rate_within_threshold"
+DEFAULT_MAX_QUARANTINE_RATE = 0.05
 
 
 class IngestionConfig(dg.Config):
     """Run config of an ingestion asset."""
 
-    max_quarantine_rate: float = IngestionSettings().max_quarantine_rate
+    max_quarantine_rate: float = DEFAULT_MAX_QUARANTINE_RATE
 
 
 def contract_code_version(contract: TableContract) -> str:
@@ -43,10 +43,6 @@ def column_schema(contract: TableContract) -> dg.TableSchema:
             for c in contract.columns
         ]
     )
-
-
-def manifest_path(data: DataDirResource, table: str, day: str):
-    return data.paths.warehouse / "_manifests" / table / f"{day}.json"
 
 
 def day_metadata(result: DayResult) -> dict:
@@ -128,21 +124,27 @@ def quarantine_check_result(results: list[DayResult], max_rate: float) -> dg.Ass
     )
 
 
-def build_ingestion_asset(contract: TableContract) -> dg.AssetsDefinition:
-    """A daily-partitioned asset that validates and stores one table's landing files."""
+def build_ingestion_asset(
+    project: Project, contract: TableContract, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    """A daily-partitioned asset that validates and stores one source's landing files."""
+    source = project.source(contract.name)
 
     @dg.asset(
         name=contract.name,
         group_name="ingestion",
         description=contract.description,
-        partitions_def=daily_partitions,
+        partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         code_version=contract_code_version(contract),
         kinds={"parquet", "pandas"},
+        owners=[f"team:{source.owner}"] if source.owner else None,
+        tags={"mlops/source_kind": source.kind},
         metadata={
             "dagster/column_schema": column_schema(contract),
-            "landing_folder": f"data/landing/{contract.landing_folder}/",
-            "warehouse_path": f"data/warehouse/{contract.name}/date=YYYY-MM-DD/",
+            "kind": source.kind,
+            "landing_folder": f"landing/{contract.landing_folder}/ (files matching {contract.pattern!r})",
+            "warehouse_path": f"warehouse/{contract.name}/date=YYYY-MM-DD/",
         },
         check_specs=[
             dg.AssetCheckSpec(
@@ -163,7 +165,7 @@ def build_ingestion_asset(contract: TableContract) -> dg.AssetsDefinition:
     def _ingest(context: dg.AssetExecutionContext, config: IngestionConfig, data: DataDirResource):
         paths = data.paths
         days = list(context.partition_keys)
-        landing_dir = paths.landing_dir(contract.name)
+        landing_dir = paths.landing_dir(contract.landing_folder)
         results: list[DayResult] = []
         for index, day in enumerate(days, start=1):
             result = ingest_day(contract, landing_dir, day)
@@ -177,7 +179,7 @@ def build_ingestion_asset(contract: TableContract) -> dg.AssetsDefinition:
                 json.dumps(
                     {"landing_hash": result.landing_hash, "content_hash": result.content_hash}
                 ).encode(),
-                manifest_path(data, contract.name, day),
+                paths.manifest_path(contract.name, day),
             )
             context.add_asset_metadata(day_metadata(result), partition_key=day)
             results.append(result)
@@ -202,4 +204,6 @@ def build_ingestion_asset(contract: TableContract) -> dg.AssetsDefinition:
     return _ingest
 
 
-ingestion_assets = [build_ingestion_asset(c) for c in CONTRACTS.values()]
+def build_ingestion_assets(project: Project, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """One ingestion asset per source of the spec."""
+    return [build_ingestion_asset(project, c, partitions) for c in project.contracts.values()]

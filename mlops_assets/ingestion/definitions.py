@@ -1,16 +1,23 @@
-"""Ingestion domain: raw tables, their gates, the new-data sensor and the backfill job."""
+"""Ingestion domain: one asset per source, their gates, the new-data sensor and the backfill job."""
 
 import dagster as dg
 
-from mlops_assets.ingestion.assets import ingestion_assets
-from mlops_assets.ingestion.sensors import landing_files_sensor
-from mlops_assets.partitions import daily_partitions
+from mlops_assets.ingestion.assets import build_ingestion_assets
+from mlops_assets.ingestion.sensors import build_landing_sensor
+from mlops_assets.project import Project
 
-ingestion_job = dg.define_asset_job(
-    "ingestion_job",
-    selection=dg.AssetSelection.groups("ingestion"),
-    partitions_def=daily_partitions,
-    description="Validate and store the day's landing files of every raw table.",
-)
+INGESTION_JOB = "ingestion_job"
 
-defs = dg.Definitions(assets=ingestion_assets, sensors=[landing_files_sensor], jobs=[ingestion_job])
+
+def build_defs(project: Project, partitions: dg.PartitionsDefinition) -> dg.Definitions:
+    job = dg.define_asset_job(
+        INGESTION_JOB,
+        selection=dg.AssetSelection.groups("ingestion"),
+        partitions_def=partitions,
+        description="Validate and store the day's landing files of every source.",
+    )
+    return dg.Definitions(
+        assets=build_ingestion_assets(project, partitions),
+        sensors=[build_landing_sensor(project, partitions)],
+        jobs=[job],
+    )

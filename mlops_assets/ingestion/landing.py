@@ -56,7 +56,7 @@ def file_sha256(path: Path) -> str:
 
 def ingested_landing_hash(paths: DataPaths, table: str, day: str) -> str | None:
     """The landing hash recorded when ``table`` was last ingested for ``day``, if any."""
-    manifest = paths.warehouse / "_manifests" / table / f"{day}.json"
+    manifest = paths.manifest_path(table, day)
     try:
         return json.loads(manifest.read_text())["landing_hash"]
     except (OSError, ValueError, KeyError):
@@ -79,7 +79,7 @@ def scan_landing(
     scan = LandingScan(changes=[], file_cache=new_cache, requested=dict(requested))
     for contract in contracts:
         by_day: dict[str, list[tuple[str, str]]] = {}
-        for landing in list_landing_files(paths.landing_dir(contract.name)):
+        for landing in list_landing_files(paths.landing_dir(contract.landing_folder), contract.pattern):
             if landing.path.is_symlink():
                 continue
             stat = landing.path.stat()

@@ -1,4 +1,4 @@
-"""The landing-file and warehouse contracts of the ingested tables (definitions are data)."""
+"""The landing-file and warehouse contract of an ingested table, derived from a source of the project spec."""
 
 from __future__ import annotations
 
@@ -6,23 +6,31 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-EVENT_TYPES = ("login", "purchase", "support_ticket")
-PLANS = ("basic", "standard", "premium")
-REGIONS = ("north", "south", "east", "west")
-AGE_GROUPS = ("18-24", "25-34", "35-49", "50+")
+from mlops_assets.spec.model import Source
 
 UTC_TS = pa.timestamp("us", tz="UTC")
+
+#: Arrow type of each spec column type, as stored in the warehouse.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": UTC_TS,
+    "date": pa.date32(),
+}
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
     dtype: pa.DataType
-    description: str
-    required: bool = True  # column must be present in every landing file
+    description: str = ""
+    required: bool = True  # column must be present in every landing file (else filled with nulls)
     nullable: bool = False  # null values allowed in kept rows
     allowed: tuple[str, ...] | None = None  # closed set of values, if any
     min_value: float | None = None
+    max_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,9 @@ class TableContract:
     partition_column: str  # UTC timestamp that must fall inside the partition's day
     unique_key: tuple[str, ...] = field(default_factory=tuple)  # duplicates beyond the first are quarantined
     sort_by: tuple[str, ...] = field(default_factory=tuple)
+    pattern: str = "*"  # glob of accepted landing file names
+    file_format: str = "auto"  # parquet, csv, or auto (by suffix)
+    encoding: str = "utf-8"
 
     @property
     def schema(self) -> pa.Schema:
@@ -45,6 +56,10 @@ class TableContract:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def required_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
     def column(self, name: str) -> ColumnSpec:
         for col in self.columns:
             if col.name == name:
@@ -52,59 +67,31 @@ class TableContract:
         raise KeyError(name)
 
 
-RAW_EVENTS = TableContract(
-    name="raw_events",
-    landing_folder="events",
-    description="Customer activity events (logins, purchases, support tickets), one partition per UTC day.",
-    columns=(
-        ColumnSpec("event_id", pa.string(), "Unique id of the event."),
-        ColumnSpec("customer_id", pa.string(), "Customer the event belongs to, e.g. C000123."),
-        ColumnSpec("event_timestamp", UTC_TS, "When the event happened (UTC)."),
-        ColumnSpec("event_type", pa.string(), "login, purchase or support_ticket.", allowed=EVENT_TYPES),
+def contract_for(name: str, source: Source) -> TableContract:
+    """The ingestion contract of source ``name``: its columns as Arrow types, checks and sort order."""
+    columns = tuple(
         ColumnSpec(
-            "amount",
-            pa.float64(),
-            "Order value of a purchase; null for other event types.",
-            nullable=True,
-            min_value=0.0,
-        ),
-    ),
-    partition_column="event_timestamp",
-    unique_key=("event_id",),
-    sort_by=("event_timestamp", "event_id"),
-)
-
-RAW_LABELS = TableContract(
-    name="raw_labels",
-    landing_folder="labels",
-    description="Churn outcomes observed per customer, one partition per UTC day of the label timestamp.",
-    columns=(
-        ColumnSpec("customer_id", pa.string(), "Customer the label is about."),
-        ColumnSpec("label_timestamp", UTC_TS, "When the outcome was observed (UTC)."),
-        ColumnSpec("churned", pa.int8(), "1 if the customer churned, else 0.", allowed=("0", "1")),
-    ),
-    partition_column="label_timestamp",
-    sort_by=("label_timestamp", "customer_id"),
-)
-
-CUSTOMERS = TableContract(
-    name="customers",
-    landing_folder="customers",
-    description=(
-        "Customer records created or changed on the day (signup, plan change); the latest record per "
-        "customer is the customer's current state. age_group is a sensitive attribute used by the bias gate."
-    ),
-    columns=(
-        ColumnSpec("customer_id", pa.string(), "Customer id, e.g. C000123."),
-        ColumnSpec("signup_date", pa.date32(), "Day the customer signed up."),
-        ColumnSpec("plan", pa.string(), "Subscription plan.", allowed=PLANS),
-        ColumnSpec("region", pa.string(), "Sales region.", allowed=REGIONS),
-        ColumnSpec("age_group", pa.string(), "Age band (sensitive attribute).", allowed=AGE_GROUPS),
-        ColumnSpec("updated_at", UTC_TS, "When this record was written (UTC)."),
-    ),
-    partition_column="updated_at",
-    unique_key=("customer_id",),
-    sort_by=("customer_id",),
-)
-
-CONTRACTS: dict[str, TableContract] = {c.name: c for c in (RAW_EVENTS, RAW_LABELS, CUSTOMERS)}
+            name=cname,
+            dtype=ARROW_TYPES[column.type],
+            description=column.description,
+            required=column.required,
+            nullable=column.nullable,
+            allowed=column.allowed,
+            min_value=column.min,
+            max_value=column.max,
+        )
+        for cname, column in source.columns.items()
+    )
+    sort_by = (source.timestamp, *[k for k in source.unique_key if k != source.timestamp])
+    return TableContract(
+        name=name,
+        landing_folder=source.landing or name,
+        description=source.description or f"{source.kind} records of {name}, one partition per UTC day.",
+        columns=columns,
+        partition_column=source.timestamp,
+        unique_key=tuple(source.unique_key),
+        sort_by=sort_by,
+        pattern=source.pattern,
+        file_format=source.format,
+        encoding=source.encoding,
+    )

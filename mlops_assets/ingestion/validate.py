@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import hashlib
 import io
 import json
@@ -73,6 +74,7 @@ class DayResult:
     files: list[FileOutcome]
     rows_read: int
     landing_hash: str
+    landing_notes: list[str] = field(default_factory=list)  # entries of the landing folder that were not read
 
     @property
     def rows_kept(self) -> int:
@@ -88,7 +90,11 @@ class DayResult:
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
-        counts = Counter(self.quarantined[REASON_COLUMN]) if len(self.quarantined) else Counter()
+        """Rows per failed check (a row that failed several checks counts under each)."""
+        counts: Counter = Counter()
+        if len(self.quarantined):
+            for reason in self.quarantined[REASON_COLUMN].dropna():
+                counts.update(str(reason).split(REASON_SEPARATOR))
         return dict(sorted(counts.items()))
 
     @property
@@ -116,6 +122,7 @@ class DayResult:
                 warnings.append(f"{f.name}: extra columns ignored: {', '.join(f.extra_columns)}")
         if not self.files:
             warnings.append("no landing files for this day")
+        warnings += [f"landing folder: {note}" for note in self.landing_notes]
         return warnings
 
     @property
@@ -159,36 +166,63 @@ def day_of_file(name: str) -> str | None:
     return None
 
 
-def list_landing_files(landing_dir: Path) -> list[LandingFile]:
+def list_landing_files(landing_dir: Path, pattern: str = "*") -> list[LandingFile]:
     """Every candidate landing file in a table's landing folder (not recursive, no dotfiles)."""
+    return scan_landing_dir(landing_dir, pattern)[0]
+
+
+def scan_landing_dir(landing_dir: Path, pattern: str = "*") -> tuple[list[LandingFile], list[str]]:
+    """(landing files with a day in their name, notes on every other entry that is not one).
+
+    Hidden names (a writer's temporary file) are skipped silently; anything else that is not a
+    dated file matching ``pattern`` is named in a note, so nothing in the folder goes unmentioned.
+    """
     landing_dir = Path(landing_dir)
     if not landing_dir.is_dir():
-        return []
-    found = []
+        return [], []
+    found, notes = [], []
     for path in sorted(landing_dir.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue  # hidden and temporary files (a writer's temp name) and folders are not landing files
+        if path.name.startswith("."):
+            continue
+        if not fnmatch.fnmatchcase(path.name, pattern):
+            notes.append(f"{path.name}: ignored, its name does not match the source's pattern {pattern!r}")
+            continue
         day = day_of_file(path.name)
-        if day is not None:
-            found.append(LandingFile(path, day))
-    return found
+        if path.is_dir() and not path.is_symlink():
+            notes.append(f"{path.name}: a folder, not a landing file; ignored")
+            continue
+        if day is None:
+            notes.append(f"{path.name}: ignored, its name holds no day as YYYY-MM-DD (the day it belongs to)")
+            continue
+        if not path.is_file() and not path.is_symlink():
+            notes.append(f"{path.name}: not a regular file; ignored")
+            continue
+        found.append(LandingFile(path, day))
+    return found, notes
 
 
-def files_for_day(landing_dir: Path, day: str) -> list[LandingFile]:
+def files_for_day(landing_dir: Path, day: str, pattern: str = "*") -> list[LandingFile]:
     parse_day(day)
-    return [f for f in list_landing_files(landing_dir) if f.day == day]
+    return [f for f in list_landing_files(landing_dir, pattern) if f.day == day]
 
 
-def file_problem(path: Path) -> str | None:
+def file_problem(path: Path, file_format: str = "auto") -> str | None:
     """Why a landing file cannot be accepted by its name or kind, or None."""
     name = path.name
     if ".." in name or not SAFE_NAME.match(name):
         return "unsafe file name: only letters, digits, '.', '_' and '-' are accepted, and no '..'"
     if path.is_symlink():
         return "symbolic links are not accepted as landing files"
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if file_format == "auto" and path.suffix.lower() not in SUPPORTED_SUFFIXES:
         return f"unsupported file type {path.suffix or '(none)'}: expected .parquet or .csv"
     return None
+
+
+def file_kind(path: Path, file_format: str = "auto") -> str:
+    """``parquet`` or ``csv``: the source's declared format, else the file's suffix."""
+    if file_format != "auto":
+        return file_format
+    return "parquet" if path.suffix.lower() == ".parquet" else "csv"
 
 
 def _read_parquet(data: bytes) -> pd.DataFrame:
@@ -202,9 +236,17 @@ def _keep_arrow_types(arrow_type: pa.DataType):  # noqa: ANN202 - pandas' types_
     return None
 
 
-def _read_csv(data: bytes) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+def _read_csv(data: bytes, encoding: str = "utf-8") -> tuple[pd.DataFrame, list[tuple[int, str]]]:
     """Read a CSV as strings; lines with the wrong number of fields are returned separately."""
-    text = data.decode("utf-8", errors="replace")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not valid {encoding} at byte {exc.start}: declare the file's encoding in the source's 'encoding'"
+        ) from None
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r} declared for the source") from None
+    text = text.removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -259,6 +301,13 @@ def _coerce(series: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
         numeric = pd.to_numeric(series, errors="coerce")
         integral = numeric.notna() & (numeric == np.floor(numeric.astype("float64").fillna(0)))
         values = numeric.where(integral).astype("Int64")
+    elif pa.types.is_boolean(dtype):
+        if pd.api.types.is_bool_dtype(series):
+            values = series.astype("boolean")
+        else:
+            text = series.astype("string").str.strip().str.lower()
+            mapping = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            values = text.map(mapping, na_action="ignore").astype("boolean")
     else:
         values = series.astype("string").str.strip()
         values = values.where(values != "", pd.NA)
@@ -277,6 +326,8 @@ def _type_matches(series: pd.Series, spec: ColumnSpec) -> bool:
         return pd.api.types.is_object_dtype(kind) or pd.api.types.is_datetime64_any_dtype(kind)
     if pa.types.is_floating(dtype) or pa.types.is_integer(dtype):
         return pd.api.types.is_numeric_dtype(kind) and not pd.api.types.is_bool_dtype(kind)
+    if pa.types.is_boolean(dtype):
+        return pd.api.types.is_bool_dtype(kind)
     return pd.api.types.is_string_dtype(kind) or pd.api.types.is_object_dtype(kind)
 
 
@@ -288,10 +339,13 @@ def _validate_rows(
     outcome: FileOutcome,
     typed_file: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split one file's rows into (kept, quarantined); quarantined rows carry a reason."""
-    reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+    """Split one file's rows into (kept, quarantined); a quarantined row's reason lists every check it failed."""
+    failures: list[tuple[str, pd.Series]] = []
     typed = {}
     for spec in contract.columns:
+        if spec.name not in frame.columns:  # an optional column absent from this file: all null
+            typed[spec.name] = pd.Series(pd.NA, index=frame.index, dtype="object")
+            continue
         raw = frame[spec.name]
         if not typed_file:
             pass  # CSV carries no types: every column is parsed from text
@@ -300,28 +354,45 @@ def _validate_rows(
         elif pa.types.is_timestamp(spec.dtype) and getattr(raw.dt, "tz", None) is None:
             outcome.coerced_columns[spec.name] = "timestamp without time zone (read as UTC)"
         values, failed = _coerce(raw, spec)
-        reasons = reasons.mask(reasons.isna() & failed, f"invalid_type:{spec.name}")
+        failures.append((f"invalid_type:{spec.name}", failed))
         typed[spec.name] = values
     for spec in contract.columns:
         values = typed[spec.name]
+        invalid = next((m for r, m in failures if r == f"invalid_type:{spec.name}"), None)
         if not spec.nullable:
-            reasons = reasons.mask(reasons.isna() & values.isna(), f"null:{spec.name}")
+            is_null = values.isna() if invalid is None else values.isna() & ~invalid
+            failures.append((f"null:{spec.name}", is_null))
         if spec.allowed is not None:
             as_text = values.astype("string")
-            bad = values.notna() & ~as_text.isin(spec.allowed)
-            reasons = reasons.mask(reasons.isna() & bad, f"not_allowed:{spec.name}")
+            failures.append((f"not_allowed:{spec.name}", values.notna() & ~as_text.isin(spec.allowed)))
         if spec.min_value is not None:
-            bad = values.notna() & (values.astype("float64") < spec.min_value)
-            reasons = reasons.mask(reasons.isna() & bad, f"below_minimum:{spec.name}")
+            failures.append((f"below_minimum:{spec.name}", values.notna() & (values.astype("float64") < spec.min_value)))
+        if spec.max_value is not None:
+            failures.append((f"above_maximum:{spec.name}", values.notna() & (values.astype("float64") > spec.max_value)))
     start = pd.Timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
     end = start + timedelta(days=1)
     ts = typed[contract.partition_column]
     outside = ts.notna() & ((ts < start) | (ts >= end))
-    reasons = reasons.mask(reasons.isna() & outside, f"outside_partition:{contract.partition_column}")
+    failures.append((f"outside_partition:{contract.partition_column}", outside))
+    reasons = _joined_reasons(frame.index, failures)
     kept_frame = pd.DataFrame({name: typed[name] for name in contract.column_names}, index=frame.index)
     bad_mask = reasons.notna()
     quarantined = _quarantine_rows(frame.loc[bad_mask], reasons[bad_mask], source)
     return kept_frame.loc[~bad_mask], quarantined
+
+
+REASON_SEPARATOR = ";"
+
+
+def _joined_reasons(index: pd.Index, failures: list[tuple[str, pd.Series]]) -> pd.Series:
+    """Per row, every failed check's reason joined by ``;`` in check order (NA when none failed)."""
+    out = pd.Series(pd.NA, index=index, dtype="string")
+    for reason, mask in failures:
+        mask = pd.Series(mask, index=index).fillna(False).astype(bool)
+        if not mask.any():
+            continue
+        out = out.mask(mask & out.isna(), reason).mask(mask & out.notna() & (out != reason), out + REASON_SEPARATOR + reason)
+    return out
 
 
 def _quarantine_rows(raw: pd.DataFrame, reasons: pd.Series, source: str) -> pd.DataFrame:
@@ -350,9 +421,13 @@ def _to_contract_table(kept: pd.DataFrame, contract: TableContract) -> pa.Table:
         if pa.types.is_date32(spec.dtype):
             arrays.append(pa.array(list(values), type=spec.dtype))
         elif pa.types.is_integer(spec.dtype):
+            ints = values.astype("Int64")
+            mask = ints.isna().to_numpy()
             arrays.append(
-                pa.array(values.astype("Int64").to_numpy(dtype="int64", na_value=0), type=spec.dtype)
+                pa.array(ints.to_numpy(dtype="int64", na_value=0), type=spec.dtype, mask=mask if mask.any() else None)
             )
+        elif values.dtype == object and values.isna().all():
+            arrays.append(pa.nulls(len(values), type=spec.dtype))
         else:
             arrays.append(pa.Array.from_pandas(values, type=spec.dtype))
     return pa.Table.from_arrays(arrays, schema=contract.schema)
@@ -370,7 +445,8 @@ def _sha256(data: bytes) -> str:
 def ingest_day(contract: TableContract, landing_dir: Path, day: str) -> DayResult:
     """Validate every landing file of ``day`` for ``contract``; nothing is written."""
     parsed_day = parse_day(day)
-    files = files_for_day(landing_dir, day)
+    listed, notes = scan_landing_dir(landing_dir, contract.pattern)
+    files = [f for f in listed if f.day == day]
     outcomes: list[FileOutcome] = []
     kept_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
@@ -379,7 +455,8 @@ def ingest_day(contract: TableContract, landing_dir: Path, day: str) -> DayResul
     for landing in files:
         outcome = FileOutcome(name=landing.name, status="read")
         outcomes.append(outcome)
-        problem = file_problem(landing.path)
+        problem = file_problem(landing.path, contract.file_format)
+        kind = file_kind(landing.path, contract.file_format)
         if landing.path.is_symlink():
             outcome.status, outcome.reason = "quarantined", problem
             continue
@@ -394,15 +471,13 @@ def ingest_day(contract: TableContract, landing_dir: Path, day: str) -> DayResul
             continue
         bad_lines: list[tuple[int, str]] = []
         try:
-            if landing.path.suffix.lower() == ".parquet":
+            if kind == "parquet":
                 frame = _read_parquet(data)
             else:
-                frame, bad_lines = _read_csv(data)
+                frame, bad_lines = _read_csv(data, contract.encoding)
         except Exception as exc:  # any reader failure means the file is unreadable: quarantine it whole
             outcome.status = "quarantined"
-            outcome.reason = (
-                f"unreadable {landing.path.suffix.lstrip('.')} file: {type(exc).__name__}: {exc}"[:500]
-            )
+            outcome.reason = f"unreadable {kind} file: {type(exc).__name__}: {exc}"[:500]
             continue
         frame = frame.reset_index(drop=True)
         outcome.rows_read = len(frame) + len(bad_lines)
@@ -418,7 +493,7 @@ def ingest_day(contract: TableContract, landing_dir: Path, day: str) -> DayResul
                     }
                 )
             )
-        outcome.missing_columns = [c for c in contract.column_names if c not in frame.columns]
+        outcome.missing_columns = [c for c in contract.required_columns if c not in frame.columns]
         outcome.extra_columns = [c for c in frame.columns if c not in contract.column_names]
         if outcome.missing_columns:
             reason = "missing_columns:" + ",".join(outcome.missing_columns)
@@ -432,7 +507,7 @@ def ingest_day(contract: TableContract, landing_dir: Path, day: str) -> DayResul
             parsed_day,
             landing.name,
             outcome,
-            typed_file=landing.path.suffix.lower() == ".parquet",
+            typed_file=kind == "parquet",
         )
         kept_parts.append(kept.assign(**{SOURCE_COLUMN: landing.name, ROW_COLUMN: kept.index.to_numpy()}))
         if len(quarantined):
@@ -463,6 +538,7 @@ def ingest_day(contract: TableContract, landing_dir: Path, day: str) -> DayResul
         files=outcomes,
         rows_read=rows_read,
         landing_hash=landing_hash(hashes),
+        landing_notes=notes,
     )
     result.check_conservation()
     return result

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.ingestion.schema import REGIONS, UTC_TS
+from .tables import REGIONS, UTC_TS
 
 
 @dataclass(frozen=True)

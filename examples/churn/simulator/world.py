@@ -15,17 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mlops_assets.ingestion.schema import (
-    AGE_GROUPS,
-    CUSTOMERS,
-    EVENT_TYPES,
-    PLANS,
-    RAW_EVENTS,
-    RAW_LABELS,
-    REGIONS,
-)
-from mlops_assets.simulate.scenarios import Scenario, garbage_bytes, inject_quality_incident, parse_scenario
 from mlops_assets.storage import write_file_atomic
+
+from .scenarios import Scenario, garbage_bytes, inject_quality_incident, parse_scenario
+from .tables import AGE_GROUPS, CUSTOMERS, EVENT_TYPES, PLANS, RAW_EVENTS, RAW_LABELS, REGIONS
 
 DAY_US = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
@@ -250,9 +243,9 @@ class _World:
                 _strings(PLANS, self.plan[idx]),
                 _strings(REGIONS, self.region[idx]),
                 _strings(AGE_GROUPS, self.age[idx]),
-                pa.array(updated_us, CUSTOMERS.column("updated_at").dtype),
+                pa.array(updated_us, CUSTOMERS.field("updated_at").type),
             ],
-            schema=CUSTOMERS.schema,
+            schema=CUSTOMERS,
         )
 
     def labels(self, d: int, rng: np.random.Generator, concept_drift: bool) -> pa.Table:
@@ -275,10 +268,10 @@ class _World:
         return pa.table(
             [
                 self.customer_ids.take(pa.array(idx[order])),
-                pa.array(label_us[order], RAW_LABELS.column("label_timestamp").dtype),
-                pa.array(churned[order].astype(np.int8), pa.int8()),
+                pa.array(label_us[order], RAW_LABELS.field("label_timestamp").type),
+                pa.array(churned[order].astype(np.int64), pa.int64()),
             ],
-            schema=RAW_LABELS.schema,
+            schema=RAW_LABELS,
         )
 
     def events(
@@ -313,11 +306,11 @@ class _World:
             [
                 pc.binary_join_element_wise(tag, seq, ""),
                 self.customer_ids.take(pa.array(cust)),
-                pa.array(ts, RAW_EVENTS.column("event_timestamp").dtype),
+                pa.array(ts, RAW_EVENTS.field("event_timestamp").type),
                 _strings(EVENT_TYPES, kind),
                 pa.array(amount, pa.float64(), from_pandas=True),
             ],
-            schema=RAW_EVENTS.schema,
+            schema=RAW_EVENTS,
         )
 
     def _remember(self, d: int, cust: np.ndarray, kind: np.ndarray, amount: np.ndarray) -> None:

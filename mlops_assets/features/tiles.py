@@ -1,0 +1,576 @@
+"""Write a feature view's days: tiles of an event view, change rows of a snapshot view, and its state.
+
+Day D of a view reads only partition D of its source (and, for a snapshot view, the entity's state
+before D). Its rows are written to ``<warehouse>/features/<view>/date=D/part-0.parquet``.
+
+The view's **state** (``<warehouse>/_state/<view>/``) is the lifetime aggregate of every entity as of
+the end of one day H: the fold of all tiles up to H (event views) or the latest row per entity (snapshot
+views). Computing day H+1 advances it: day D's state is day D-1's plus day D's rows, so neither a
+lifetime feature nor the online store ever rescans history. When days are computed out of order (a
+parallel backfill) the state is left alone; a snapshot view then derives the state before D from its
+source's earlier partitions, which gives the same rows. No Dagster here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlops_assets.features.exact import dd_add, group_sums
+from mlops_assets.features.layout import DAY_COLUMN, RECORD_TS, ViewLayout, quote
+from mlops_assets.features.pit import duckdb_cursor
+from mlops_assets.settings import DataPaths
+from mlops_assets.storage import PART_FILE, table_hash, write_file_atomic, write_partition
+
+STATE_FILE = "state.parquet"
+STATE_META = "state.json"
+
+
+class FeatureInputError(RuntimeError):
+    """A view's inputs are missing or inconsistent (e.g. source partitions not ingested)."""
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def view_dir(paths: DataPaths, view: str) -> Path:
+    return paths.features / view
+
+
+def partition_path(paths: DataPaths, view: str, day: str) -> Path:
+    return view_dir(paths, view) / f"date={day}"
+
+
+def stored_days(paths: DataPaths, view: str) -> list[str]:
+    """Days of ``view`` written to the offline store, ascending."""
+    folder = view_dir(paths, view)
+    if not folder.is_dir():
+        return []
+    days = []
+    for part in folder.iterdir():
+        if part.name.startswith("date=") and (part / PART_FILE).is_file():
+            days.append(part.name[len("date=") :])
+    return sorted(days)
+
+
+def view_files(paths: DataPaths, view: str, days: Iterable[str]) -> dict[str, str]:
+    """day -> Parquet file of the view's rows, for the given days that are stored."""
+    out = {}
+    for day in days:
+        path = partition_path(paths, view, day) / PART_FILE
+        if path.is_file():
+            out[day] = str(path)
+    return out
+
+
+def source_files(paths: DataPaths, source: str, days: Iterable[str]) -> dict[str, list[str]]:
+    """day -> the source table's Parquet files of that day (an empty list when none were ingested)."""
+    out = {}
+    for day in days:
+        folder = paths.partition_dir(source, day)
+        out[day] = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+    return out
+
+
+def ingested_days(paths: DataPaths, source: str, days: Iterable[str]) -> set[str]:
+    """Days whose ingestion was recorded (a manifest exists), whether or not rows were kept."""
+    return {d for d in days if paths.manifest_path(source, d).is_file() or paths.partition_dir(source, d).is_dir()}
+
+
+# ---------------------------------------------------------------------------------------------- tiles
+
+
+def _records_sql(layout: ViewLayout, files: dict[str, list[str]]) -> str:
+    """The view's source records of the given days with their partition day ``__day`` and order ``__r``."""
+    all_files = [f for fs in files.values() for f in fs]
+    file_day = [d for d, fs in files.items() for _ in fs]
+    day_list = "[" + ", ".join(f"DATE {_lit(d)}" for d in file_day) + "]"
+    where = f"{quote(layout.entity_key)} IS NOT NULL"
+    if layout.view.filter:
+        where += f" AND ({layout.view.filter})"
+    return (
+        f"SELECT *, {day_list}[CAST(file_index AS BIGINT) + 1] AS __day, "
+        f"CAST(file_index AS BIGINT) * 4294967296 + CAST(file_row_number AS BIGINT) AS __r "
+        f"FROM read_parquet([{', '.join(_lit(f) for f in all_files)}], file_row_number = true) WHERE {where}"
+    )
+
+
+def _measure_exprs(layout: ViewLayout) -> list[str]:
+    ts = quote(layout.source.timestamp)
+    exprs = []
+    for m in layout.measures:
+        col = quote(m.column) if m.column else None
+        cond = m.condition or "TRUE"
+        when = f"({cond}) AND {col} IS NOT NULL" if col else cond
+        exprs.append(f"count({col or '*'}) FILTER (WHERE {cond}) AS {m.col('n')}")
+        for part in m.parts:
+            if part in ("min", "max"):
+                exprs.append(f"{part}(CAST({col} AS DOUBLE)) FILTER (WHERE {when}) AS {m.col(part)}")
+            elif part == "first":
+                exprs.append(f"min({ts}) FILTER (WHERE {when}) AS {m.col('first_ts')}")
+            elif part == "last":
+                exprs.append(f"max({ts}) FILTER (WHERE {when}) AS {m.col('last_ts')}")
+            elif part == "value":
+                key = f"struct_pack(t := {ts}, r := __r)"
+                exprs.append(f"arg_max({col}, {key}) FILTER (WHERE {when}) AS {m.col('value')}")
+                exprs.append(f"struct_extract(max({key}) FILTER (WHERE {when}), 't') AS {m.col('value_ts')}")
+            elif part == "distinct":
+                exprs.append(
+                    f"list_sort(list_distinct(list(CAST({col} AS VARCHAR)) FILTER (WHERE {when}))) "
+                    f"AS {m.col('distinct')}"
+                )
+    return exprs
+
+
+def event_tiles(layout: ViewLayout, files: dict[str, list[str]]) -> dict[str, pa.Table]:
+    """Tiles of every given day (one read of the source partitions), each in the layout's canonical form."""
+    schema = layout.schema
+    days = list(files)
+    if not any(files.values()):
+        return {d: schema.empty_table() for d in days}
+    key = quote(layout.entity_key)
+    records = _records_sql(layout, {d: fs for d, fs in files.items() if fs})
+    con = duckdb_cursor()
+    try:
+        con.execute(f"CREATE TEMP TABLE __records AS {records}")
+        tiles = con.sql(
+            f"SELECT {key}, __day AS {DAY_COLUMN}, {', '.join(_measure_exprs(layout))} "
+            f"FROM __records GROUP BY ALL ORDER BY {DAY_COLUMN}, {key}"
+        ).to_arrow_table()
+        for m in layout.measures:
+            if "sum" not in m.parts:
+                continue
+            cond = m.condition or "TRUE"
+            stream = con.sql(
+                f"SELECT CAST({quote(m.column)} AS DOUBLE) AS v FROM __records "
+                f"WHERE ({cond}) AND {quote(m.column)} IS NOT NULL ORDER BY __day, {key}, __r"
+            ).to_arrow_table()
+            counts = tiles.column(m.col("n")).to_numpy(zero_copy_only=False)
+            values = stream.column("v").to_numpy(zero_copy_only=False)
+            if int(counts.sum()) != len(values):
+                raise AssertionError(f"{layout.name}: measure {m.prefix} counts do not match its values")
+            hi = np.zeros(len(counts))
+            lo = np.zeros(len(counts))
+            present = counts > 0
+            hi[present], lo[present] = group_sums(values, counts[present])
+            tiles = tiles.append_column(m.col("sum_hi"), pa.array(hi)).append_column(m.col("sum_lo"), pa.array(lo))
+        con.execute("DROP TABLE __records")
+    finally:
+        con.close()
+    tiles = tiles.select(schema.names).cast(schema)
+    return _split_by_day(tiles, days, schema)
+
+
+def _split_by_day(table: pa.Table, days: list[str], schema: pa.Schema) -> dict[str, pa.Table]:
+    """Rows ordered by day cut into one canonical table per day."""
+    day_values = pc.cast(table.column(DAY_COLUMN), pa.string()).to_numpy(zero_copy_only=False)
+    out = {}
+    for day in days:
+        lo, hi = np.searchsorted(day_values, [day, day + "~"])
+        out[day] = canonical_table(table.slice(int(lo), int(hi - lo))) if hi > lo else schema.empty_table()
+    return out
+
+
+# ------------------------------------------------------------------------------------- snapshot views
+
+
+def _latest_per_entity_sql(layout: ViewLayout, records: str, by_day: bool) -> str:
+    key = quote(layout.entity_key)
+    ts = quote(layout.source.timestamp)
+    cols = ", ".join(quote(c) for c in layout.snapshot_columns)
+    partition = f"{key}, __day" if by_day else key
+    return (
+        f"SELECT {key}, __day AS {DAY_COLUMN}, {ts} AS {RECORD_TS}, {cols} FROM ({records}) "
+        f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {ts} DESC, __r DESC) = 1"
+    )
+
+
+def snapshot_changes(
+    layout: ViewLayout, files: dict[str, list[str]], prior: pa.Table | None
+) -> tuple[dict[str, pa.Table], pa.Table]:
+    """Change rows of each given day (consecutive, ascending) and the state after the last one.
+
+    ``prior`` is the latest row per entity before the first day (None: no entity known yet). A day's row
+    for an entity is kept when its latest record of the day differs from the entity's state before it
+    in any stored column (nulls compare equal).
+    """
+    schema = layout.schema
+    state = prior if prior is not None else schema.empty_table()
+    days = list(files)
+    out: dict[str, pa.Table] = {}
+    if not any(files.values()):
+        return {d: schema.empty_table() for d in days}, state
+    key = quote(layout.entity_key)
+    cols = list(layout.snapshot_columns)
+    con = duckdb_cursor()
+    try:
+        latest = con.sql(
+            _latest_per_entity_sql(layout, _records_sql(layout, {d: fs for d, fs in files.items() if fs}), True)
+            + f" ORDER BY {DAY_COLUMN}, {key}"
+        ).to_arrow_table()
+        latest = latest.select(schema.names).cast(schema)
+        by_day = _split_by_day(latest, days, schema)
+        differs = " OR ".join(f"s.{quote(c)} IS DISTINCT FROM d.{quote(c)}" for c in cols) or "FALSE"
+        for day in days:
+            rows = by_day[day]
+            if rows.num_rows == 0:
+                out[day] = rows
+                continue
+            con.register("__day_rows", rows)
+            con.register("__state", state)
+            changed = con.sql(
+                f"SELECT d.* FROM __day_rows d LEFT JOIN __state s ON s.{key} = d.{key} "
+                f"WHERE s.{key} IS NULL OR {differs} ORDER BY d.{key}"
+            ).to_arrow_table()
+            state = con.sql(
+                f"SELECT * FROM __state s WHERE NOT EXISTS (SELECT 1 FROM __day_rows d WHERE d.{key} = s.{key}) "
+                f"UNION ALL SELECT * FROM __day_rows ORDER BY {key}"
+            ).to_arrow_table()
+            con.unregister("__day_rows")
+            con.unregister("__state")
+            out[day] = canonical_table(changed.cast(schema)) if changed.num_rows else schema.empty_table()
+            state = state.cast(schema)
+    finally:
+        con.close()
+    return out, canonical_table(state)
+
+
+def snapshot_state_from_source(layout: ViewLayout, paths: DataPaths, before: str, start: str) -> pa.Table:
+    """The latest record per entity in the source partitions of ``start`` .. the day before ``before``."""
+    schema = layout.schema
+    first, last = date.fromisoformat(start), date.fromisoformat(before) - timedelta(days=1)
+    days = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    files = {d: fs for d, fs in source_files(paths, layout.source_name, days).items() if fs}
+    if not files:
+        return schema.empty_table()
+    key = quote(layout.entity_key)
+    con = duckdb_cursor()
+    try:
+        table = con.sql(
+            _latest_per_entity_sql(layout, _records_sql(layout, files), False) + f" ORDER BY {key}"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return canonical_table(table.select(schema.names).cast(schema))
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+def state_dir(paths: DataPaths, view: str) -> Path:
+    return paths.warehouse / "_state" / view
+
+
+@contextlib.contextmanager
+def _state_lock(paths: DataPaths, view: str) -> Iterator[None]:
+    folder = state_dir(paths, view)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_state(paths: DataPaths, layout: ViewLayout) -> tuple[str | None, pa.Table | None, dict]:
+    """(day the state is as of, the state table, its record) — (None, None, {}) without a valid state."""
+    folder = state_dir(paths, layout.name)
+    try:
+        meta = json.loads((folder / STATE_META).read_text())
+    except (OSError, ValueError):
+        return None, None, {}
+    if meta.get("version") != layout.version() or not (folder / STATE_FILE).is_file():
+        return None, None, {}
+    table = pq.read_table(folder / STATE_FILE)
+    if table_hash(table) != meta.get("content_hash"):
+        return None, None, {}
+    return meta["day"], table, meta
+
+
+def _write_state(paths: DataPaths, layout: ViewLayout, day: str, table: pa.Table, tile_hashes: dict[str, str]) -> None:
+    folder = state_dir(paths, layout.name)
+    write_file_atomic(_parquet_bytes(table), folder / STATE_FILE)
+    meta = {"day": day, "version": layout.version(), "content_hash": table_hash(table), "tiles": tile_hashes}
+    write_file_atomic(json.dumps(meta, sort_keys=True).encode(), folder / STATE_META)
+
+
+def _drop_state(paths: DataPaths, view: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir(paths, view) / STATE_META).unlink()
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def event_state_schema(layout: ViewLayout) -> pa.Schema:
+    """An event view's state: per entity, the tiles' lifetime fold, plus the day of its last tile."""
+    return layout.schema
+
+
+def fold_event_state(layout: ViewLayout, state: pa.Table, tiles: pa.Table) -> pa.Table:
+    """``state`` (lifetime fold up to some day) plus the tiles of the next day, per entity."""
+    schema = layout.schema
+    if tiles.num_rows == 0:
+        return state
+    if state.num_rows == 0:
+        return canonical_table(tiles)
+    key = layout.entity_key
+    s_keys = state.column(key)
+    t_keys = tiles.column(key)
+    position = pc.fill_null(pc.index_in(t_keys, value_set=s_keys), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    old_rows = position[position >= 0]
+    old = state.take(pa.array(old_rows))
+    new_idx = np.flatnonzero(position >= 0)
+    cur = tiles.take(pa.array(new_idx))
+    merged = {name: cur.column(name) for name in schema.names}
+    for m in layout.measures:
+        n_old = old.column(m.col("n")).to_numpy(zero_copy_only=False)
+        n_new = cur.column(m.col("n")).to_numpy(zero_copy_only=False)
+        merged[m.col("n")] = pa.array(n_old + n_new)
+        for part in m.parts:
+            if part == "sum":
+                hi, lo = dd_add(
+                    _f(old, m.col("sum_hi")), _f(old, m.col("sum_lo")), _f(cur, m.col("sum_hi")), _f(cur, m.col("sum_lo"))
+                )
+                merged[m.col("sum_hi")], merged[m.col("sum_lo")] = pa.array(hi), pa.array(lo)
+            elif part in ("min", "max"):
+                fn = np.fmin if part == "min" else np.fmax
+                a, b = _f(old, m.col(part), np.nan), _f(cur, m.col(part), np.nan)
+                value = fn(a, b)
+                merged[m.col(part)] = pa.array(value, mask=np.isnan(value))
+            elif part == "first":
+                merged[m.col("first_ts")] = pc.coalesce(old.column(m.col("first_ts")), cur.column(m.col("first_ts")))
+            elif part == "last":
+                merged[m.col("last_ts")] = pc.coalesce(cur.column(m.col("last_ts")), old.column(m.col("last_ts")))
+            elif part == "value":
+                has_new = pc.is_valid(cur.column(m.col("value_ts")))
+                for col in ("value", "value_ts"):
+                    merged[m.col(col)] = pc.if_else(has_new, cur.column(m.col(col)), old.column(m.col(col)))
+            elif part == "distinct":
+                merged[m.col("distinct")] = pa.array(
+                    [
+                        sorted(set(a or ()) | set(b or ()))
+                        for a, b in zip(
+                            old.column(m.col("distinct")).to_pylist(), cur.column(m.col("distinct")).to_pylist(), strict=True
+                        )
+                    ],
+                    pa.list_(pa.string()),
+                )
+    updated = pa.table({n: merged[n] for n in schema.names}).cast(schema)
+    fresh = tiles.take(pa.array(np.flatnonzero(position < 0)))
+    keep = np.ones(state.num_rows, dtype=bool)
+    keep[old_rows] = False
+    result = pa.concat_tables([state.filter(pa.array(keep)), updated, fresh])
+    return canonical_table(result.take(pc.sort_indices(result, sort_keys=[(key, "ascending")])))
+
+
+def _f(table: pa.Table, name: str, fill: float = 0.0) -> np.ndarray:
+    return table.column(name).fill_null(fill).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def build_event_state(paths: DataPaths, layout: ViewLayout, until: str) -> pa.Table:
+    """The fold of every stored tile of the view up to and including ``until`` (the slow, exact path)."""
+    state = layout.schema.empty_table()
+    days = [d for d in stored_days(paths, layout.name) if d <= until]
+    for day in days:
+        state = fold_event_state(layout, state, pq.read_table(partition_path(paths, layout.name, day) / PART_FILE))
+    return state
+
+
+# ------------------------------------------------------------------------------------------ materialize
+
+
+def _consecutive_runs(days: list[str]) -> list[list[str]]:
+    runs: list[list[str]] = []
+    for day in days:
+        if runs and (date.fromisoformat(day) - date.fromisoformat(runs[-1][-1])).days == 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return runs
+
+
+#: Most days computed from one read of the source (their tiles are held in memory until written).
+DAYS_PER_PASS = 64
+
+
+def _partition_metadata(layout: ViewLayout, day: str, table: pa.Table, source_rows: int | None, path: Path) -> dict:
+    return {
+        "path": str(path),
+        "rows": table.num_rows,
+        "entities": len(pc.unique(table.column(layout.entity_key))) if table.num_rows else 0,
+        "content_hash": table_hash(table),
+        "code_version": layout.version(),
+        "source_files": source_rows,
+    }
+
+
+def materialize_days(
+    layout: ViewLayout,
+    paths: DataPaths,
+    days: list[str],
+    start: str,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, dict]:
+    """Compute and atomically write each day of ``days`` for one view; per-day metadata.
+
+    ``start`` is the first partition day of the project (a snapshot view's state before it is empty).
+    Source days that were never ingested are an error naming them (a day ingested with no rows is fine).
+    """
+    days = sorted(set(days))
+    for day in days:
+        date.fromisoformat(day)
+    files_all = source_files(paths, layout.source_name, days)
+    missing = [d for d in days if not files_all[d] and d not in ingested_days(paths, layout.source_name, [d])]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise FeatureInputError(
+            f"feature view {layout.name}: source {layout.source_name} has no ingested partition for "
+            f"{len(missing)} day(s) ({shown}); materialize {layout.source_name} for them first"
+        )
+    out: dict[str, dict] = {}
+    for run in _consecutive_runs(days):
+        for i in range(0, len(run), DAYS_PER_PASS):
+            chunk = run[i : i + DAYS_PER_PASS]
+            files = {d: files_all[d] for d in chunk}
+            if layout.kind == "snapshot":
+                tables = _snapshot_pass(layout, paths, files, start)
+            else:
+                tables = event_tiles(layout, files)
+            for day in chunk:
+                table = tables[day]
+                path = write_partition(table, partition_path(paths, layout.name, day))
+                out[day] = _partition_metadata(layout, day, table, len(files[day]), path)
+                if layout.kind == "events":
+                    _advance_event_state(paths, layout, day, table, out[day]["content_hash"])
+                if progress is not None:
+                    progress(day, len(out), len(days))
+    return out
+
+
+def _snapshot_pass(layout: ViewLayout, paths: DataPaths, files: dict[str, list[str]], start: str) -> dict[str, pa.Table]:
+    first = next(iter(files))
+    with _state_lock(paths, layout.name):
+        state_day, state, _ = read_state(paths, layout)
+    previous = (date.fromisoformat(first) - timedelta(days=1)).isoformat()
+    if first <= start:
+        prior = layout.schema.empty_table()
+    elif state_day == previous and state is not None:
+        prior = state
+    else:
+        prior = snapshot_state_from_source(layout, paths, first, start)
+    tables, after = snapshot_changes(layout, files, prior)
+    last = list(files)[-1]
+    with _state_lock(paths, layout.name):
+        current_day, _, _ = read_state(paths, layout)
+        if current_day is None or current_day <= last:
+            _write_state(paths, layout, last, after, {})
+        else:  # a re-run of past days: the later state may depend on them; derived again when needed
+            _drop_state(paths, layout.name)
+    return tables
+
+
+def _advance_event_state(paths: DataPaths, layout: ViewLayout, day: str, tiles: pa.Table, content_hash: str) -> None:
+    """Fold a just-written day into the view's state when it is the state's next day.
+
+    A day after a gap leaves the state alone (it is rebuilt, or folded forward, by the read that needs
+    it); a re-run of a folded day whose content changed drops the state.
+    """
+    with _state_lock(paths, layout.name):
+        state_day, state, meta = read_state(paths, layout)
+        previous = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+        recorded = meta.get("tiles", {})
+        if state_day is None:
+            if not any(d < day for d in stored_days(paths, layout.name)):
+                _write_state(paths, layout, day, canonical_table(tiles), {day: content_hash})
+        elif state_day == previous:
+            folded = fold_event_state(layout, state, tiles)
+            _write_state(paths, layout, day, folded, {**_recent(recorded), day: content_hash})
+        elif day <= state_day and recorded.get(day) != content_hash:
+            _drop_state(paths, layout.name)
+
+
+def _recent(recorded: dict[str, str], keep: int = 400) -> dict[str, str]:
+    """The content hashes of the last folded days (enough to notice a re-run of a recent day that changed)."""
+    return dict(sorted(recorded.items())[-keep:])
+
+
+def event_state_at(paths: DataPaths, layout: ViewLayout, day: str) -> pa.Table:
+    """The view's lifetime fold as of the end of ``day``: the stored state when it is that day's, else rebuilt."""
+    with _state_lock(paths, layout.name):
+        state_day, state, _ = read_state(paths, layout)
+    if state_day == day and state is not None:
+        return state
+    if state_day is not None and state is not None and state_day < day:
+        days = [d for d in stored_days(paths, layout.name) if state_day < d <= day]
+        for d in days:
+            state = fold_event_state(layout, state, pq.read_table(partition_path(paths, layout.name, d) / PART_FILE))
+        return state
+    return build_event_state(paths, layout, day)
+
+
+# ------------------------------------------------------------------------------------ canonical layout
+
+
+def canonical_table(table: pa.Table) -> pa.Table:
+    """The table in one canonical Arrow layout, so that equal values give an equal :func:`table_hash`.
+
+    ``table_hash`` hashes Arrow IPC bytes, which follow the buffers (chunking, a slice's unused bytes,
+    the bytes under nulls, the unused bits of the validity bitmap), not only the values. Canonical:
+    one chunk per column in exactly-sized buffers starting at offset 0; a validity bitmap only where
+    there are nulls, its unused bits set; under a null, NaN in a float column, 0 in another fixed-width
+    column, an empty string in a string column. Other types are rebuilt from their values.
+    """
+    if table.num_rows == 0:
+        return table.schema.empty_table()
+    return pa.Table.from_arrays([_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema)
+
+
+def _validity_bitmap(arr: pa.Array) -> pa.Buffer | None:
+    if arr.null_count == 0:
+        return None
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    padded = np.ones(-(-len(arr) // 8) * 8, dtype=bool)
+    padded[: len(arr)] = valid
+    return pa.py_buffer(np.packbits(padded, bitorder="little"))
+
+
+def _canonical_array(arr: pa.Array) -> pa.Array:
+    n, typ = len(arr), arr.type
+    if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_temporal(typ):
+        width = typ.bit_width // 8
+        if typ.bit_width % 8 or width not in (1, 2, 4, 8):
+            return pa.array(arr.to_pylist(), type=typ)
+        dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
+        values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + n)[arr.offset :].copy()
+        if arr.null_count:
+            fill = np.array(np.nan, dtype=f"f{width}").view(dtype) if pa.types.is_floating(typ) else 0
+            values[~arr.is_valid().to_numpy(zero_copy_only=False)] = fill
+        return pa.Array.from_buffers(typ, n, [_validity_bitmap(arr), pa.py_buffer(values)], arr.null_count)
+    if pa.types.is_string(typ) or pa.types.is_binary(typ):
+        filled = pc.fill_null(arr, "" if pa.types.is_string(typ) else b"") if arr.null_count else arr
+        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[filled.offset :]
+        data = filled.buffers()[2]
+        first, last = int(offsets[0]), int(offsets[-1])
+        body = data.slice(first, last - first) if data is not None else pa.py_buffer(b"")
+        return pa.Array.from_buffers(
+            typ,
+            n,
+            [_validity_bitmap(arr), pa.py_buffer(offsets - np.int32(first)), pa.py_buffer(body.to_pybytes())],
+            arr.null_count,
+        )
+    return pa.array(arr.to_pylist(), type=typ)
