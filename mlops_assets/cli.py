@@ -1,24 +1,80 @@
-"""The `mlops` command: simulate data, run the demo lifecycle, and the tools of each domain."""
+"""The `mlops` command: the project spec, the demo lifecycle, and the tools of each domain.
+
+Every command works on one project: ``--spec PATH`` (or ``$MLOPS_SPEC``, or ``[tool.mlops] spec`` in
+pyproject.toml) and its data folder ``--data-dir`` (or ``$MLOPS_DATA_DIR``, or ./data).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from mlops_assets.simulate.world import simulate
+def _project(args: argparse.Namespace, filters: bool = True):
+    from mlops_assets.project import Project
 
+    return Project.load(getattr(args, "spec", None), getattr(args, "data_dir", None), filters=filters)
+
+
+def _cmd_spec_validate(args: argparse.Namespace) -> int:
+    from mlops_assets.project import configured_spec_path
+    from mlops_assets.spec.load import SpecError, load_spec
+
+    path = configured_spec_path(args.spec)
+    try:
+        spec = load_spec(path)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    features = sum(len(v.features) for v in spec.feature_views.values())
+    print(
+        f"{path}: valid: project {spec.name!r}, {len(spec.entities)} entit{'y' if len(spec.entities) == 1 else 'ies'}, "
+        f"{len(spec.sources)} sources, {len(spec.feature_views)} feature views, {features} features"
+        + (f", target {spec.target.source}.{spec.target.column} ({spec.target.task})" if spec.target else "")
+    )
+    return 0
+
+
+def _cmd_spec_schema(args: argparse.Namespace) -> int:
+    from mlops_assets.spec.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from mlops_assets.spec.infer import init_project
+
+    result = init_project(Path(args.landing), Path(args.output), name=args.name, force=args.force)
+    print(result.summary())
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from mlops_assets.demo import load_simulator
+
+    project = _project(args)
+    demo = project.spec.demo
+    if demo is None:
+        print(f"spec {project.spec_path} has no `demo:` section naming a simulator", file=sys.stderr)
+        return 2
+    simulate = load_simulator(project)
+    out = Path(args.out) if args.out else project.paths.landing
     summary = simulate(
-        out=Path(args.out),
-        customers=args.customers,
-        days=args.days,
-        start=args.start,
-        seed=args.seed,
-        scenarios=args.scenario or (),
-        file_format=args.format,
+        out,
+        days=args.days or demo.days,
+        start=args.start or project.spec.partitions.start.isoformat(),
+        seed=demo.seed if args.seed is None else args.seed,
+        size=args.size or demo.size,
+        scenarios=tuple(args.scenario) if args.scenario else demo.scenarios,
     )
     print(summary)
     return 0
@@ -28,116 +84,152 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from mlops_assets.demo import DemoConfig, run_demo
 
     config = DemoConfig(
-        customers=args.customers,
+        size=args.size,
         days=args.days,
-        start=args.start,
         seed=args.seed,
-        scenarios=tuple(args.scenario) if args.scenario else DemoConfig().scenarios,
+        scenarios=tuple(args.scenario) if args.scenario else None,
         fresh=args.fresh,
+        canary=not args.no_canary,
     )
-    return run_demo(config)
+    return run_demo(_project(args), config)
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from mlops_assets.featurestore import FeatureStore
 
-    catalog = FeatureStore().list_features(search=args.search)
+    catalog = FeatureStore(_project(args)).list_features(search=args.search)
     if catalog.empty:
         print(f"no feature matches {args.search!r}")
         return 1
-    columns = ["reference", "dtype", "aggregation", "ttl", "owner", "tags", "description"]
+    columns = ["reference", "dtype", "aggregation", "window", "ttl", "owner", "tags", "description"]
     print(catalog[columns].to_string(index=False, max_colwidth=60))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     from mlops_assets.serving.app import serve
 
-    serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    if args.spec:
+        os.environ["MLOPS_SPEC"] = str(Path(args.spec).resolve())
+    serve(host=args.host, port=args.port, workers=args.workers, data_root=args.data_dir, log_level=args.log_level)
     return 0
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from mlops_assets.training.cli import rollback_command
 
-    return rollback_command(args)
+    return rollback_command(args, _project(args, filters=False))
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from mlops_assets.training.cli import promote_command
+
+    return promote_command(args, _project(args, filters=False))
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from mlops_assets.training.cli import reproduce_command
 
-    return reproduce_command(args.version, model_name=args.model_name)
+    return reproduce_command(args.version, _project(args, filters=False))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from mlops_assets.training.report_cli import report_command
 
-    return report_command(args)
+    return report_command(args, _project(args, filters=False))
 
 
-def _add_world_arguments(parser: argparse.ArgumentParser, customers: int, days: int) -> None:
-    parser.add_argument(
-        "--customers", type=int, default=customers, help=f"number of customers (default {customers})"
-    )
-    parser.add_argument("--days", type=int, default=days, help=f"number of days (default {days})")
-    parser.add_argument("--start", default="2026-01-01", help="first day, YYYY-MM-DD (default 2026-01-01)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+def _add_project_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", default=None, help="the project spec (default $MLOPS_SPEC or [tool.mlops] spec)")
+    parser.add_argument("--data-dir", default=None, help="the data folder (default $MLOPS_DATA_DIR or ./data)")
+
+
+def _add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=None, help="entities to simulate (default: the spec's demo.size)")
+    parser.add_argument("--days", type=int, default=None, help="days to simulate (default: the spec's demo.days)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's demo.seed)")
     parser.add_argument(
         "--scenario",
         action="append",
         metavar="NAME[@DATE|@dayN]",
-        help="switch on a scenario (repeatable): covariate_drift, concept_drift, quality_incident",
+        help="switch on a scenario of the example's simulator (repeatable; default: the spec's demo.scenarios)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    simulate = sub.add_parser("simulate", help="write simulated landing files (customers, events, labels)")
-    _add_world_arguments(simulate, customers=5000, days=120)
-    simulate.add_argument("--out", default="data/landing", help="landing folder (default data/landing)")
-    simulate.add_argument("--format", default="parquet", choices=("parquet", "csv"), help="file format")
+    spec = sub.add_parser("spec", help="check the project spec, or print its JSON Schema")
+    spec_sub = spec.add_subparsers(dest="spec_command", required=True)
+    validate = spec_sub.add_parser("validate", help="validate the spec; print every problem at once")
+    validate.add_argument("spec", nargs="?", default=None, help="spec file (default $MLOPS_SPEC or [tool.mlops] spec)")
+    validate.set_defaults(func=_cmd_spec_validate)
+    schema = spec_sub.add_parser("schema", help="print the JSON Schema of spec files (for editors)")
+    schema.add_argument("--output", "-o", default=None)
+    schema.set_defaults(func=_cmd_spec_schema)
+
+    init = sub.add_parser("init", help="write a starter spec from sample landing files")
+    init.add_argument("landing", help="a landing folder: one sub-folder per source, files named with their day")
+    init.add_argument("--output", "-o", default="spec.yaml", help="the spec file to write (default spec.yaml)")
+    init.add_argument("--name", default=None, help="project name (default: the landing folder's parent name)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing spec file")
+    init.set_defaults(func=_cmd_init)
+
+    simulate = sub.add_parser("simulate", help="write the example's simulated landing files (the spec's demo.simulator)")
+    _add_project_arguments(simulate)
+    _add_world_arguments(simulate)
+    simulate.add_argument("--start", default=None, help="first day (default: partitions.start)")
+    simulate.add_argument("--out", default=None, help="landing folder (default <data>/landing)")
     simulate.set_defaults(func=_cmd_simulate)
 
-    demo = sub.add_parser("demo", help="run the whole lifecycle on simulated data with embedded defaults")
-    _add_world_arguments(demo, customers=5000, days=120)
-    demo.add_argument("--fresh", action="store_true", help="delete data/ runtime state first")
+    demo = sub.add_parser("demo", help="run the example's whole lifecycle on its simulated data")
+    _add_project_arguments(demo)
+    _add_world_arguments(demo)
+    demo.add_argument("--fresh", action="store_true", help="delete the data folder's runtime state first")
+    demo.add_argument("--no-canary", action="store_true", help="stop after retraining (no canary rollout)")
     demo.set_defaults(func=_cmd_demo)
 
     drift = sub.add_parser(
-        "drift",
-        help="drift statistics between two Parquet/CSV files (mlops drift REFERENCE CURRENT [--json])",
-        add_help=False,
+        "drift", help="drift statistics between two Parquet/CSV files (mlops drift REFERENCE CURRENT [--json])", add_help=False
     )
     drift.add_argument("args", nargs="*", help="see `mlops drift --help`")
 
     features = sub.add_parser("features", help="the feature catalog")
     features_sub = features.add_subparsers(dest="features_command", required=True)
     listing = features_sub.add_parser("list", help="list feature views and features")
-    listing.add_argument("--search", default=None, help="match feature/view name, tag or owner")
+    _add_project_arguments(listing)
+    listing.add_argument("--search", default=None, help="match feature/view name, tag, owner or description")
     listing.set_defaults(func=_cmd_features)
 
-    from mlops_assets.training.cli import add_reproduce_arguments, add_rollback_arguments
+    from mlops_assets.training.cli import add_promote_arguments, add_reproduce_arguments, add_rollback_arguments
 
     rollback = sub.add_parser("rollback", help="restore the previous champion in one step")
+    _add_project_arguments(rollback)
     add_rollback_arguments(rollback)
     rollback.set_defaults(func=_cmd_rollback)
 
+    promote = sub.add_parser("promote", help="promote a registered version through the promotion policy")
+    _add_project_arguments(promote)
+    add_promote_arguments(promote)
+    promote.set_defaults(func=_cmd_promote)
+
     reproduce = sub.add_parser("reproduce", help="retrain a registered version and compare its predictions")
+    _add_project_arguments(reproduce)
     add_reproduce_arguments(reproduce)
     reproduce.set_defaults(func=_cmd_reproduce)
 
     from mlops_assets.training.report_cli import add_report_arguments
 
-    report = sub.add_parser(
-        "report",
-        help="model report: challenger vs champion, quality gates, drift (markdown for PRs, or --json)",
-    )
+    report = sub.add_parser("report", help="model report: challenger vs champion, quality gates, drift (markdown or --json)")
+    _add_project_arguments(report)
     add_report_arguments(report)
     report.set_defaults(func=_cmd_report)
 
     serve = sub.add_parser("serve", help="serve the champion over HTTP (FastAPI + uvicorn)")
+    _add_project_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
@@ -154,9 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return drift_command(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    from mlops_assets.project import ProjectConfigError
+    from mlops_assets.spec.load import SpecError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (ProjectConfigError, ValueError, FileNotFoundError) as exc:
         print(f"mlops {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

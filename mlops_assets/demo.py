@@ -1,17 +1,23 @@
-"""`make demo`: the lifecycle on simulated data, in one process against the local Dagster instance."""
+"""`make demo`: an example project's lifecycle on its simulated data, in one process against the local Dagster
+instance. The example names its simulator in its spec (``demo:``); nothing here knows its domain."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 
 from mlops_assets.instance import ensure_dagster_home
-from mlops_assets.settings import DataPaths, data_paths
+from mlops_assets.project import Project
+from mlops_assets.settings import DataPaths
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -19,15 +25,52 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    customers: int = 5000
-    days: int = 120
-    start: str = "2026-01-01"
-    seed: int = 7
-    scenarios: tuple[str, ...] = ("quality_incident@day45", "covariate_drift@day95", "concept_drift@day95")
+    """Overrides of the spec's `demo:` section (None keeps the spec's value)."""
+
+    size: int | None = None
+    days: int | None = None
+    seed: int | None = None
+    scenarios: tuple[str, ...] | None = None
+    history_days: int | None = None
     fresh: bool = False
-    history_days: int = 90  # phase 1 trains on these days; the rest arrives later as new data
-    model_type: str = "hist_gradient_boosting"  # or logistic_regression, random_forest
+    model_type: str | None = None  # another estimator than the spec's
     monitor_days_before: int = 5  # drift days shown before the new data, as a baseline
+    canary: bool = True
+
+
+def load_simulator(project: Project):
+    """The example's ``simulate`` function (a package folder or a .py file named in ``demo.simulator``)."""
+    demo = project.spec.demo
+    if demo is None:
+        raise ValueError(f"spec {project.name!r} has no `demo:` section naming a simulator")
+    path = project.resolve_path(demo.simulator)
+    init = path / "__init__.py" if path.is_dir() else path
+    if not init.is_file():
+        raise FileNotFoundError(f"demo.simulator: {path} is neither a package folder nor a Python file")
+    name = f"mlops_example_{project.name}_simulator"
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(path)] if path.is_dir() else None
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.simulate
+
+
+def scaled_scenarios(scenarios: tuple[str, ...], days: int, spec_days: int) -> tuple[tuple[str, ...], list[str]]:
+    """Scenario start days ``@dayN`` scaled to a shorter or longer run (and what was changed, for the log)."""
+    if days == spec_days:
+        return scenarios, []
+    out, notes = [], []
+    for item in scenarios:
+        match = re.match(r"^(.*)@day(\d+)$", item)
+        if match:
+            scaled = max(1, min(days - 1, round(int(match.group(2)) * days / spec_days)))
+            out.append(f"{match.group(1)}@day{scaled}")
+            notes.append(f"{item} -> {out[-1]}")
+        else:
+            out.append(item)
+    return tuple(out), notes
 
 
 def _say(message: str) -> None:
@@ -74,20 +117,22 @@ def features_summary(result: dg.ExecuteInProcessResult) -> str:
     [mat] = result.asset_materializations_for_node("training_set")
     meta = mat.metadata
     [online] = result.asset_materializations_for_node("online_features")
+    rate = meta["label_rate"].value if "label_rate" in meta else meta["label_mean"].value
+    name = "label rate" if "label_rate" in meta else "label mean"
     return (
-        f"training set: {meta['dagster/row_count'].value:,} label rows, label rate {meta['label_rate'].value:.1%}, "
+        f"training set: {meta['dagster/row_count'].value:,} label rows, {name} {rate:.4g}, "
         f"{meta['time_min'].value} .. {meta['time_max'].value}\n"
-        f"online store rows per view: {online.metadata['rows_per_view'].value}"
+        f"online store:\n{online.metadata['views'].value}"
     )
 
 
-def ingestion_summary(paths: DataPaths, result: dg.ExecuteInProcessResult) -> str:
+def ingestion_summary(paths: DataPaths, result: dg.ExecuteInProcessResult, sources: list[str]) -> str:
     lines = [
         "| table | days | rows read | rows kept | rows quarantined | files quarantined |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     reasons: dict[str, int] = {}
-    for table in ("raw_events", "raw_labels", "customers"):
+    for table in sources:
         mats = result.asset_materializations_for_node(table)
         read = sum(m.metadata["rows_read"].value for m in mats)
         kept = sum(m.metadata["rows_kept"].value for m in mats)
@@ -114,17 +159,13 @@ def training_summary(result: dg.ExecuteInProcessResult) -> str:
     for mat in result.asset_materializations_for_node("candidate_model"):
         meta = mat.metadata
         cached = " (reused: nothing changed)" if meta.get("cached") and meta["cached"].value else ""
-        lines.append(f"candidate: churn-model v{meta['version'].value}{cached}")
-    for check in result.get_asset_check_evaluations():
-        verdict = "pass" if check.passed else "FAIL"
-        lines.append(f"  gate {check.check_name}: {verdict} {check.description or ''}")
+        lines.append(f"candidate: {meta['model_uri'].value}{cached}")
+    for mat in result.asset_materializations_for_node("evaluation_report"):
+        lines.append(mat.metadata["gates"].value)
     for mat in result.asset_materializations_for_node("promotion"):
         meta = mat.metadata
-        lines.append(
-            f"champion: v{meta['champion_version'].value} (previous: {meta['previous_champion'].value})"
-        )
+        lines.append(f"champion: v{meta['champion_version'].value} (previous: {meta['previous_champion'].value})")
         lines.append(f"  {meta['reason'].value}")
-        lines.append(meta["key_metrics"].value)
     return "\n".join(lines)
 
 
@@ -161,25 +202,26 @@ def drift_summary(result: dg.ExecuteInProcessResult) -> str:
 
 def request_drift_retraining(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
     """Evaluate the drift sensor once, as the daemon would, and return its run requests."""
-    sensor = defs.get_sensor_def("drift_retraining_sensor")
+    sensor = defs.resolve_sensor_def("drift_retraining_sensor")
     result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
     return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else list(result or [])
 
 
-def run_canary(paths: DataPaths, last: str, customers: int = 10_000) -> None:
+def run_canary(project: Project, last: str, max_entities: int = 10_000) -> None:
     """Canary of the new champion against the previous one on simulated traffic through the real app."""
     import math
     from datetime import UTC, datetime
 
-    import pandas as pd
-
     from mlops_assets.featurestore import FeatureStore
+    from mlops_assets.monitoring.daily import current_population
     from mlops_assets.serving.demo import canary_demo
     from mlops_assets.serving.rollout import Guardrails
     from mlops_assets.training import registry
+    from mlops_assets.training.task import ModelTask
     from mlops_assets.training.tracking import TrackingConfig, client_for
+    from mlops_assets.training.train import model_inputs, predict_scores, registered_result, time_split
 
-    tracking = TrackingConfig.for_data_root(paths.root)
+    tracking = TrackingConfig.for_project(project)
     client = client_for(tracking)
     champion = registry.load_model_by_alias(client, registry.CHAMPION, model_name=tracking.model_name)
     previous = registry.alias_version(client, registry.PREVIOUS_CHAMPION, tracking.model_name)
@@ -187,57 +229,48 @@ def run_canary(paths: DataPaths, last: str, customers: int = 10_000) -> None:
         _say("no previous champion to run a canary against")
         return
     baseline = registry.load_model_version(client, previous.version, model_name=tracking.model_name)
-    store = FeatureStore(paths.root)
+    store = FeatureStore(project)
+    task = ModelTask.from_project(project)
     now = date.fromisoformat(last) + timedelta(days=1)
-    profile = pd.read_parquet(paths.warehouse / "features" / "customer_profile" / f"date={last}")
-    # the traffic comes from active customers (events in the last week), the population the model is
-    # trained and evaluated on: churned customers get no labels and make no requests
-    active: set[str] = set()
-    for k in range(7):
-        day_dir = paths.warehouse / "raw_events" / f"date={date.fromisoformat(last) - timedelta(days=k)}"
-        if day_dir.exists():
-            active |= set(pd.read_parquet(day_dir, columns=["customer_id"])["customer_id"].astype(str))
-    ids = [c for c in profile["customer_id"].astype(str) if c in active][:customers]
-    ids = ids or profile["customer_id"].head(customers).tolist()
+    # the traffic comes from the monitored population: the entities the model scores
+    ids = current_population(store, last)[:max_entities]
     columns = store.get_online_features_dict(ids, now=datetime(now.year, now.month, now.day, tzinfo=UTC))
-    names = [c for c in columns if c != "customer_id" and "__" not in c]
+    key = task.entity
+    names = [c for c in columns if c != key and "__" not in c]
     rows = {
-        cid: {
-            n: (None if isinstance(columns[n][i], float) and math.isnan(columns[n][i]) else columns[n][i])
-            for n in names
-        }
-        for i, cid in enumerate(columns["customer_id"])
+        str(eid): {n: (None if isinstance(columns[n][i], float) and math.isnan(columns[n][i]) else columns[n][i]) for n in names}
+        for i, eid in enumerate(columns[key])
     }
     # the new champion's reference score distribution: its scores on its own evaluation holdout
-    from mlops_assets.training.train import churn_scores, model_inputs, registered_result, time_split
-
-    trained = registered_result(client, champion.version, model_name=tracking.model_name)
+    trained = registered_result(client, tracking.model_name, champion.version)
     params = client.get_run(trained.run_id).data.params
     training_set, _ = store.read_training_set()
-    _, holdout = time_split(training_set, float(params.get("holdout_fraction", 0.2)))
-    reference = churn_scores(
-        champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features)
-    )
+    _, holdout = time_split(training_set, float(params.get("holdout_fraction", 0.2)), task.time, task.entity)
+    reference = predict_scores(champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features))
     _say(
-        f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} simulated customers; "
-        f"score guardrails against v{champion.version}'s {len(reference):,} holdout scores "
+        f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} entities of the "
+        f"monitored population; score guardrails against v{champion.version}'s {len(reference):,} holdout scores "
         f"(mean {reference.mean():.3f})"
     )
     decisions = canary_demo(
-        paths.serving / "canary-demo",
+        project.paths.serving / "canary-demo",
         baseline.model,
         champion.model,
         rows,
+        key=key,
         printer=lambda m: _say("  " + m),
         challenger_reference_scores=reference,
         # PSI over 10 bins on ~100 scores is mostly noise on a skewed score distribution: judge 300
-        # scores, from every active customer (at 5% the challenger sees only 1 in 20 of them)
+        # scores per step, from every entity (at 5% the challenger sees only 1 in 20 of them)
         requests_per_step=500,
         guardrails=Guardrails(min_requests=300, min_error_requests=10, min_distribution_samples=300),
     )
     if decisions and decisions[-1].action == "rollback":
         record = registry.rollback(
-            client, f"canary guardrail broke: {decisions[-1].reason}", model_name=tracking.model_name
+            client,
+            f"canary guardrail broke: {decisions[-1].reason}",
+            model_name=tracking.model_name,
+            history_path=registry.default_history_path(project.paths.root),
         )
         _say(f"registry rolled back: champion is v{record.version} again ({record.reason})")
 
@@ -246,51 +279,54 @@ def _day(start: str, offset: int) -> str:
     return (date.fromisoformat(start) + timedelta(days=offset)).isoformat()
 
 
-def run_demo(config: DemoConfig) -> int:
-    """Simulate the churn world and run the lifecycle in phases; print what happened. Returns an exit code."""
-    from mlops_assets.definitions import defs
-    from mlops_assets.features.views import FEATURE_VIEWS
-    from mlops_assets.simulate.world import simulate
+def fresh_data(paths: DataPaths) -> None:
+    """Remove every runtime folder of the data root (the Dagster instance keeps its history)."""
+    for folder in (paths.landing, paths.warehouse, paths.quarantine, paths.online, paths.mlflow, paths.serving, paths.reports, paths.alerts):
+        shutil.rmtree(folder, ignore_errors=True)
 
+
+def run_demo(project: Project, config: DemoConfig) -> int:
+    """Simulate the example's world and run the lifecycle in phases; print what happened. Returns an exit code."""
+    from mlops_assets.component import build_definitions
+
+    demo = project.spec.demo
+    if demo is None:
+        _say(f"spec {project.spec_path or project.name} has no `demo:` section: nothing to simulate")
+        return 2
     started = time.monotonic()
-    paths = data_paths()
+    paths = project.paths
     home = ensure_dagster_home()
     if config.fresh:
-        for folder in (
-            paths.landing,
-            paths.warehouse,
-            paths.quarantine,
-            paths.online,
-            paths.mlflow,
-            paths.serving,
-            paths.reports,
-            paths.alerts,
-        ):
-            shutil.rmtree(folder, ignore_errors=True)
-    _say(f"data folder {paths.root}, Dagster instance {home}")
-    _say(
-        f"simulating {config.customers} customers x {config.days} days from {config.start} {list(config.scenarios)}"
-    )
-    summary = simulate(
-        out=paths.landing,
-        customers=config.customers,
-        days=config.days,
-        start=config.start,
-        seed=config.seed,
-        scenarios=config.scenarios,
-    )
+        fresh_data(paths)
+    days = config.days or demo.days
+    size = config.size or demo.size
+    seed = demo.seed if config.seed is None else config.seed
+    history_days = min(config.history_days or round(demo.history_days * days / demo.days), days)
+    scenarios = config.scenarios if config.scenarios is not None else demo.scenarios
+    if config.scenarios is None:
+        scenarios, notes = scaled_scenarios(tuple(scenarios), days, demo.days)
+        if notes:
+            _say(f"{days} days instead of the spec's {demo.days}: scenario days scaled ({'; '.join(notes)})")
+    start = project.spec.partitions.start.isoformat()
+    _say(f"project {project.name} ({project.spec_path}); data folder {paths.root}, Dagster instance {home}")
+    _say(f"simulating {size} entities x {days} days from {start} {list(scenarios)}")
+    simulate = load_simulator(project)
+    summary = simulate(paths.landing, days=days, start=start, seed=seed, size=size, scenarios=scenarios)
     _say(f"simulated in {time.monotonic() - started:.1f}s: {summary}")
-    first, last = config.start, _day(config.start, config.days - 1)
-    history_end = _day(config.start, min(config.history_days, config.days) - 1)
-    views = [v.name for v in FEATURE_VIEWS]
+    project = Project(project.spec, paths, project.spec_path)  # partitions end where the new landing data ends
+    defs = build_definitions(project)
+    first, last = start, _day(start, days - 1)
+    history_end = _day(start, history_days - 1)
+    sources, views = list(project.spec.sources), project.view_names
+    training_run_config = {"ops": {"candidate_model": {"config": {"model_type": config.model_type}}}} if config.model_type else None
     with dg.DagsterInstance.get() as instance:
 
         def ingest_and_features(a: str, b: str) -> bool:
             t0 = time.monotonic()
             _say(f"ingesting {a}..{b} (one run, single-run backfill)")
-            result = materialize_range(defs, ["raw_events", "raw_labels", "customers"], a, b, instance)
+            result = materialize_range(defs, sources, a, b, instance)
             ok = _step("ingestion", result, t0)
-            print(ingestion_summary(paths, result), flush=True)
+            print(ingestion_summary(paths, result, sources), flush=True)
             if not ok:
                 _say("a blocking gate failed: see the run in the UI (make ui)")
                 return False
@@ -307,10 +343,7 @@ def run_demo(config: DemoConfig) -> int:
             return 1
         print(features_summary(result), flush=True)
         t0 = time.monotonic()
-        training_config = {"ops": {"candidate_model": {"config": {"model_type": config.model_type}}}}
-        result = materialize(
-            defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_config
-        )
+        result = materialize(defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_run_config)
         print(training_summary(result), flush=True)
         if not _step("train + evaluate + promote", result, t0):
             _say("a quality gate stopped the promotion: see evaluation_report's checks in the UI")
@@ -326,13 +359,8 @@ def run_demo(config: DemoConfig) -> int:
             t0 = time.monotonic()
             result = materialize_range(defs, ["batch_predictions"], new_first, last, instance)
             if _step(f"batch scoring {new_first}..{last} by the champion", result, t0):
-                scored = [
-                    m.metadata["dagster/row_count"].value
-                    for m in result.asset_materializations_for_node("batch_predictions")
-                ]
-                _say(
-                    f"scored {sum(scored):,} customer-days ({min(scored):,}..{max(scored):,} active customers a day)"
-                )
+                scored = [m.metadata["dagster/row_count"].value for m in result.asset_materializations_for_node("batch_predictions")]
+                _say(f"scored {sum(scored):,} entity-days ({min(scored):,}..{max(scored):,} a day)")
             monitor_first = _day(history_end, 1 - config.monitor_days_before)
             t0 = time.monotonic()
             result = materialize_range(defs, ["drift_report"], monitor_first, last, instance)
@@ -344,11 +372,9 @@ def run_demo(config: DemoConfig) -> int:
             if not requests:
                 _say("the drift sensor requested no retraining (no ERROR check failed)")
             for request in requests[:1]:
-                _say(
-                    f"drift_retraining_sensor requested retraining_job: {request.tags.get('mlops/trigger_reason', '')}"
-                )
+                _say(f"drift_retraining_sensor requested retraining_job: {request.tags.get('mlops/trigger_reason', '')}")
                 t0 = time.monotonic()
-                result = defs.get_job_def("retraining_job").execute_in_process(
+                result = defs.resolve_job_def("retraining_job").execute_in_process(
                     instance=instance,
                     tags=request.tags,
                     run_config={**QUIET, **(request.run_config or {})},
@@ -358,10 +384,10 @@ def run_demo(config: DemoConfig) -> int:
                 promoted = _step("retraining", result, t0) and any(
                     m.metadata["moved"].value for m in result.asset_materializations_for_node("promotion")
                 )
-                if promoted:
+                if promoted and config.canary:
                     _say("== phase 4: canary rollout of the new champion on simulated traffic")
-                    run_canary(paths, last)
-                else:
+                    run_canary(project, last)
+                elif not promoted:
                     _say("the retrained model did not pass every gate: the champion stays")
     _say(f"done in {time.monotonic() - started:.1f}s; explore it with `make ui`")
     return 0

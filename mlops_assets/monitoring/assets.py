@@ -3,7 +3,6 @@
 import dagster as dg
 
 from mlops_assets.features.store import FeatureStore
-from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.monitoring.checks import DRIFT_ASSET, check_results, drift_check_specs
 from mlops_assets.monitoring.daily import (
     DailyDrift,
@@ -19,8 +18,8 @@ from mlops_assets.monitoring.daily import (
     skipped_verdicts,
 )
 from mlops_assets.monitoring.report import render_markdown
-from mlops_assets.partitions import daily_partitions
-from mlops_assets.resources import DataDirResource
+from mlops_assets.project import Project
+from mlops_assets.resources import DataDirResource, runtime_project
 from mlops_assets.storage import combine_hashes
 from mlops_assets.training.alerts import default_alert_sink
 from mlops_assets.training.resources import MlflowResource
@@ -75,7 +74,7 @@ class DriftReportConfig(dg.Config):
         )
 
 
-def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str) -> dict:
+def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str, population: str) -> dict:
     """Per-partition metadata: headline numbers, the rendered report, embedded histograms, file paths."""
     summary = result.summary()
     numbers = {
@@ -104,98 +103,115 @@ def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str
         ),
         "report_path": dg.MetadataValue.path(str(saved.markdown_path)),
         "reference": reference_source,
-        "population": "customers known on the day and not churned by its end, features as of D+1 00:00 UTC",
+        "population": population,
     }
     if embedded:
         metadata["histograms"] = dg.MetadataValue.md(embedded)
     return metadata
 
 
-@dg.asset(
-    name=DRIFT_ASSET,
-    group_name="monitoring",
-    description="Per day: the champion's input features and scores against its training set (KS / chi-squared "
-    "per feature, Bonferroni-corrected; PSI, Wasserstein, Jensen-Shannon alongside), CBPE-estimated and "
-    "realized accuracy / ROC AUC against training-time metrics. Saved under data/reports/drift_report_<day>.*",
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    code_version=f"drift-report-v{DRIFT_LOGIC_VERSION}",
-    kinds={"pandas", "scipy", "markdown"},
-    deps=[
-        *(dg.AssetDep(v.name) for v in FEATURE_VIEWS),
-        dg.AssetDep(
-            "raw_labels",
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-(_DEFAULTS.realized_window_days - 1),
-                end_offset=0,
-                allow_nonexistent_upstream_partitions=True,
+def population_text(project: Project) -> str:
+    population = project.spec.monitoring.population
+    sources = ", ".join(population.sources) or "any event source"
+    window = "ever" if population.active_within is None else f"in the last {population.active_within} days"
+    return f"entities with a record in {sources} {window} up to the day; features as of D+1 00:00 UTC"
+
+
+def build_drift_asset(project: Project, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The daily drift report of the project's monitored population against the champion."""
+    target = project.spec.target
+    population = population_text(project)
+    return _drift_asset(project, partitions, target.source, population)
+
+
+def _drift_asset(project: Project, partitions, label_source: str, population: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=DRIFT_ASSET,
+        group_name="monitoring",
+        description="Per day: the champion's input features and scores against its training set (KS / chi-squared "
+        "per feature, Bonferroni-corrected; PSI, Wasserstein, Jensen-Shannon alongside), CBPE-estimated and "
+        "realized accuracy / ROC AUC against training-time metrics. Saved under data/reports/drift_report_<day>.*",
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        code_version=f"drift-report-v{DRIFT_LOGIC_VERSION}",
+        kinds={"pandas", "scipy", "markdown"},
+        deps=[
+            *(dg.AssetDep(v) for v in project.view_names),
+            dg.AssetDep(
+                label_source,
+                partition_mapping=dg.TimeWindowPartitionMapping(
+                    start_offset=-(_DEFAULTS.realized_window_days - 1),
+                    end_offset=0,
+                    allow_nonexistent_upstream_partitions=True,
+                ),
             ),
-        ),
-        dg.AssetDep("promotion"),
-    ],
-    automation_condition=DAILY_REFRESH,
-    check_specs=drift_check_specs(),
-)
-def drift_report(
-    context: dg.AssetExecutionContext,
-    config: DriftReportConfig,
-    data: DataDirResource,
-    mlflow: MlflowResource,
-) -> dg.MaterializeResult:
-    """Drift, prediction drift and performance (estimated, realized) of each day against the champion."""
-    days = list(context.partition_keys)
-    settings = config.settings()
-    champion = load_champion_reference(data.paths.root, mlflow.tracking)
-    if champion is None:
-        message = (
-            f"no champion: {mlflow.model_name!r} has no version with alias 'champion', so there is no "
-            "reference to compare with; run retraining_job to train and promote one"
-        )
-        context.log.warning(message)
-        for day in days:
-            context.add_asset_metadata({"status": "no champion", "message": message}, partition_key=day)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion("no-champion"),
-            check_results=check_results(skipped_verdicts(message), None, days),
-        )
-
-    store = FeatureStore(data.paths.root)
-    results, hashes = [], []
-    for day in days:
-        try:
-            result = daily_drift(store, champion, day, settings)
-        except MonitoringInputError as exc:
-            raise dg.Failure(str(exc)) from exc
-        saved = save_day_report(
-            result,
-            champion,
-            data.paths.reports,
-            histograms=config.histograms,
-            max_histograms=config.max_embedded_histograms,
-        )
-        names = [*result.report.drifted_features, "prediction"][: config.max_embedded_histograms]
-        context.add_asset_metadata(
-            day_metadata(result, saved, embedded_images(saved.image_paths, names), champion.reference_source),
-            partition_key=day,
-        )
-        summary = result.summary()
-        hashes.append(combine_hashes([str(champion.version), repr(sorted(summary.items()))]))
-        results.append(result)
-        context.log.info(
-            f"{day}: {len(result.report.drifted_features)} of {len(result.report.features)} features drifted "
-            f"(share {result.report.drift_share:.2f}), estimated accuracy {summary['estimated_accuracy']}, "
-            f"realized {summary['realized_accuracy']} ({result.realized_note})"
-        )
-
-    verdicts = judge(results, settings)
-    alert = degradation_alert(verdicts, champion.version, days, context.run_id) if config.alert else None
-    if alert is not None:
-        delivery = default_alert_sink(data.paths.root).send(alert)
-        context.log.warning(f"degradation alert written to {delivery.file}: {alert.title}")
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combine_hashes(hashes)),
-        check_results=check_results(verdicts, champion.version, days),
+            dg.AssetDep("promotion"),
+        ],
+        automation_condition=DAILY_REFRESH,
+        check_specs=drift_check_specs(),
     )
+    def drift_report(
+        context: dg.AssetExecutionContext,
+        config: DriftReportConfig,
+        data: DataDirResource,
+        mlflow: MlflowResource,
+    ) -> dg.MaterializeResult:
+        """Drift, prediction drift and performance (estimated, realized) of each day against the champion."""
+        days = list(context.partition_keys)
+        settings = config.settings()
+        current = runtime_project(project, data)
+        champion = load_champion_reference(current, mlflow.tracking)
+        if champion is None:
+            message = (
+                f"no champion: {mlflow.model_name!r} has no version with alias 'champion', so there is no "
+                "reference to compare with; run retraining_job to train and promote one"
+            )
+            context.log.warning(message)
+            for day in days:
+                context.add_asset_metadata({"status": "no champion", "message": message}, partition_key=day)
+            return dg.MaterializeResult(
+                data_version=dg.DataVersion("no-champion"),
+                check_results=check_results(skipped_verdicts(message), None, days),
+            )
+
+        store = FeatureStore(current)
+        results, hashes = [], []
+        for day in days:
+            try:
+                result = daily_drift(store, champion, day, settings)
+            except MonitoringInputError as exc:
+                raise dg.Failure(str(exc)) from exc
+            saved = save_day_report(
+                result,
+                champion,
+                data.paths.reports,
+                histograms=config.histograms,
+                max_histograms=config.max_embedded_histograms,
+            )
+            names = [*result.report.drifted_features, "prediction"][: config.max_embedded_histograms]
+            context.add_asset_metadata(
+                day_metadata(result, saved, embedded_images(saved.image_paths, names), champion.reference_source, population),
+                partition_key=day,
+            )
+            summary = result.summary()
+            hashes.append(combine_hashes([str(champion.version), repr(sorted(summary.items()))]))
+            results.append(result)
+            context.log.info(
+                f"{day}: {len(result.report.drifted_features)} of {len(result.report.features)} features drifted "
+                f"(share {result.report.drift_share:.2f}), estimated accuracy {summary['estimated_accuracy']}, "
+                f"realized {summary['realized_accuracy']} ({result.realized_note})"
+            )
+
+        verdicts = judge(results, settings)
+        alert = degradation_alert(verdicts, champion.version, days, context.run_id) if config.alert else None
+        if alert is not None:
+            delivery = default_alert_sink(data.paths.root).send(alert)
+            context.log.warning(f"degradation alert written to {delivery.file}: {alert.title}")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combine_hashes(hashes)),
+            check_results=check_results(verdicts, champion.version, days),
+        )
 
 
-monitoring_assets = [drift_report]
+    return drift_report
+

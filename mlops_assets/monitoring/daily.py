@@ -5,11 +5,10 @@ performance, and the verdicts the drift_report checks report (no Dagster here).
   trained and held out on); when that artifact is missing, the stored training set restricted to labels up
   to the run's end. Prediction drift compares against the champion's scores on the reference's holdout rows
   (scores on rows the model was fitted on are more confident than on new data).
-* **Current population of day D**: every customer known on D (the ``customer_profile`` partition of D)
-  who has not churned by the end of D (no ``churned = 1`` label before D+1 00:00 UTC), with the
-  features as of D+1 00:00 UTC read through the feature store's point-in-time join, within each view's
-  TTL, exactly as training rows are joined to their labels. These are the subscribers the churn model is
-  meant to score; churned customers keep decaying feature rows for 90 days and would look like drift.
+* **Current population of day D**: the spec's monitored population (``monitoring.population``): every
+  entity with a record in the named event sources within ``active_within`` days up to D, with the
+  features as of D+1 00:00 UTC read through the feature store, within each view's TTL, exactly as
+  training rows are joined to their labels.
 * **Realized performance**: the labels of days D-w+1..D joined point-in-time to the features as of each
   label's timestamp (as in the training set), scored by the champion.
 * **Concept drift / decay**: realized (and estimated) accuracy and ROC AUC against the champion's
@@ -34,7 +33,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops_assets.features.compute import feature_partition_dir, feature_time
 from mlops_assets.features.store import FeatureStore
 from mlops_assets.monitoring.drift import (
     DriftReport,
@@ -49,8 +47,8 @@ from mlops_assets.monitoring.estimate import (
     realized_metrics,
 )
 from mlops_assets.monitoring.report import plot_feature, render_markdown, save_drift_report
-from mlops_assets.settings import data_paths
-from mlops_assets.storage import read_partition
+from mlops_assets.project import Project
+from mlops_assets.training.task import ModelTask
 
 #: Names of the drift_report checks.
 FEATURE_DRIFT_CHECK = "feature_drift"
@@ -65,8 +63,9 @@ CHECK_NAMES = (
 )
 #: Checks whose failure means the model degraded (ERROR severity; they trigger retraining).
 ERROR_CHECKS = (DATASET_DRIFT_CHECK, ESTIMATED_PERFORMANCE_CHECK, REALIZED_PERFORMANCE_CHECK)
-#: Metrics compared with their training-time values.
-PERFORMANCE_METRICS = ("accuracy", "roc_auc")
+#: Metrics compared with their training-time values, per task.
+TASK_PERFORMANCE_METRICS = {"binary_classification": ("accuracy", "roc_auc"), "regression": ("mae",)}
+PERFORMANCE_METRICS = TASK_PERFORMANCE_METRICS["binary_classification"]
 
 TRAINING_SET_ARTIFACT = "training_set/training_set.parquet"
 
@@ -122,6 +121,7 @@ class ChampionReference:
     reference_source: str
     reference_scores: np.ndarray
     reference_scores_source: str
+    task: ModelTask | None = None
 
     @property
     def features(self) -> list[str]:
@@ -129,12 +129,12 @@ class ChampionReference:
         return [*self.numeric_features, *self.categorical_features]
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
-        """Churn probabilities of the champion on rows holding its features."""
-        from mlops_assets.training.train import churn_scores, model_inputs
+        """The champion's scores on rows holding its features."""
+        from mlops_assets.training.train import model_inputs, predict_scores
 
         if frame.empty:
             return np.empty(0)
-        return churn_scores(self.model, model_inputs(frame, self.numeric_features, self.categorical_features))
+        return predict_scores(self.model, model_inputs(frame, self.numeric_features, self.categorical_features))
 
 
 def _read_run_training_set(client, run_id: str) -> pd.DataFrame | None:
@@ -153,13 +153,13 @@ def _read_run_training_set(client, run_id: str) -> pd.DataFrame | None:
         return None
 
 
-def load_champion_reference(data_root: str | Path | None = None, tracking=None) -> ChampionReference | None:
+def load_champion_reference(project: Project, tracking=None) -> ChampionReference | None:
     """The champion (hash-verified) with its reference data and training-time metrics; None without champion."""
     from mlops_assets.training import registry
     from mlops_assets.training.tracking import TrackingConfig, client_for, sqlite_path
 
-    paths = data_paths(data_root)
-    tracking = tracking or TrackingConfig.for_data_root(paths.root)
+    task = ModelTask.from_project(project)
+    tracking = tracking or TrackingConfig.for_project(project)
     db = sqlite_path(tracking.tracking_uri)
     if db is not None and not db.exists():
         return None
@@ -178,15 +178,15 @@ def load_champion_reference(data_root: str | Path | None = None, tracking=None) 
     reference = _read_run_training_set(client, mv.run_id)
     source = f"training set logged with run {mv.run_id[:8]} ({TRAINING_SET_ARTIFACT})"
     if reference is None:
-        stored, _ = FeatureStore(paths.root).read_training_set()
+        stored, _ = FeatureStore(project).read_training_set()
         end = pd.Timestamp(run.info.end_time or run.info.start_time, unit="ms", tz="UTC")
-        reference = stored.loc[stored["label_timestamp"] <= end].reset_index(drop=True)
+        reference = stored.loc[stored[task.time] <= end].reset_index(drop=True)
         source = f"stored training set, labels up to the run's end {end.isoformat()}"
     holdout_start = params.get("holdout_start")
     scored = reference
     scores_source = "all reference rows"
     if holdout_start:
-        holdout = reference.loc[reference["label_timestamp"] >= pd.Timestamp(holdout_start)]
+        holdout = reference.loc[reference[task.time] >= pd.Timestamp(holdout_start)]
         if len(holdout):
             scored, scores_source = holdout, f"the {len(holdout)} holdout rows (labels from {holdout_start})"
     model_champion = ChampionReference(
@@ -197,16 +197,19 @@ def load_champion_reference(data_root: str | Path | None = None, tracking=None) 
         categorical_features=categorical,
         threshold=float(params.get("threshold", 0.5)),
         training_metrics={
-            m: float(metrics[f"holdout_{m}"]) for m in PERFORMANCE_METRICS if f"holdout_{m}" in metrics
+            m: float(metrics[f"holdout_{m}"])
+            for m in TASK_PERFORMANCE_METRICS[task.kind]
+            if f"holdout_{m}" in metrics
         },
         training_counts=(
             int(params.get("n_holdout", 0)),
-            round(float(metrics.get("holdout_churn_rate", 0.0)) * int(params.get("n_holdout", 0))),
+            round(float(metrics.get("holdout_base_rate", 0.0)) * int(params.get("n_holdout", 0))),
         ),
         reference=reference,
         reference_source=source,
         reference_scores=np.empty(0),
         reference_scores_source=scores_source,
+        task=task,
     )
     return replace(model_champion, reference_scores=model_champion.score(scored))
 
@@ -217,39 +220,42 @@ def window_days(day: str, n: int) -> list[str]:
     return [(end - timedelta(days=i)).isoformat() for i in range(n - 1, -1, -1)]
 
 
-def missing_feature_partitions(store: FeatureStore, day: str) -> list[str]:
-    """Feature views whose partition of ``day`` has not been written."""
-    return [
-        v.name
-        for v in store.views
-        if not any(feature_partition_dir(store.paths, v.name, day).glob("*.parquet"))
+def current_population(store: FeatureStore, day: str) -> list:
+    """Entity keys of the spec's monitored population on ``day`` (see the module docstring)."""
+    from mlops_assets.features.tiles import source_files
+
+    project = store.project
+    population = project.spec.monitoring.population
+    key = project.target_entity.join_key
+    sources = list(population.sources) or [
+        n for n in project.sources_of_kind("events") if key in project.source(n).columns
     ]
+    window = population.active_within or 36500
+    end = date.fromisoformat(day)
+    first = max(end - timedelta(days=window - 1), project.spec.partitions.start)
+    days = [(first + timedelta(days=i)).isoformat() for i in range((end - first).days + 1)]
+    ids: set = set()
+    import pyarrow.parquet as pq
 
-
-def current_population(store: FeatureStore, day: str) -> pd.DataFrame:
-    """``customer_id`` + ``event_timestamp`` (D+1 00:00 UTC) of every customer known on D and not churned by then."""
-    as_of = pd.Timestamp(feature_time(day))
-    profile = read_partition(feature_partition_dir(store.paths, "customer_profile", day))
-    if profile is None:
-        raise MonitoringInputError(
-            f"no customer_profile partition for {day}; materialize the feature views first"
-        )
-    ids = pd.Series(profile.column("customer_id").to_pylist(), dtype="string")
-    labels = store.load_labels()
-    churned = labels.loc[(labels["churned"] == 1) & (labels["label_timestamp"] < as_of), "customer_id"]
-    ids = ids[~ids.isin(set(churned.astype(str)))].sort_values(kind="stable").reset_index(drop=True)
-    return pd.DataFrame({"customer_id": ids.astype(str), "event_timestamp": as_of})
+    for source in sources:
+        for files in source_files(project.paths, source, days).values():
+            for f in files:
+                ids.update(pq.read_table(f, columns=[key]).column(key).to_pylist())
+    ids.discard(None)
+    return sorted(ids)
 
 
 def current_features(store: FeatureStore, day: str, features: Sequence[str]) -> pd.DataFrame:
-    """The day's population with the given features, point-in-time as of D+1 00:00 UTC."""
-    missing = missing_feature_partitions(store, day)
-    if missing:
-        raise MonitoringInputError(
-            f"feature partitions of {day} missing for views {missing}; materialize them first"
-        )
-    entity = current_population(store, day)
-    return store.get_historical_features(entity, list(features))
+    """The day's population with the given features, as of D+1 00:00 UTC."""
+    from mlops_assets.features.tiles import FeatureInputError
+
+    ids = current_population(store, day)
+    if not ids:
+        raise MonitoringInputError(f"no entity of the monitored population on {day}; ingest the sources first")
+    try:
+        return store.features_at(day, ids, list(features))
+    except FeatureInputError as exc:
+        raise MonitoringInputError(str(exc)) from exc
 
 
 def labelled_features(store: FeatureStore, days: Sequence[str], features: Sequence[str]) -> pd.DataFrame:
@@ -257,7 +263,7 @@ def labelled_features(store: FeatureStore, days: Sequence[str], features: Sequen
     labels = store.load_labels(list(days))
     if labels.empty:
         return labels
-    return store.get_historical_features(labels, list(features), timestamp_column="label_timestamp")
+    return store.get_historical_features(labels, list(features), timestamp_column=store.project.target_timestamp)
 
 
 @dataclass
@@ -332,7 +338,8 @@ def daily_drift(
             wasserstein=settings.wasserstein_threshold,
         ),
     )
-    estimate = estimate_performance(scores, champion.threshold) if scores.size else None
+    classification = champion.task is None or champion.task.is_classification
+    estimate = estimate_performance(scores, champion.threshold) if scores.size and classification else None
     estimated_decay = (
         judge_decay(champion.training_metrics, champion.training_counts, estimate.to_dict(), None, settings)
         if estimate is not None and champion.training_metrics
@@ -345,8 +352,12 @@ def daily_drift(
     if labelled.empty:
         note = f"no labels on {days[0]}..{day}"
     else:
-        y = labelled["churned"].astype(int).to_numpy()
-        realized = realized_metrics(y, champion.score(labelled), champion.threshold)
+        y = champion.task.target_values(labelled)
+        if classification:
+            realized = realized_metrics(y, champion.score(labelled), champion.threshold)
+        else:
+            errors = np.abs(y - champion.score(labelled))
+            realized = {"mae": float(errors.mean()), "n": len(y), "mae_se": float(errors.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0}
         if realized["n"] < settings.min_labels:
             note = f"{realized['n']} labels on {days[0]}..{day}, fewer than min_labels={settings.min_labels}: not judged"
         else:
@@ -424,16 +435,22 @@ def judge_decay(
 
     z = NormalDist().inv_cdf(1.0 - settings.decay_alpha)
     drops, limits, errors = {}, {}, {}
-    for m in PERFORMANCE_METRICS:
+    for m in ("accuracy", "roc_auc", "mae"):
         before, after = training.get(m), current.get(m)
         if before is None or after is None or not (math.isfinite(before) and math.isfinite(after)):
             continue
-        var = metric_standard_error(m, before, *training_counts) ** 2
-        if current_counts is not None:
-            var += metric_standard_error(m, after, *current_counts) ** 2
+        if m == "mae":  # an error metric: higher is worse; its sampling error comes with the realized value
+            var = float(current.get("mae_se", 0.0)) ** 2
+            drop = after - before
+            floor = settings.max_performance_drop * abs(before)  # a relative drop for an error in target units
+        else:
+            var = metric_standard_error(m, before, *training_counts) ** 2
+            if current_counts is not None:
+                var += metric_standard_error(m, after, *current_counts) ** 2
+            drop, floor = before - after, settings.max_performance_drop
         se = math.sqrt(var) if math.isfinite(var) else 0.0
-        drops[m], errors[m] = before - after, se
-        limits[m] = max(settings.max_performance_drop, z * se)
+        drops[m], errors[m] = drop, se
+        limits[m] = max(floor, z * se)
     failed = [m for m in drops if drops[m] > limits[m]]
     return Decay(bool(failed), drops, limits, errors, failed)
 
@@ -608,7 +625,7 @@ def performance_markdown(result: DailyDrift) -> str:
         "| metric | training (holdout) | estimated (CBPE) | realized | estimated drop | realized drop |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for m in PERFORMANCE_METRICS:
+    for m in [m for m in ("accuracy", "roc_auc", "mae") if m in result.training_metrics or m in real]:
         e_drop = result.estimated_decay.drops.get(m) if result.estimated_decay else None
         r_drop = result.realized_decay.drops.get(m) if result.realized_decay else None
         lines.append(

@@ -2,12 +2,17 @@
 
 import dagster as dg
 
-from mlops_assets.monitoring.assets import monitoring_assets
-from mlops_assets.monitoring.schedules import weekly_retraining_schedule
-from mlops_assets.monitoring.sensors import drift_retraining_sensor, new_data_automation_sensor
+from mlops_assets.monitoring.assets import build_drift_asset
+from mlops_assets.monitoring.schedules import build_retraining_schedule
+from mlops_assets.monitoring.sensors import build_new_data_sensor, drift_retraining_sensor
+from mlops_assets.project import Project
 
-defs = dg.Definitions(
-    assets=monitoring_assets,
-    sensors=[drift_retraining_sensor, new_data_automation_sensor],
-    schedules=[weekly_retraining_schedule],
-)
+
+def build_defs(project: Project, partitions: dg.PartitionsDefinition) -> dg.Definitions:
+    if project.spec.target is None or project.spec.model is None or not project.view_names:
+        return dg.Definitions()
+    return dg.Definitions(
+        assets=[build_drift_asset(project, partitions)],
+        sensors=[drift_retraining_sensor, build_new_data_sensor(project)],
+        schedules=[build_retraining_schedule()],
+    )

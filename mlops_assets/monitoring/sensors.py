@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from mlops_assets.features.views import FEATURE_VIEWS
+from mlops_assets.project import Project
 from mlops_assets.monitoring.assets import DAILY_REFRESH
 from mlops_assets.monitoring.checks import DRIFT_ASSET
 from mlops_assets.monitoring.daily import ERROR_CHECKS
@@ -103,20 +103,20 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
-#: Trigger (b): new raw partitions refresh the feature views, the training set and the latest drift report.
-NEW_DATA_TARGET = dg.AssetSelection.assets(*(v.name for v in FEATURE_VIEWS), "training_set", DRIFT_ASSET)
-
-new_data_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "new_data_automation_sensor",
-    target=NEW_DATA_TARGET,
-    default_condition=DAILY_REFRESH,
-    use_user_code_server=True,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    run_tags={
-        "mlops/trigger": "new_data",
-        "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "
-        "drift report refresh when an upstream partition they read was updated",
-    },
-    description="New ingested partitions (events, customers, labels) refresh the latest day's feature views, "
-    "the training set and the latest drift report (automation conditions; the online store has its own sensor).",
-)
+def build_new_data_sensor(project: Project) -> dg.AutomationConditionSensorDefinition:
+    """Trigger (b): new raw partitions refresh the feature views, the training set and the latest drift report."""
+    target = dg.AssetSelection.assets(*project.view_names, "training_set", DRIFT_ASSET)
+    return dg.AutomationConditionSensorDefinition(
+        "new_data_automation_sensor",
+        target=target,
+        default_condition=DAILY_REFRESH,
+        use_user_code_server=True,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        run_tags={
+            "mlops/trigger": "new_data",
+            "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "
+            "drift report refresh when an upstream partition they read was updated",
+        },
+        description="New ingested partitions refresh the latest day's feature views, the training set and the "
+        "latest drift report (automation conditions; the online store has its own sensor).",
+    )

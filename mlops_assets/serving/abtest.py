@@ -1,7 +1,7 @@
 """A/B statistics on realized labels: frequentist tests, Bayesian beta-binomial, mSPRT, power, a decision.
 
 Arm A is the champion, arm B the challenger. Rates are compared as "good" outcomes: with
-``higher_is_better=False`` (e.g. churn) the counts are flipped first, so "B better" always means
+``higher_is_better=False`` (an outcome to avoid) the counts are flipped first, so "B better" always means
 B has the better outcome.
 
 Sequential test: the mixture sequential probability ratio test (mSPRT) of Johari, Koomen,
@@ -204,7 +204,7 @@ def sample_size_per_arm(
     ratio: float = 1.0,
     alternative: str = "two-sided",
 ) -> int:
-    """Customers needed in arm A to detect ``baseline_rate -> baseline_rate + minimum_effect`` (B gets ratio x that)."""
+    """Entities needed in arm A to detect ``baseline_rate -> baseline_rate + minimum_effect`` (B gets ratio x that)."""
     from statsmodels.stats.power import NormalIndPower
     from statsmodels.stats.proportion import proportion_effectsize
 
@@ -222,7 +222,7 @@ def sample_size_per_arm(
 def power_at(
     n_per_arm: int, baseline_rate: float, minimum_effect: float, alpha: float = 0.05, ratio: float = 1.0
 ) -> float:
-    """Power of the two-sided test with ``n_per_arm`` customers in arm A."""
+    """Power of the two-sided test with ``n_per_arm`` entities in arm A."""
     from statsmodels.stats.power import NormalIndPower
     from statsmodels.stats.proportion import proportion_effectsize
 
@@ -237,9 +237,9 @@ def power_at(
 class ABConfig:
     """What the A/B analysis judges and the thresholds of its decision."""
 
-    metric: str = "churned"  # 0/1 outcome column
-    higher_is_better: bool = False  # churn: lower is better
-    value_column: str | None = None  # optional continuous per-customer metric (Welch, Mann-Whitney)
+    metric: str = "outcome"  # 0/1 outcome column
+    higher_is_better: bool = True  # False for an outcome to avoid
+    value_column: str | None = None  # optional continuous per-entity metric (Welch, Mann-Whitney)
     alpha: float = 0.05
     power: float = 0.8
     minimum_effect: float = 0.02  # absolute change of the good-outcome rate worth detecting
@@ -272,7 +272,7 @@ class ABReport:
 
     def to_markdown(self) -> str:
         """A short human-readable report."""
-        lines = ["| arm | customers | outcome rate | good rate |", "|---|---:|---:|---:|"]
+        lines = ["| arm | entities | outcome rate | good rate |", "|---|---:|---:|---:|"]
         for arm, m in self.arms.items():
             lines.append(f"| {arm} | {int(m['n'])} | {m['rate']:.4f} | {m['good_rate']:.4f} |")
         lines += [
@@ -281,7 +281,7 @@ class ABReport:
             f"- chi-squared = {self.chi_squared.statistic:.3f}, p = {self.chi_squared.p_value:.4g}",
             f"- P(B better) = {self.bayes.prob_b_better:.4f}; expected loss of B = {self.bayes.expected_loss_b:.5f}",
             f"- mSPRT always-valid p = {self.sequential.p_value:.4g} over {self.sequential.peeks} peeks",
-            f"- required customers per arm: {self.required_n_per_arm}",
+            f"- required entities per arm: {self.required_n_per_arm}",
         ]
         if self.welch is not None and self.mann_whitney is not None:
             lines.append(
@@ -321,11 +321,11 @@ def decide(
     if min(n_a, n_b) >= required_n:
         return (
             "stop",
-            f"no significant difference after {min(n_a, n_b)} customers per arm (planned {required_n})",
+            f"no significant difference after {min(n_a, n_b)} entities per arm (planned {required_n})",
         )
     return (
         "continue",
-        f"{min(n_a, n_b)} of {required_n} planned customers per arm; no significant difference yet",
+        f"{min(n_a, n_b)} of {required_n} planned entities per arm; no significant difference yet",
     )
 
 
@@ -368,28 +368,40 @@ def _peeks(
     return peeks.loc[(peeks["n_a"] > 0) & (peeks["n_b"] > 0)].reset_index(drop=True)
 
 
-def outcomes_from_log(log: pd.DataFrame, labels: pd.DataFrame, experiment: str | None = None) -> pd.DataFrame:
-    """One row per customer of an experiment: the first arm that answered them and their first label after it.
+def outcomes_from_log(
+    log: pd.DataFrame,
+    labels: pd.DataFrame,
+    experiment: str | None = None,
+    *,
+    key: str,
+    time: str,
+    outcome: str,
+) -> pd.DataFrame:
+    """One row per entity of an experiment: the first arm that answered it and its first label after that.
 
-    ``log`` holds prediction-log rows (shadow and failed rows are ignored), ``labels`` the
-    ``raw_labels`` rows (``customer_id``, ``label_timestamp``, ``churned``). Customers without a
-    label after their first assignment are left out: their outcome is not realized yet.
+    ``log`` holds prediction-log rows (shadow and failed rows are ignored; ``entity_id`` is the entity's
+    key as text), ``labels`` the label rows with the entity's ``key``, their ``time`` and the ``outcome``.
+    Entities without a label after their first assignment are left out: their outcome is not realized yet.
     """
     served = log.loc[~log["shadow"].astype(bool) & (log["status"] == "ok")]
     if experiment is not None:
         served = served.loc[served["experiment"] == experiment]
     first = (
         served.sort_values("ts", kind="stable")
-        .drop_duplicates("customer_id")[["customer_id", "arm", "ts"]]
+        .drop_duplicates("entity_id")[["entity_id", "arm", "ts"]]
         .rename(columns={"ts": "assigned_at"})
     )
-    lab = labels[["customer_id", "label_timestamp", "churned"]].copy()
-    lab["label_timestamp"] = pd.to_datetime(lab["label_timestamp"], utc=True)
-    joined = first.merge(lab, on="customer_id", how="inner")
-    joined = joined.loc[joined["label_timestamp"] > joined["assigned_at"]]
-    joined = joined.sort_values(["customer_id", "label_timestamp"], kind="stable").drop_duplicates(
-        "customer_id"
+    lab = pd.DataFrame(
+        {
+            "entity_id": labels[key].astype(str).to_numpy(),
+            "label_timestamp": pd.to_datetime(labels[time], utc=True).to_numpy(),
+            outcome: labels[outcome].to_numpy(),
+        }
     )
+    lab["label_timestamp"] = pd.to_datetime(lab["label_timestamp"], utc=True)
+    joined = first.merge(lab, on="entity_id", how="inner")
+    joined = joined.loc[joined["label_timestamp"] > joined["assigned_at"]]
+    joined = joined.sort_values(["entity_id", "label_timestamp"], kind="stable").drop_duplicates("entity_id")
     return joined.reset_index(drop=True)
 
 
@@ -401,7 +413,7 @@ def analyze(
     time_column: str | None = None,
     guardrails: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ABReport:
-    """Full A/B analysis of realized outcomes (one row per customer: ``arm``, the metric, optional value/time)."""
+    """Full A/B analysis of realized outcomes (one row per entity: ``arm``, the metric, optional value/time)."""
     missing = [c for c in ("arm", config.metric) if c not in outcomes.columns]
     if missing:
         raise ValueError(f"outcomes lack columns {missing}; they have {list(outcomes.columns)}")

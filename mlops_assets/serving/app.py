@@ -24,7 +24,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, create_model
 from starlette.background import BackgroundTask
 
 from mlops_assets.serving.models import (
@@ -45,6 +45,7 @@ from mlops_assets.serving.routing import (
     assign,
     state_path,
 )
+from mlops_assets.project import Project
 from mlops_assets.settings import data_paths
 
 log = logging.getLogger(__name__)
@@ -57,38 +58,55 @@ FeatureValue = StrictFloat | StrictInt | StrictStr | None
 
 
 class PredictRequest(BaseModel):
-    """A prediction request: a customer, and optionally the feature values to score."""
+    """A prediction request: an entity (by the spec's join key), and optionally the feature values to score."""
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+    entity: str
     features: Annotated[dict[str, FeatureValue], Field(max_length=512)] | None = None
 
 
-class FeatureSource(Protocol):
-    """Latest feature values of one customer (None when the customer is unknown)."""
+def request_model(entity_key: str, dtype: str = "string") -> type[BaseModel]:
+    """The request body of ``POST /predict``: ``{<join key>: ..., "features": {...}?}``."""
+    key_type = (
+        Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+        if dtype == "string"
+        else StrictInt
+    )
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        **{
+            entity_key: (key_type, ...),
+            "features": (Annotated[dict[str, FeatureValue], Field(max_length=512)] | None, None),
+        },
+    )
 
-    def get(self, customer_id: str, features: list[str]) -> dict[str, Any] | None:
-        """Feature dict for ``customer_id`` restricted to ``features``."""
+
+class FeatureSource(Protocol):
+    """Latest feature values of one entity (None when the entity is unknown)."""
+
+    def get(self, entity: str, features: list[str]) -> dict[str, Any] | None:
+        """Feature dict for ``entity`` restricted to ``features``."""
 
 
 class OnlineFeatureSource:
     """The online store through :class:`~mlops_assets.featurestore.FeatureStore` (expired values are null)."""
 
-    def __init__(self, data_root: str | Path | None = None, views: Any = None) -> None:
+    def __init__(self, project: Project) -> None:
         from mlops_assets.featurestore import FeatureStore
 
-        self.store = FeatureStore(data_root) if views is None else FeatureStore(data_root, views=views)
+        self.store = FeatureStore(project)
         self._wanted: dict[tuple[str, ...], dict[str, list[str]]] = {}
 
-    def get(self, customer_id: str, features: list[str]) -> dict[str, Any] | None:
-        from mlops_assets.features.views import resolve_features
+    def get(self, entity: str, features: list[str]) -> dict[str, Any] | None:
+        from mlops_assets.features.layout import select_features
 
         key = tuple(features)
         wanted = self._wanted.get(key)
         if wanted is None:
-            wanted = self._wanted[key] = resolve_features(list(features), self.store.views)
-        result = self.store.online_store().lookup(customer_id, wanted)
+            wanted = self._wanted[key] = select_features(self.store.spec, list(features))
+        result = self.store.online_store().lookup(str(entity), wanted)
         if all(item["status"] == "missing" for item in result.values()):
             return None
         values: dict[str, Any] = {}
@@ -98,13 +116,13 @@ class OnlineFeatureSource:
 
 
 class MappingFeatureSource:
-    """Features held in a dict ``{customer_id: {feature: value}}`` (tests, benchmarks)."""
+    """Features held in a dict ``{entity: {feature: value}}`` (tests, benchmarks)."""
 
     def __init__(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
         self.rows = rows
 
-    def get(self, customer_id: str, features: list[str]) -> dict[str, Any] | None:
-        row = self.rows.get(customer_id)
+    def get(self, entity: str, features: list[str]) -> dict[str, Any] | None:
+        row = self.rows.get(str(entity))
         return None if row is None else {f: row.get(f) for f in features}
 
 
@@ -112,7 +130,10 @@ class MappingFeatureSource:
 class ServingConfig:
     """Everything the app needs; defaults serve the registry's champion/challenger from the data folder."""
 
-    data_root: str | Path | None = None
+    project: Project | None = None  # default: the configured project ($MLOPS_SPEC or [tool.mlops] spec)
+    data_root: str | Path | None = None  # default: the project's
+    entity_key: str = ""  # the request's key field (default: the join key of the project's target entity)
+    entity_dtype: str = "string"
     model_source: ModelSource | None = None  # default: the MLflow registry
     feature_source: FeatureSource | None = None  # default: the online store
     assignments: AssignmentStore | None = None  # default: SQLite under <data_root>/serving
@@ -215,14 +236,28 @@ class _Service:
 
     def __init__(self, config: ServingConfig) -> None:
         self.config = config
-        root = config.data_root
+        project = config.project
+        needs_project = config.model_source is None or config.feature_source is None or not config.entity_key
+        if project is None and needs_project:
+            project = Project.load(data_root=config.data_root)
+        if project is not None and config.data_root is not None:
+            project = project.with_data_root(config.data_root)
+        root = config.data_root if config.data_root is not None else (project.paths.root if project else None)
+        self.entity_key = config.entity_key or project.target_entity.join_key
+        dtype = project.target_entity.dtype if project is not None and not config.entity_key else config.entity_dtype
+        self.request_model = request_model(self.entity_key, dtype)
         self.metrics = _Metrics()
-        source = config.model_source if config.model_source is not None else RegistryModelSource()
+        if config.model_source is not None:
+            source = config.model_source
+        else:
+            from mlops_assets.training.tracking import TrackingConfig
+
+            source = RegistryModelSource(TrackingConfig.for_project(project).tracking_uri, project.model_name)
         self.models = ModelManager(
             source, config.aliases, on_error=self._on_load_error, on_swap=self._on_swap
         )
         self.features = (
-            config.feature_source if config.feature_source is not None else OnlineFeatureSource(root)
+            config.feature_source if config.feature_source is not None else OnlineFeatureSource(project)
         )
         self.state = StateFile(config.state_file or state_path(root))
         self.assignments = (
@@ -260,7 +295,7 @@ class _Service:
     def record(
         self,
         rid: str,
-        customer: str,
+        entity: str,
         arm: str,
         model: ServedModel | None,
         score: float | None,
@@ -282,7 +317,7 @@ class _Service:
             self.logger.write(
                 PredictionRecord(
                     rid,
-                    customer,
+                    entity,
                     arm,
                     version if model else None,
                     score,
@@ -296,14 +331,14 @@ class _Service:
                 )
             )
 
-    def score(self, model: ServedModel, customer: str, explicit: dict[str, Any] | None) -> float:
+    def score(self, model: ServedModel, entity: str, explicit: dict[str, Any] | None) -> float:
         pred = model.predictor
-        values = explicit if explicit is not None else self.features.get(customer, pred.features)
+        values = explicit if explicit is not None else self.features.get(entity, pred.features)
         if values is None:
-            raise LookupError(customer)
+            raise LookupError(entity)
         return pred.predict_one(values)
 
-    def shadow(self, rid: str, customer: str, explicit: dict[str, Any] | None, mode: str) -> None:
+    def shadow(self, rid: str, entity: str, explicit: dict[str, Any] | None, mode: str) -> None:
         model = self.models.get(CHALLENGER)
         if model is None:
             return
@@ -311,14 +346,14 @@ class _Service:
         try:
             if explicit is not None:
                 model.predictor.check_types(explicit)
-            score = self.score(model, customer, explicit)
+            score = self.score(model, entity, explicit)
             self.record(
-                rid, customer, CHALLENGER, model, score, time.perf_counter() - start, mode, shadow=True
+                rid, entity, CHALLENGER, model, score, time.perf_counter() - start, mode, shadow=True
             )
         except Exception as exc:  # a shadow failure is logged, never seen by the caller
             self.record(
                 rid,
-                customer,
+                entity,
                 CHALLENGER,
                 model,
                 None,
@@ -351,12 +386,14 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             service.metrics.rejected.labels("413").inc()
             return _problem(413, f"request body larger than {config.max_body_bytes} bytes")
         try:
-            req = PredictRequest.model_validate_json(body)
+            parsed = service.request_model.model_validate_json(body)
         except ValidationError as exc:
             service.metrics.rejected.labels("422").inc()
             return _problem(422, "invalid request", _validation_errors(exc))
+        req = PredictRequest(entity=str(getattr(parsed, service.entity_key)), features=parsed.features)
+        entity_value = getattr(parsed, service.entity_key)
         state = service.state.get()
-        arm = assign(state, req.customer_id, service.assignments).arm
+        arm = assign(state, req.entity, service.assignments).arm
         model = service.models.get(arm)
         if model is None and arm != CHAMPION:
             arm, model = CHAMPION, service.models.get(CHAMPION)
@@ -389,19 +426,19 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         score, failure = None, ""
         for arm, model in candidates:  # noqa: B007 - the arm and model that answered are used below
             try:
-                score = service.score(model, req.customer_id, explicit)
+                score = service.score(model, req.entity, explicit)
                 break
             except LookupError:
                 service.metrics.rejected.labels("404").inc()
                 return _problem(
                     404,
-                    f"customer {req.customer_id!r} has no features in the online store; send them in 'features'",
+                    f"{service.entity_key} {entity_value!r} has no features in the online store; send them in 'features'",
                 )
             except Exception as exc:
                 failure = type(exc).__name__
                 service.record(
                     rid,
-                    req.customer_id,
+                    req.entity,
                     arm,
                     model,
                     None,
@@ -414,11 +451,11 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             return _problem(503, f"model {arm} failed to score: {failure}")
         latency = time.perf_counter() - start
         service.record(
-            rid, req.customer_id, arm, model, score, latency, state.mode, experiment=state.experiment
+            rid, req.entity, arm, model, score, latency, state.mode, experiment=state.experiment
         )
         payload = {
             "request_id": rid,
-            "customer_id": req.customer_id,
+            service.entity_key: entity_value,
             "score": score,
             "arm": arm,
             "model_version": model.version,
@@ -426,7 +463,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         }
         task = None
         if state.mode == "shadow":
-            task = BackgroundTask(service.shadow, rid, req.customer_id, explicit, state.mode)
+            task = BackgroundTask(service.shadow, rid, req.entity, explicit, state.mode)
         return Response(json.dumps(payload), media_type="application/json", background=task)
 
     @app.get("/health")

@@ -1,4 +1,4 @@
-"""Batch scoring: the champion scores every active customer of a day; in shadow mode the challenger too."""
+"""Batch scoring: the champion scores every monitored entity of a day; in shadow mode the challenger too."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import pandas as pd
 from mlops_assets.serving.models import ServedModel
 from mlops_assets.serving.routing import CHALLENGER, CHAMPION, RolloutState
 
-COLUMNS = ("customer_id", "arm", "model_version", "score", "shadow", "mode", "scored_at")
+COLUMNS = ("arm", "model_version", "score", "shadow", "mode", "scored_at")
 
 
-def score_customers(
+def score_entities(
     features: pd.DataFrame,
+    key: str,
     models: Mapping[str, ServedModel],
     state: RolloutState | None = None,
     scored_at: datetime | None = None,
 ) -> pd.DataFrame:
-    """One row per customer and scoring model: the champion always, the challenger as well in shadow mode."""
-    if "customer_id" not in features.columns:
-        raise ValueError(f"features need a customer_id column; they have {list(features.columns)}")
+    """One row per entity and scoring model: the champion always, the challenger as well in shadow mode."""
+    if key not in features.columns:
+        raise ValueError(f"features need the entity key column {key!r}; they have {list(features.columns)}")
     if CHAMPION not in models:
         raise ValueError("no champion model to score with")
     state = state or RolloutState()
@@ -33,7 +34,7 @@ def score_customers(
         frames.append(
             pd.DataFrame(
                 {
-                    "customer_id": features["customer_id"].astype(str).to_numpy(),
+                    key: features[key].to_numpy(),
                     "arm": arm,
                     "model_version": model.version,
                     "score": model.predictor.predict_frame(features),
@@ -43,4 +44,4 @@ def score_customers(
                 }
             )
         )
-    return pd.concat(frames, ignore_index=True)[list(COLUMNS)]
+    return pd.concat(frames, ignore_index=True)[[key, *COLUMNS]]

@@ -57,11 +57,11 @@ class LocalServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
-    def predict(self, customer_id: str) -> dict:
-        """POST /predict for one customer (features from the app's feature source)."""
+    def predict(self, key: str, entity: Any) -> dict:
+        """POST /predict for one entity (features from the app's feature source)."""
         request = urllib.request.Request(
             self.url + "/predict",
-            json.dumps({"customer_id": customer_id}).encode(),
+            json.dumps({key: entity}).encode(),
             {"content-type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -73,6 +73,7 @@ def canary_demo(
     champion: Any,
     challenger: Any,
     feature_rows: Mapping[str, Mapping[str, Any]],
+    key: str = "entity_id",
     requests_per_step: int = 200,
     max_batches_per_step: int = 20,
     break_challenger_at_step: int | None = None,
@@ -92,6 +93,7 @@ def canary_demo(
         data_root=data_root,
         model_source=source,
         feature_source=MappingFeatureSource(feature_rows),
+        entity_key=key,
         assignments=MemoryAssignments(),
         poll_interval_s=0.1,
     )
@@ -99,7 +101,7 @@ def canary_demo(
     guardrails = guardrails or Guardrails(
         min_requests=100, min_error_requests=10, min_distribution_samples=100
     )
-    customers = list(feature_rows)
+    entities = list(feature_rows)
     rng = np.random.default_rng(seed)
     decisions: list[Decision] = []
     with LocalServer(create_app(config)) as server:
@@ -111,7 +113,7 @@ def canary_demo(
         )
         baseline = "its holdout scores" if challenger_reference_scores is not None else "the champion"
         printer(
-            f"canary started: {CANARY_STEPS[0]:.0%} of customers on the challenger "
+            f"canary started: {CANARY_STEPS[0]:.0%} of entities on the challenger "
             f"(score guardrails against {baseline})"
         )
         for step in range(len(CANARY_STEPS)):
@@ -125,7 +127,7 @@ def canary_demo(
             for _ in range(
                 max_batches_per_step
             ):  # a step holds until the challenger has seen enough requests
-                answers = [server.predict(str(c)) for c in rng.choice(customers, requests_per_step)]
+                answers = [server.predict(key, str(c)) for c in rng.choice(entities, requests_per_step)]
                 sent += len(answers)
                 on_challenger += sum(a["arm"] == "challenger" for a in answers)
                 decision = controller.step_from_log(guardrails)
@@ -153,58 +155,3 @@ def canary_demo(
     if decisions and decisions[-1].promote:
         printer("rollout complete: promote the challenger to champion")
     return decisions
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mlops_assets.serving.demo``: a canary of two small models on simulated customers."""
-    import argparse
-    import math
-    import tempfile
-
-    from threadpoolctl import threadpool_limits
-
-    from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
-    from mlops_assets.training.train import TrainConfig, churn_scores, fit_model, model_inputs
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--customers", type=int, default=4000)
-    parser.add_argument("--break-at", type=int, default=None, help="break the challenger at this step (1-4)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    with threadpool_limits(limits=1):
-        champion = fit_model(
-            synthetic_training_set(1000, seed=args.seed),
-            TrainConfig(model_type="logistic_regression"),
-            NUMERIC_FEATURES,
-            CATEGORICAL_FEATURES,
-        )
-        challenger = fit_model(
-            synthetic_training_set(1000, seed=args.seed + 1),
-            TrainConfig(model_type="logistic_regression", hyperparameters={"C": 0.5}),
-            NUMERIC_FEATURES,
-            CATEGORICAL_FEATURES,
-        )
-        holdout = synthetic_training_set(1000, seed=args.seed + 3)
-        reference = churn_scores(challenger, model_inputs(holdout, NUMERIC_FEATURES, CATEGORICAL_FEATURES))
-    frame = synthetic_training_set(args.customers, seed=args.seed + 2)[
-        NUMERIC_FEATURES + CATEGORICAL_FEATURES
-    ]
-    rows = {
-        f"C{i:06d}": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-        for i, r in enumerate(frame.to_dict("records"))
-    }
-    with tempfile.TemporaryDirectory(prefix="canary-demo-") as root:
-        canary_demo(
-            root,
-            champion,
-            challenger,
-            rows,
-            seed=args.seed,
-            break_challenger_at_step=None if args.break_at is None else args.break_at - 1,
-            challenger_reference_scores=reference,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

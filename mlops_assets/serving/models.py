@@ -411,11 +411,9 @@ class InMemoryModelSource:
 class RegistryModelSource:
     """The MLflow registry: versions by alias, loads verified against the registered SHA-256."""
 
-    def __init__(self, tracking_uri: str | None = None, model_name: str | None = None) -> None:
-        from mlops_assets.training.tracking import MODEL_NAME, default_tracking_uri
-
-        self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.model_name = model_name or MODEL_NAME
+    def __init__(self, tracking_uri: str, model_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
         self._client = None
 
     @property

@@ -24,7 +24,7 @@ LOG_DIR = "prediction_log"
 
 COLUMNS = (
     "request_id",
-    "customer_id",
+    "entity_id",
     "arm",
     "model_version",
     "score",
@@ -43,7 +43,7 @@ class PredictionRecord:
     """One scored (or failed) request on one arm."""
 
     request_id: str
-    customer_id: str
+    entity_id: str
     arm: str
     model_version: str | None
     score: float | None
@@ -123,7 +123,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
     frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce").astype("float64")
     frame["shadow"] = frame["shadow"].astype(bool)
-    for col in ("request_id", "customer_id", "arm", "model_version", "mode", "status", "error", "experiment"):
+    for col in ("request_id", "entity_id", "arm", "model_version", "mode", "status", "error", "experiment"):
         frame[col] = frame[col].astype(object)
     return frame.sort_values(["ts", "request_id"], kind="stable").reset_index(drop=True)
 

@@ -3,13 +3,13 @@
 The rollout state is one JSON file, ``<data_root>/serving/rollout_state.json``, written through a
 temporary name and a rename by the deployment side and read by every serving process.
 
-Stickiness. In canary and A/B modes a customer's arm is a pure function of
-``sha256(salt + ":" + customer_id)`` mapped to a bucket in [0, 1): the challenger takes the
-buckets below its share. Raising the canary share from 5% to 25% therefore only moves customers
-from champion to challenger, never back. In bandit mode the first request of a customer draws
+Stickiness. In canary and A/B modes a entity's arm is a pure function of
+``sha256(salt + ":" + entity_id)`` mapped to a bucket in [0, 1): the challenger takes the
+buckets below its share. Raising the canary share from 5% to 25% therefore only moves entities
+from champion to challenger, never back. In bandit mode the first request of a entity draws
 one Thompson sample per arm from the Beta posteriors (random stream seeded by the experiment
-seed and the customer's hash, so a run is reproducible) and takes the arm with the largest
-draw; that assignment is stored in an :class:`AssignmentStore` keyed by (experiment, customer)
+seed and the entity's hash, so a run is reproducible) and takes the arm with the largest
+draw; that assignment is stored in an :class:`AssignmentStore` keyed by (experiment, entity)
 with insert-if-absent semantics, so later requests, later posteriors and other worker
 processes all return the first assignment. A new experiment (new salt) starts fresh.
 """
@@ -52,8 +52,8 @@ class RolloutState:
     """What the serving app routes by: the mode, the challenger's share and the experiment."""
 
     mode: Mode = "direct"
-    challenger_share: float = 0.0  # canary: share of customers on the challenger; ab: share on arm B
-    experiment: str = "default"  # salt of the sticky hash; a new experiment reshuffles customers
+    challenger_share: float = 0.0  # canary: share of entities on the challenger; ab: share on arm B
+    experiment: str = "default"  # salt of the sticky hash; a new experiment reshuffles entities
     step: int = 0  # index of the canary step (see rollout.CANARY_STEPS)
     seed: int = 0  # bandit: seed of the Thompson draws
     posteriors: Mapping[str, ArmPosterior] = field(default_factory=dict)  # bandit: per arm
@@ -138,16 +138,16 @@ class StateFile:
         return self._state
 
 
-def bucket(customer_id: str, salt: str) -> float:
-    """The customer's position in [0, 1) for an experiment: uniform, stable, independent across salts."""
-    digest = hashlib.sha256(f"{salt}:{customer_id}".encode()).digest()
+def bucket(entity_id: str, salt: str) -> float:
+    """The entity's position in [0, 1) for an experiment: uniform, stable, independent across salts."""
+    digest = hashlib.sha256(f"{salt}:{entity_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 class AssignmentStore(Protocol):
-    """Remembers bandit assignments: the first one stored for (experiment, customer) wins."""
+    """Remembers bandit assignments: the first one stored for (experiment, entity) wins."""
 
-    def get_or_set(self, experiment: str, customer_id: str, arm: str) -> str:
+    def get_or_set(self, experiment: str, entity_id: str, arm: str) -> str:
         """The stored arm, storing ``arm`` when there was none."""
 
 
@@ -158,9 +158,9 @@ class MemoryAssignments:
         self._arms: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
-    def get_or_set(self, experiment: str, customer_id: str, arm: str) -> str:
+    def get_or_set(self, experiment: str, entity_id: str, arm: str) -> str:
         with self._lock:
-            return self._arms.setdefault((experiment, customer_id), arm)
+            return self._arms.setdefault((experiment, entity_id), arm)
 
 
 class SqliteAssignments:
@@ -172,8 +172,8 @@ class SqliteAssignments:
         self._local = threading.local()
         with self._conn() as con:
             con.execute(
-                "CREATE TABLE IF NOT EXISTS assignments (experiment TEXT NOT NULL, customer_id TEXT NOT NULL,"
-                " arm TEXT NOT NULL, assigned_at TEXT NOT NULL, PRIMARY KEY (experiment, customer_id))"
+                "CREATE TABLE IF NOT EXISTS assignments (experiment TEXT NOT NULL, entity_id TEXT NOT NULL,"
+                " arm TEXT NOT NULL, assigned_at TEXT NOT NULL, PRIMARY KEY (experiment, entity_id))"
             )
 
     def _conn(self) -> sqlite3.Connection:
@@ -184,19 +184,19 @@ class SqliteAssignments:
             self._local.con = con
         return con
 
-    def get_or_set(self, experiment: str, customer_id: str, arm: str) -> str:
+    def get_or_set(self, experiment: str, entity_id: str, arm: str) -> str:
         con = self._conn()
         row = con.execute(
-            "SELECT arm FROM assignments WHERE experiment = ? AND customer_id = ?", (experiment, customer_id)
+            "SELECT arm FROM assignments WHERE experiment = ? AND entity_id = ?", (experiment, entity_id)
         ).fetchone()
         if row is not None:
             return row[0]
         con.execute(
             "INSERT OR IGNORE INTO assignments VALUES (?, ?, ?, ?)",
-            (experiment, customer_id, arm, datetime.now(UTC).isoformat()),
+            (experiment, entity_id, arm, datetime.now(UTC).isoformat()),
         )
         return con.execute(
-            "SELECT arm FROM assignments WHERE experiment = ? AND customer_id = ?", (experiment, customer_id)
+            "SELECT arm FROM assignments WHERE experiment = ? AND entity_id = ?", (experiment, entity_id)
         ).fetchone()[0]
 
 
@@ -208,28 +208,28 @@ class Assignment:
     shadow: bool = False
 
 
-def thompson_arm(state: RolloutState, customer_id: str) -> str:
-    """Arm with the largest Beta posterior draw, from a stream seeded by (seed, experiment, customer)."""
+def thompson_arm(state: RolloutState, entity_id: str) -> str:
+    """Arm with the largest Beta posterior draw, from a stream seeded by (seed, experiment, entity)."""
     arms = sorted(state.posteriors) or [CHAMPION, CHALLENGER]
-    digest = hashlib.sha256(f"{state.seed}:{state.experiment}:{customer_id}".encode()).digest()
+    digest = hashlib.sha256(f"{state.seed}:{state.experiment}:{entity_id}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
     draws = [rng.beta(p.alpha, p.beta) for p in (state.posteriors.get(a, ArmPosterior()) for a in arms)]
     return arms[int(np.argmax(draws))]
 
 
-def assign(state: RolloutState, customer_id: str, assignments: AssignmentStore | None = None) -> Assignment:
-    """Route one customer under ``state`` (sticky; see the module docstring)."""
+def assign(state: RolloutState, entity_id: str, assignments: AssignmentStore | None = None) -> Assignment:
+    """Route one entity under ``state`` (sticky; see the module docstring)."""
     mode = state.mode
     if mode == "direct":
         return Assignment(CHAMPION)
     if mode == "shadow":
         return Assignment(CHAMPION, shadow=True)
     if mode in ("canary", "ab"):
-        on_challenger = bucket(customer_id, state.experiment) < state.challenger_share
+        on_challenger = bucket(entity_id, state.experiment) < state.challenger_share
         return Assignment(CHALLENGER if on_challenger else CHAMPION)
-    arm = thompson_arm(state, customer_id)
+    arm = thompson_arm(state, entity_id)
     if assignments is not None:
-        arm = assignments.get_or_set(state.experiment, customer_id, arm)
+        arm = assignments.get_or_set(state.experiment, entity_id, arm)
     return Assignment(arm)
 
 

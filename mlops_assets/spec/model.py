@@ -222,6 +222,7 @@ class Target(Frozen):
     entity: str | None = None  # default: the only entity whose join key the source holds
     timestamp: str | None = None  # the time features are read at (default: the source's timestamp)
     positive_class: str | None = None  # binary: the value meaning "yes" (default: 1 / true)
+    higher_is_better: bool = True  # whether more of the outcome is good (A/B tests compare arms on it)
 
 
 class FeatureSelection(Frozen):

@@ -9,61 +9,60 @@ import pandas as pd
 
 from mlops_assets.features.assets import LEAKAGE_CHECK
 from mlops_assets.features.pit import assert_no_leakage
-from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.ingestion.assets import QUARANTINE_CHECK, SCHEMA_CHECK
-from mlops_assets.settings import INGESTED_TABLES
-from mlops_assets.training.gates import GATE_NAMES, GateResult
+from mlops_assets.project import Project
+from mlops_assets.training.gates import FAIL, GATE_NAMES, NOT_APPLICABLE, PASS, GateResult
 
 EVALUATION_ASSET = "evaluation_report"
 
 GATE_DESCRIPTIONS = {
-    "accuracy_vs_champion": "Challenger accuracy >= champion accuracy - max_accuracy_drop on the same holdout "
-    "(skipped while there is no champion).",
-    "min_roc_auc": "Challenger ROC AUC on the holdout >= min_roc_auc.",
-    "p99_latency": "p99 single-row prediction latency (one thread, as in serving) <= max_p99_latency_ms.",
-    "bias": "Largest demographic-parity / equal-opportunity difference across age_group and region "
-    "<= max_bias_score.",
-    "test_coverage": "Share of holdout rows and segments scored with complete features >= min_test_coverage.",
-    "sanity": "Every golden input pair keeps its predicted direction (disengaged customers score higher).",
+    "beats_baseline": "The challenger beats every trivial baseline on the same holdout (prior rate on log loss "
+    "and Brier for classification; training mean and each entity's last value on MAE for regression).",
+    "metric_vs_champion": "The challenger is at most max_metric_drop worse than the champion on the spec's "
+    "comparison metric (does not apply while there is no champion).",
+    "overfitting": "Train minus holdout on the comparison metric is at most max_overfit_gap (reported only "
+    "when the spec sets no max_overfit_gap).",
+    "p99_latency": "Robust p99 single-row latency (fastest of 3 calls per row, one thread) <= max_p99_latency_ms, "
+    "and at most max_latency_ratio times the champion's, both measured interleaved.",
+    "bias": "Largest between-group difference over the spec's sensitive attributes <= max_bias_score (does not "
+    "apply with fewer than two groups of min_group_size rows).",
+    "test_coverage": "Share of holdout rows scored, and of the segments observed in the training set that the "
+    "holdout covers, >= min_test_coverage.",
+    "sanity": "Every golden case of the spec scores within its expectation (does not apply without golden cases).",
     "training_data_valid": "The training set has no feature later than its label, and the latest recorded "
-    "validation checks of training_set and the raw tables passed.",
+    "validation checks of training_set and the ingested sources passed.",
 }
 assert set(GATE_DESCRIPTIONS) == set(GATE_NAMES)
 
-#: The upstream checks the training_data_valid gate reads from the instance (latest evaluation of each).
-UPSTREAM_CHECKS: tuple[dg.AssetCheckKey, ...] = (
-    dg.AssetCheckKey(dg.AssetKey("training_set"), LEAKAGE_CHECK),
-    *(
-        dg.AssetCheckKey(dg.AssetKey(table), name)
-        for table in INGESTED_TABLES
-        for name in (SCHEMA_CHECK, QUARANTINE_CHECK)
-    ),
-)
+
+def upstream_checks(project: Project) -> tuple[dg.AssetCheckKey, ...]:
+    """The upstream checks the training_data_valid gate reads from the instance (latest evaluation of each)."""
+    return (
+        dg.AssetCheckKey(dg.AssetKey("training_set"), LEAKAGE_CHECK),
+        *(
+            dg.AssetCheckKey(dg.AssetKey(source), name)
+            for source in project.spec.sources
+            for name in (SCHEMA_CHECK, QUARANTINE_CHECK)
+        ),
+    )
 
 
 def gate_check_specs() -> list[dg.AssetCheckSpec]:
     """One blocking check per quality gate on evaluation_report."""
-    return [
-        dg.AssetCheckSpec(name, asset=EVALUATION_ASSET, blocking=True, description=GATE_DESCRIPTIONS[name])
-        for name in GATE_NAMES
-    ]
+    return [dg.AssetCheckSpec(name, asset=EVALUATION_ASSET, blocking=True, description=GATE_DESCRIPTIONS[name]) for name in GATE_NAMES]
 
 
 def _metadata_number(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
 
 
-def gate_check_results(
-    gates: Sequence[GateResult], challenger_version: int, model_name: str
-) -> list[dg.AssetCheckResult]:
-    """Check results whose descriptions name the measured value and the threshold."""
+def gate_check_results(gates: Sequence[GateResult], challenger_version: int, model_name: str) -> list[dg.AssetCheckResult]:
+    """Check results of the gates that apply (the others are not emitted: Dagster shows them as skipped)."""
     results = []
     for gate in gates:
-        metadata: dict = {
-            "skipped": gate.skipped,
-            "challenger_version": challenger_version,
-            "model_name": model_name,
-        }
+        if gate.status == NOT_APPLICABLE:
+            continue
+        metadata: dict = {"challenger_version": challenger_version, "model_name": model_name}
         for key, value in (("measured", gate.measured), ("threshold", gate.threshold)):
             number = _metadata_number(value)
             if number is not None:
@@ -71,7 +70,7 @@ def gate_check_results(
         results.append(
             dg.AssetCheckResult(
                 check_name=gate.name,
-                passed=gate.passed,
+                passed=gate.status == PASS,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=gate.message,
                 metadata=metadata,
@@ -80,11 +79,16 @@ def gate_check_results(
     return results
 
 
-def training_data_findings(instance: dg.DagsterInstance, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+def training_data_findings(
+    instance: dg.DagsterInstance, frame: pd.DataFrame, project: Project
+) -> tuple[list[str], list[str]]:
     """(problems, evidence) about the training data: leakage recomputed on the frame, latest upstream checks."""
+    from mlops_assets.features.layout import layouts
+
     problems, evidence = [], []
     ts_columns = [c for c in frame.columns if c.endswith("__feature_timestamp")]
-    violations = assert_no_leakage(frame, "label_timestamp", {v.name: v.ttl for v in FEATURE_VIEWS})
+    ttls = {n: v.view.ttl for n, v in layouts(project.spec).items()}
+    violations = assert_no_leakage(frame, project.target_timestamp, ttls)
     if violations:
         kinds = pd.Series([v["kind"] for v in violations]).value_counts().to_dict()
         problems.append(f"{len(violations)} point-in-time violations in the training set {kinds}")
@@ -93,7 +97,7 @@ def training_data_findings(instance: dg.DagsterInstance, frame: pd.DataFrame) ->
     else:
         evidence.append("no view timestamps in the training set to check for leakage")
     missing = []
-    for key in UPSTREAM_CHECKS:
+    for key in upstream_checks(project):
         record = instance.get_latest_asset_check_evaluation_record(key)
         evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
         label = f"{key.asset_key.to_user_string()}.{key.name}"
@@ -101,12 +105,8 @@ def training_data_findings(instance: dg.DagsterInstance, frame: pd.DataFrame) ->
             missing.append(label)
         elif evaluation.passed:
             evidence.append(f"{label} passed")
-        elif (
-            evaluation.severity == dg.AssetCheckSeverity.WARN
-        ):  # a warning (e.g. a coerced column) is not a failure
-            evidence.append(
-                f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300]
-            )
+        elif evaluation.severity == dg.AssetCheckSeverity.WARN:  # a warning (e.g. a coerced column) is not a failure
+            evidence.append(f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300])
         else:
             detail = f": {evaluation.description}" if evaluation.description else ""
             problems.append(f"{label} failed in run {record.run_id[:8]}{detail}")
@@ -122,5 +122,5 @@ def training_data_gate(gate: GateResult, problems: Sequence[str], evidence: Sequ
     else:
         message = "training data passed validation (0 failures, allowed: 0): " + "; ".join(evidence)
     return dataclasses.replace(
-        gate, passed=not problems, measured=float(len(problems)), threshold=0.0, message=message[:4000]
+        gate, status=FAIL if problems else PASS, measured=float(len(problems)), threshold=0.0, message=message[:4000]
     )

@@ -2,15 +2,17 @@
 
 import dagster as dg
 
-from mlops_assets.resources import DataDirResource
-from mlops_assets.training.assets import training_assets
-from mlops_assets.training.jobs import retraining_job, rollback_job
-from mlops_assets.training.resources import MlflowResource
+from mlops_assets.project import Project
+from mlops_assets.training.assets import build_training_assets
+from mlops_assets.training.jobs import build_retraining_job, rollback_job
 from mlops_assets.training.sensors import quality_gate_alert_sensor
 
-defs = dg.Definitions(
-    assets=training_assets,
-    jobs=[retraining_job, rollback_job],
-    sensors=[quality_gate_alert_sensor],
-    resources={"mlflow": MlflowResource(data=DataDirResource())},
-)
+
+def build_defs(project: Project) -> dg.Definitions:
+    if project.spec.target is None or project.spec.model is None:
+        return dg.Definitions()
+    return dg.Definitions(
+        assets=build_training_assets(project),
+        jobs=[build_retraining_job(), rollback_job],
+        sensors=[quality_gate_alert_sensor],
+    )

@@ -1,17 +1,25 @@
-"""Quality gates: named pass/fail judgements of an evaluation report against configured thresholds."""
+"""Quality gates: named verdicts on an evaluation report against the spec's thresholds (no Dagster here).
+
+Each gate passes, fails, or does not apply (a champion comparison without a champion, a bias gate with
+fewer than two groups large enough, a sanity gate without golden cases): a gate that does not apply says
+why and is shown as skipped, never as a pass.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from mlops_assets.training.evaluate import EvaluationReport
+from mlops_assets.spec.model import Gates
+from mlops_assets.training.evaluate import CHALLENGER, CHAMPION, EvaluationReport, fmt
+from mlops_assets.training.metrics import BASELINE_METRICS
 
 #: Every gate, in the order they are reported (each becomes one blocking asset check).
 GATE_NAMES = (
-    "accuracy_vs_champion",
-    "min_roc_auc",
+    "beats_baseline",
+    "metric_vs_champion",
+    "overfitting",
     "p99_latency",
     "bias",
     "test_coverage",
@@ -19,171 +27,145 @@ GATE_NAMES = (
     "training_data_valid",
 )
 
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """Thresholds of the quality gates; each name says what it bounds."""
-
-    max_accuracy_drop: float = 0.02  # challenger accuracy >= champion accuracy - this
-    min_roc_auc: float = 0.6  # absolute floor, applied with or without a champion
-    max_p99_latency_ms: float = 100.0  # single-row prediction latency (threads capped at one)
-    max_bias_score: float = 0.25  # largest demographic-parity / equal-opportunity difference
-    min_test_coverage: float = 0.95  # weaker of row and segment coverage
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "not applicable"
 
 
 @dataclass(frozen=True)
 class GateResult:
-    """One gate's verdict; ``message`` names the measured value and the threshold."""
+    """One gate's verdict; ``message`` names the measured value and the threshold (or why it does not apply)."""
 
     name: str
-    passed: bool
+    status: str  # pass, fail, not applicable
     measured: float | None
     threshold: float | None
     message: str
-    skipped: bool = False
+
+    @property
+    def passed(self) -> bool:
+        """False only for a failure (a gate that does not apply blocks nothing)."""
+        return self.status != FAIL
+
+    @property
+    def applies(self) -> bool:
+        return self.status != NOT_APPLICABLE
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "measured": self.measured, "threshold": self.threshold, "message": self.message}
 
 
-def _gate(
-    name: str,
-    passed: bool,
-    measured: float | None,
-    threshold: float | None,
-    message: str,
-    skipped: bool = False,
-) -> GateResult:
-    return GateResult(name, bool(passed), measured, threshold, message, skipped)
+def _verdict(ok: bool) -> str:
+    return PASS if ok else FAIL
 
 
-def evaluate_gates(
-    report: EvaluationReport, thresholds: GateThresholds | None = None, training_data_valid: bool = True
-) -> list[GateResult]:
-    """Judge the report: relative gates need a champion, absolute gates always apply."""
-    t = thresholds or GateThresholds()
-    results = []
-    drop = report.accuracy_drop()
+def _baseline_gate(report: EvaluationReport, g: Gates) -> GateResult:
+    names = BASELINE_METRICS[report.task]
+    challenger = report.metrics[CHALLENGER]
+    worst_margin, details = math.inf, []
+    for base, values in report.baselines.items():
+        for metric in names:  # every baseline metric is lower-is-better (log loss, Brier, MAE)
+            margin = values[metric] - challenger[metric]
+            details.append(f"{metric} {fmt(challenger[metric])} vs {base} {fmt(values[metric])}")
+            worst_margin = min(worst_margin, margin)
+    if not details:
+        return GateResult("beats_baseline", NOT_APPLICABLE, None, g.min_baseline_improvement, "not applicable: no baseline was scored")
+    ok = worst_margin > g.min_baseline_improvement
+    rel = ">" if ok else "<="
+    return GateResult(
+        "beats_baseline",
+        _verdict(ok),
+        worst_margin,
+        g.min_baseline_improvement,
+        f"smallest improvement over a trivial baseline {fmt(worst_margin)} {rel} min_baseline_improvement "
+        f"{g.min_baseline_improvement} ({'; '.join(details)})",
+    )
+
+
+def evaluate_gates(report: EvaluationReport, gates: Gates | None = None, training_data_valid: bool = True) -> list[GateResult]:
+    """Judge the report with the spec's thresholds (defaults when ``gates`` is None)."""
+    g = gates or Gates()
+    results = [_baseline_gate(report, g)]
+
+    drop = report.metric_drop()
     if drop is None:
-        results.append(
-            _gate(
-                "accuracy_vs_champion",
-                True,
-                None,
-                t.max_accuracy_drop,
-                "skipped: no champion yet, judged on absolute thresholds only",
-                skipped=True,
-            )
-        )
+        results.append(GateResult("metric_vs_champion", NOT_APPLICABLE, None, g.max_metric_drop, "not applicable: no champion yet"))
     else:
-        acc = report.metrics["challenger"]["accuracy"]
-        champ = report.metrics["champion"]["accuracy"]
+        a, b = report.metrics[CHALLENGER][report.metric], report.metrics[CHAMPION][report.metric]
+        ok = math.isfinite(drop) and drop <= g.max_metric_drop + 1e-12
         results.append(
-            _gate(
-                "accuracy_vs_champion",
-                drop <= t.max_accuracy_drop + 1e-12,
-                acc,
-                champ - t.max_accuracy_drop,
-                f"challenger accuracy {acc:.4f} vs champion {champ:.4f}: drop {drop:.4f} "
-                f"{'<=' if drop <= t.max_accuracy_drop + 1e-12 else '>'} max_accuracy_drop {t.max_accuracy_drop}",
+            GateResult(
+                "metric_vs_champion",
+                _verdict(ok),
+                drop,
+                g.max_metric_drop,
+                f"{report.metric}: challenger {fmt(a)} vs champion {fmt(b)}, worse by {fmt(drop)} "
+                f"{'<=' if ok else '>'} max_metric_drop {g.max_metric_drop}",
             )
         )
-    auc = report.metrics["challenger"]["roc_auc"]
-    auc_ok = not math.isnan(auc) and auc >= t.min_roc_auc
-    results.append(
-        _gate(
-            "min_roc_auc",
-            auc_ok,
-            auc,
-            t.min_roc_auc,
-            f"ROC AUC {auc:.4f} {'>=' if auc_ok else '<'} min_roc_auc {t.min_roc_auc}",
+
+    gap = report.overfit_gap()
+    if g.max_overfit_gap is None or gap is None:
+        reason = "no `max_overfit_gap` in the spec: reported only" if gap is not None else "no train and holdout metric to compare"
+        results.append(GateResult("overfitting", NOT_APPLICABLE, gap, g.max_overfit_gap, f"not applicable: {reason} (train minus holdout {report.metric} {fmt(gap)})"))
+    else:
+        ok = gap <= g.max_overfit_gap
+        results.append(
+            GateResult("overfitting", _verdict(ok), gap, g.max_overfit_gap,
+                       f"train minus holdout {report.metric} {fmt(gap)} {'<=' if ok else '>'} max_overfit_gap {g.max_overfit_gap}")
         )
-    )
-    p99 = report.latency_ms["challenger"]["p99"]
-    results.append(
-        _gate(
-            "p99_latency",
-            p99 <= t.max_p99_latency_ms,
-            p99,
-            t.max_p99_latency_ms,
-            f"p99 single-row latency {p99:.2f} ms {'<=' if p99 <= t.max_p99_latency_ms else '>'} "
-            f"max_p99_latency_ms {t.max_p99_latency_ms}",
-        )
-    )
+
+    lat = report.latency_ms[CHALLENGER]
+    robust = lat["robust_p99"]
+    ratio = None
+    if CHAMPION in report.latency_ms and report.latency_ms[CHAMPION]["robust_p99"] > 0:
+        ratio = robust / report.latency_ms[CHAMPION]["robust_p99"]
+    ok = robust <= g.max_p99_latency_ms and (ratio is None or ratio <= g.max_latency_ratio)
+    text = f"robust p99 single-row latency {fmt(robust)} ms {'<=' if robust <= g.max_p99_latency_ms else '>'} max_p99_latency_ms {g.max_p99_latency_ms}"
+    if ratio is not None:
+        text += f"; {fmt(ratio)}x the champion's (measured interleaved) {'<=' if ratio <= g.max_latency_ratio else '>'} max_latency_ratio {g.max_latency_ratio}"
+    results.append(GateResult("p99_latency", _verdict(ok), robust, g.max_p99_latency_ms, text))
+
     bias = report.bias_score()
-    if math.isnan(bias):
-        results.append(
-            _gate(
-                "bias",
-                True,
-                None,
-                t.max_bias_score,
-                f"bias not measurable (groups below the minimum size); max_bias_score {t.max_bias_score}",
-                skipped=True,
-            )
-        )
+    if bias is None:
+        reasons = "; ".join(f"{r.attribute}: {r.detail}" for r in report.fairness.itertuples() if r.model == CHALLENGER)
+        results.append(GateResult("bias", NOT_APPLICABLE, None, g.max_bias_score, f"not applicable: {reasons or report.fairness_note}"))
     else:
-        worst = report.fairness.loc[report.fairness["model"] == "challenger"]
-        worst = worst.assign(
-            score=worst[["demographic_parity_difference", "equal_opportunity_difference"]].max(axis=1)
-        )
-        row = worst.sort_values("score", ascending=False).iloc[0]
+        rows = report.fairness[(report.fairness["model"] == CHALLENGER) & report.fairness["score"].notna()]
+        worst = rows.sort_values("score", ascending=False).iloc[0]
+        ok = bias <= g.max_bias_score
         results.append(
-            _gate(
-                "bias",
-                bias <= t.max_bias_score,
-                bias,
-                t.max_bias_score,
-                f"bias score {bias:.4f} (worst attribute {row['attribute']}) "
-                f"{'<=' if bias <= t.max_bias_score else '>'} max_bias_score {t.max_bias_score}",
-            )
+            GateResult("bias", _verdict(ok), bias, g.max_bias_score,
+                       f"bias score {fmt(bias)} (worst attribute {worst['attribute']}: {worst['detail']}) "
+                       f"{'<=' if ok else '>'} max_bias_score {g.max_bias_score}")
         )
+
     cov = report.test_coverage
-    cov_msg = (
-        f"test coverage {cov:.4f} (rows {report.row_coverage:.4f}, segments {report.segment_coverage:.4f})"
-    )
+    msg = f"test coverage {fmt(cov)} (rows {fmt(report.row_coverage)}, {report.segments_checked} observed segments {fmt(report.segment_coverage)})"
     if report.uncovered_segments:
-        cov_msg += f", uncovered {', '.join(report.uncovered_segments)}"
-    results.append(
-        _gate(
-            "test_coverage",
-            cov >= t.min_test_coverage,
-            cov,
-            t.min_test_coverage,
-            f"{cov_msg} {'>=' if cov >= t.min_test_coverage else '<'} min_test_coverage "
-            f"{t.min_test_coverage}",
-        )
-    )
-    failed = [g.name for g in report.golden if not g.passed]
-    n = len(report.golden)
+        msg += f", uncovered {', '.join(report.uncovered_segments[:10])}"
+    ok = cov >= g.min_test_coverage
+    results.append(GateResult("test_coverage", _verdict(ok), cov, g.min_test_coverage, f"{msg} {'>=' if ok else '<'} min_test_coverage {g.min_test_coverage}"))
+
     if not report.golden:
-        sanity_msg = "no golden cases were evaluated; 1 required"
+        results.append(GateResult("sanity", NOT_APPLICABLE, None, None, "not applicable: no golden cases declared in the spec (gates.golden_cases)"))
     else:
-        sanity_msg = f"{n - len(failed)} of {n} golden cases hold their predicted direction; all {n} required"
+        failed = [c.name for c in report.golden if not c.passed]
+        n = len(report.golden)
+        text = f"{n - len(failed)} of {n} golden cases meet their expectation; all {n} required"
         if failed:
-            sanity_msg += f" (failed: {', '.join(failed)})"
+            text += f" (failed: {', '.join(failed)})"
+        results.append(GateResult("sanity", _verdict(not failed), float(n - len(failed)), float(n), text))
+
     results.append(
-        _gate("sanity", report.sanity_passed, float(n - len(failed)), float(max(n, 1)), sanity_msg)
-    )
-    results.append(
-        _gate(
-            "training_data_valid",
-            training_data_valid,
-            float(training_data_valid),
-            1.0,
-            "training data passed validation"
-            if training_data_valid
-            else "training data failed validation (required: passed)",
-        )
+        GateResult("training_data_valid", _verdict(training_data_valid), float(not training_data_valid), 0.0,
+                   "training data passed validation" if training_data_valid else "training data failed validation")
     )
     return results
 
 
 def failed_gates(results: Sequence[GateResult]) -> list[GateResult]:
-    """The gates that did not pass."""
     return [g for g in results if not g.passed]
 
 
 def all_passed(results: Sequence[GateResult]) -> bool:
-    """True when every gate passed (skipped gates count as passed)."""
+    """True when no gate failed (gates that do not apply block nothing)."""
     return all(g.passed for g in results)

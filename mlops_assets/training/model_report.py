@@ -26,8 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops_assets.settings import data_paths
-from mlops_assets.training.tracking import MODEL_NAME, TrackingConfig, sqlite_path
+from mlops_assets.training.tracking import TrackingConfig, sqlite_path
 
 #: The first line of every rendered report; a PR-comment job finds its earlier comment by it.
 REPORT_MARKER = "<!-- mlops-model-report -->"
@@ -37,19 +36,13 @@ DRIFT_PATTERN = re.compile(r"^drift_report_(\d{4}-\d{2}-\d{2})\.json$")
 
 ALIASES = ("champion", "challenger", "previous-champion")
 
-#: Rows of the side-by-side table: (label, higher is better).
-COMPARED: tuple[tuple[str, bool], ...] = (
-    ("accuracy", True),
-    ("precision", True),
-    ("recall", True),
-    ("f1", True),
-    ("roc_auc", True),
-    ("log_loss", False),
-    ("brier", False),
-    ("p50_latency_ms", False),
-    ("p99_latency_ms", False),
-    ("bias_score", False),
-)
+def compared(task: str) -> tuple[tuple[str, bool], ...]:
+    """Rows of the side-by-side table for a task: (label, higher is better)."""
+    from mlops_assets.training.metrics import metric_names
+    from mlops_assets.training.task import HIGHER_IS_BETTER
+
+    quality = tuple((m, m in HIGHER_IS_BETTER) for m in metric_names(task))
+    return (*quality, ("p50_latency_ms", False), ("p99_latency_ms", False), ("robust_p99_latency_ms", False), ("bias_score", False))
 
 PASS, FAIL, SKIPPED, UNKNOWN = "pass", "FAIL", "skipped", "unknown"
 
@@ -104,7 +97,7 @@ class Evaluation:
     def value(self, model: str, name: str) -> float | None:
         """A compared quantity of ``model`` (challenger or champion); None when not recorded."""
         if name.endswith("_latency_ms"):
-            value = self.data.get("latency_ms", {}).get(model, {}).get(name.split("_")[0])
+            value = self.data.get("latency_ms", {}).get(model, {}).get(name.removesuffix("_latency_ms"))
         elif name == "bias_score":
             value = bias_score(self.data.get("fairness", []), model)
         else:
@@ -345,12 +338,12 @@ def comparison_rows(evaluation: Evaluation) -> list[ComparisonRow]:
             evaluation.value("challenger", name),
             higher,
         )
-        for name, higher in COMPARED
+        for name, higher in compared(evaluation.data.get("summary", {}).get("task", "binary_classification"))
     ]
 
 
-def recomputed_gates(evaluation: Evaluation, thresholds=None) -> list[GateRow]:
-    """The gates judged again from the saved evaluation (default thresholds unless given).
+def recomputed_gates(evaluation: Evaluation, gates_spec=None) -> list[GateRow]:
+    """The gates judged again from the saved evaluation (the spec's thresholds, or the defaults).
 
     ``training_data_valid`` depends on validation results that only the Dagster instance records: it is
     reported as unknown here.
@@ -358,45 +351,38 @@ def recomputed_gates(evaluation: Evaluation, thresholds=None) -> list[GateRow]:
     import pandas as pd
 
     from mlops_assets.training.evaluate import EvaluationReport, GoldenResult
-    from mlops_assets.training.gates import evaluate_gates
+    from mlops_assets.training.gates import NOT_APPLICABLE, evaluate_gates
 
     data, summary = evaluation.data, evaluation.data["summary"]
+    nan = float("nan")
     report = EvaluationReport(
+        task=summary.get("task", "binary_classification"),
+        metric=summary.get("metric", "roc_auc"),
+        model_name="",
         challenger_version=evaluation.challenger_version,
         champion_version=evaluation.champion_version,
         n_holdout=evaluation.n_holdout,
-        threshold=float("nan"),
-        metrics={
-            k: {m: float("nan") if v is None else v for m, v in d.items()} for k, d in data["metrics"].items()
-        },
+        threshold=nan,
+        metrics={k: {m: nan if v is None else v for m, v in d.items()} for k, d in data["metrics"].items()},
+        train_metrics={m: nan if v is None else v for m, v in data.get("train_metrics", {}).items()},
         latency_ms=data["latency_ms"],
-        fairness_groups=pd.DataFrame(data.get("fairness_groups", [])),
-        fairness=pd.DataFrame(
-            data.get("fairness", []),
-            columns=["model", "attribute", "demographic_parity_difference", "equal_opportunity_difference"],
-        ).astype({"demographic_parity_difference": float, "equal_opportunity_difference": float}),
+        fairness=pd.DataFrame(data.get("fairness", []), columns=["model", "attribute", "groups", "score", "detail"]),
+        fairness_note=data.get("fairness_note", ""),
         row_coverage=float(summary["row_coverage"]),
         segment_coverage=float(summary["segment_coverage"]),
         uncovered_segments=list(data.get("uncovered_segments", [])),
-        golden=[
-            GoldenResult(g["name"], g["high_risk_score"], g["low_risk_score"], g.get("tolerance", 0.0))
-            for g in data.get("golden", [])
-        ],
+        segments_checked=int(data.get("segments_checked", 0)),
+        golden=[GoldenResult(g["name"], g["score"], g["passed"], g.get("expectation", "")) for g in data.get("golden", [])],
     )
     rows = []
-    for gate in evaluate_gates(report, thresholds):
+    for gate in evaluate_gates(report, gates_spec):
         if gate.name == "training_data_valid":
             rows.append(
-                GateRow(
-                    gate.name,
-                    UNKNOWN,
-                    None,
-                    None,
-                    "not recorded in the saved evaluation: the Dagster instance that ran it holds this gate",
-                )
+                GateRow(gate.name, UNKNOWN, None, None,
+                        "not recorded in the saved evaluation: the Dagster instance that ran it holds this gate")
             )
             continue
-        status = SKIPPED if gate.skipped else (PASS if gate.passed else FAIL)
+        status = SKIPPED if gate.status == NOT_APPLICABLE else (PASS if gate.passed else FAIL)
         rows.append(GateRow(gate.name, status, _number(gate.measured), _number(gate.threshold), gate.message))
     return rows
 
@@ -530,17 +516,16 @@ def drift_days(reports_dir: str | Path, last: int = 7) -> tuple[list[DriftDay], 
 
 
 def build_model_report(
-    data_root: str | Path | None = None,
+    project,
     *,
-    model_name: str = MODEL_NAME,
     tracking: TrackingConfig | None = None,
     gate_lookup: GateLookup | None = None,
     drift_last: int = 7,
     now: datetime | None = None,
 ) -> ModelReport:
-    """Read the evaluation, the registry and the drift reports of a data folder in any state."""
-    paths = data_paths(data_root)
-    tracking = tracking or TrackingConfig.for_data_root(paths.root, model_name=model_name)
+    """Read the evaluation, the registry and the drift reports of a project's data folder in any state."""
+    paths = project.paths
+    tracking = tracking or TrackingConfig.for_project(project)
     evaluation, notes = latest_evaluation(paths.reports)
     evaluated = [evaluation.challenger_version, evaluation.champion_version] if evaluation else []
     try:
@@ -562,10 +547,10 @@ def build_model_report(
             source, gates = recorded
         else:
             source = (
-                f"recomputed from {evaluation.path.name} with the default thresholds "
+                f"recomputed from {evaluation.path.name} with the spec's thresholds "
                 "(no Dagster run recorded this evaluation)"
             )
-            gates = recomputed_gates(evaluation)
+            gates = recomputed_gates(evaluation, project.spec.gates)
         alias_challenger = registry.aliases.get("challenger")
         if alias_challenger is not None and alias_challenger != evaluation.challenger_version:
             notes.append(

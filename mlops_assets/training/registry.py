@@ -16,7 +16,6 @@ import pandas as pd
 import yaml
 
 from mlops_assets.settings import data_paths
-from mlops_assets.training.tracking import MODEL_NAME
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -83,7 +82,7 @@ def model_artifact_sha256(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def alias_version(client, alias: str, model_name: str = MODEL_NAME):
+def alias_version(client, alias: str, model_name: str):
     """The model version carrying ``alias``, or ``None`` when the alias is not set."""
     from mlflow.exceptions import MlflowException
 
@@ -145,7 +144,7 @@ def promote(
     reason: str,
     metrics: Mapping[str, Any] | None = None,
     *,
-    model_name: str = MODEL_NAME,
+    model_name: str,
     dagster_run_id: str | None = None,
     history_path: str | Path | None = None,
 ) -> PromotionRecord | None:
@@ -184,7 +183,7 @@ def rollback(
     client,
     reason: str,
     *,
-    model_name: str = MODEL_NAME,
+    model_name: str,
     dagster_run_id: str | None = None,
     history_path: str | Path | None = None,
 ) -> PromotionRecord:
@@ -221,41 +220,6 @@ def rollback(
     return record
 
 
-def promote_if_passed(
-    client,
-    version: int | str,
-    gate_results: Sequence,
-    metrics: Mapping[str, Any] | None = None,
-    *,
-    model_name: str = MODEL_NAME,
-    dagster_run_id: str | None = None,
-    history_path: str | Path | None = None,
-    alert_sink=None,
-) -> PromotionRecord | None:
-    """Promote only when every gate passed; otherwise alert (if a sink is given) and leave aliases alone."""
-    failed = [g for g in gate_results if not g.passed]
-    if failed:
-        if alert_sink is not None:
-            from mlops_assets.training.alerts import gate_failure_alert
-
-            alert_sink.send(
-                gate_failure_alert(
-                    failed, model_name=model_name, version=int(version), dagster_run_id=dagster_run_id
-                )
-            )
-        return None
-    passed = ", ".join(g.name for g in gate_results)
-    return promote(
-        client,
-        version,
-        reason=f"all quality gates passed ({passed})",
-        metrics=metrics,
-        model_name=model_name,
-        dagster_run_id=dagster_run_id,
-        history_path=history_path,
-    )
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     """A registry model loaded after its artifact hash was verified."""
@@ -269,7 +233,7 @@ class LoadedModel:
 
 
 def load_model_version(
-    client, version: int | str, *, model_name: str = MODEL_NAME, alias: str | None = None, verify: bool = True
+    client, version: int | str, *, model_name: str, alias: str | None = None, verify: bool = True
 ) -> LoadedModel:
     """Download, verify (SHA-256 against the version tag) and load one registered version."""
     import mlflow.sklearn
@@ -302,7 +266,7 @@ def _download_version(client, mv, dst: str) -> str:
 
 
 def load_model_by_alias(
-    client, alias: str = CHAMPION, *, model_name: str = MODEL_NAME, verify: bool = True
+    client, alias: str = CHAMPION, *, model_name: str, verify: bool = True
 ) -> LoadedModel:
     """Load the version behind ``alias`` (default champion) after verifying its artifact hash."""
     mv = alias_version(client, alias, model_name)

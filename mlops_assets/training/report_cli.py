@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets.project import project_root
 from mlops_assets.training.model_report import (
     FAIL,
     PASS,
@@ -22,7 +22,6 @@ from mlops_assets.training.model_report import (
     GateRow,
     build_model_report,
 )
-from mlops_assets.training.tracking import MODEL_NAME
 
 EVALUATION_ASSET = "evaluation_report"
 
@@ -36,8 +35,6 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     form.add_argument("--json", dest="format", action="store_const", const="json", help="JSON")
     parser.set_defaults(format="markdown")
     parser.add_argument("--output", "-o", default=None, help="write the report to FILE instead of stdout")
-    parser.add_argument("--data-dir", default=None, help="data folder (default $MLOPS_DATA_DIR or ./data)")
-    parser.add_argument("--model-name", default=MODEL_NAME, help="registered model (default %(default)s)")
     parser.add_argument(
         "--drift-days", type=int, default=7, help="daily drift reports listed (default %(default)s)"
     )
@@ -56,7 +53,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def dagster_home() -> Path | None:
     """``$DAGSTER_HOME``, else the project's ``.dagster_home``, when it holds an instance (none is created)."""
     home = os.environ.get("DAGSTER_HOME")
-    path = Path(home) if home else PROJECT_ROOT / ".dagster_home"
+    path = Path(home) if home else project_root() / ".dagster_home"
     if any((path / name).exists() for name in ("dagster.yaml", "history", "storage")):
         return path
     return None
@@ -89,12 +86,11 @@ def instance_gate_lookup(instance) -> GateLookup:
             )
             evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
             if evaluation is None or record.run_id != entry.run_id:
-                rows.append(
-                    GateRow(name, "unknown", None, None, "no verdict recorded in the evaluation's run")
-                )
+                # a gate that does not apply is not emitted: the evaluation's gate table says why
+                rows.append(GateRow(name, SKIPPED, None, None, "not applicable (see the evaluation's gate table)"))
                 continue
             meta = {k: v.value for k, v in evaluation.metadata.items()}
-            status = SKIPPED if meta.get("skipped") else (PASS if evaluation.passed else FAIL)
+            status = PASS if evaluation.passed else FAIL
             rows.append(
                 GateRow(
                     name,
@@ -109,9 +105,8 @@ def instance_gate_lookup(instance) -> GateLookup:
     return lookup
 
 
-def report_command(args: argparse.Namespace) -> int:
+def report_command(args: argparse.Namespace, project) -> int:
     """Build, render and write the report; the exit code follows the module docstring."""
-    data_dir = getattr(args, "data_dir", None)
     home = None if getattr(args, "no_instance", False) else dagster_home()
     instance = None
     if home is not None:
@@ -126,8 +121,7 @@ def report_command(args: argparse.Namespace) -> int:
             )
     try:
         report = build_model_report(
-            data_dir,
-            model_name=getattr(args, "model_name", None) or MODEL_NAME,
+            project,
             gate_lookup=instance_gate_lookup(instance) if instance is not None else None,
             drift_last=getattr(args, "drift_days", 7),
         )

@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.training import registry
+from mlops_assets.training.task import ModelTask
 from mlops_assets.training.tracking import TrackingConfig, client_for
 from mlops_assets.training.train import (
     CODE_VERSION,
     TRAINING_SET_ARTIFACT,
     TrainConfig,
-    churn_scores,
     fit_model,
     git_state,
     model_inputs,
+    predict_scores,
     time_split,
 )
 
@@ -61,14 +62,14 @@ def config_from_run(params: dict[str, str]) -> TrainConfig:
 
 def reproduce(
     version: int | str,
+    task: ModelTask,
     *,
-    tracking: TrackingConfig | None = None,
+    tracking: TrackingConfig,
     tolerance: float = 0.0,
 ) -> ReproductionResult:
-    """Retrain version ``version`` from what its run recorded and return the max |Δ churn score| on the holdout."""
+    """Retrain version ``version`` from what its run recorded and return the max |Δ score| on the holdout."""
     import mlflow.artifacts
 
-    tracking = tracking or TrackingConfig.for_data_root()
     client = client_for(tracking)
     mv = client.get_model_version(tracking.model_name, str(version))
     run = client.get_run(mv.run_id)
@@ -90,11 +91,11 @@ def reproduce(
     numeric = json.loads(params["numeric_features"])
     categorical = json.loads(params["categorical_features"])
     config = config_from_run(params)
-    train, holdout = time_split(training_set, config.holdout_fraction)
-    retrained = fit_model(train, config, numeric, categorical)
+    train, holdout = time_split(training_set, config.holdout_fraction, task.time, task.entity)
+    retrained = fit_model(train, config, task, numeric, categorical)
     registered = registry.load_model_version(client, mv.version, model_name=tracking.model_name).model
     inputs = model_inputs(holdout, numeric, categorical)
-    diff = np.abs(churn_scores(retrained, inputs) - churn_scores(registered, inputs))
+    diff = np.abs(predict_scores(retrained, inputs) - predict_scores(registered, inputs))
     commit, _ = git_state()
     return ReproductionResult(
         model_name=tracking.model_name,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mlops_assets.resources import DataDirResource
-from mlops_assets.training.tracking import EXPERIMENT_NAME, MODEL_NAME, TrackingConfig, ensure_tracking_store
+from mlops_assets.training.tracking import TrackingConfig, ensure_tracking_store
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -11,9 +11,9 @@ class MlflowResource(dg.ConfigurableResource):
     ``sqlite:///<data root>/mlflow/mlflow.db`` with artifacts under ``<data root>/mlflow/artifacts``."""
 
     data: DataDirResource
+    model_name: str
+    experiment_name: str
     tracking_uri: str = ""
-    model_name: str = MODEL_NAME
-    experiment_name: str = EXPERIMENT_NAME
 
     @property
     def tracking(self) -> TrackingConfig:

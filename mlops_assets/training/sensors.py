@@ -8,7 +8,6 @@ from mlops_assets.resources import DataDirResource
 from mlops_assets.training.alerts import Alert, default_alert_sink, gate_failure_alert
 from mlops_assets.training.checks import EVALUATION_ASSET
 from mlops_assets.training.gates import GATE_NAMES
-from mlops_assets.training.tracking import MODEL_NAME
 
 TRAINING_JOBS = ("retraining_job", "rollback_job")
 
@@ -33,7 +32,7 @@ def failed_gates(instance: dg.DagsterInstance, run_id: str) -> list[SimpleNamesp
                 measured=meta.get("measured"),
                 threshold=meta.get("threshold"),
                 version=meta.get("challenger_version"),
-                model_name=meta.get("model_name", MODEL_NAME),
+                model_name=meta.get("model_name", "model"),
             )
         )
     return failed

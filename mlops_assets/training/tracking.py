@@ -16,8 +16,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-EXPERIMENT_NAME = "churn"
-MODEL_NAME = "churn-model"
 
 
 def default_tracking_uri(data_root: str | Path | None = None) -> str:
@@ -41,16 +39,28 @@ class TrackingConfig:
 
     tracking_uri: str
     artifact_location: str
-    experiment_name: str = EXPERIMENT_NAME
-    model_name: str = MODEL_NAME
+    experiment_name: str
+    model_name: str
 
     @classmethod
-    def for_data_root(cls, data_root: str | Path | None = None, **overrides: str) -> TrackingConfig:
+    def for_data_root(
+        cls, data_root: str | Path | None, *, model_name: str, experiment_name: str, tracking_uri: str = ""
+    ) -> TrackingConfig:
         """The default layout under a data root (the tracking URI honours ``$MLFLOW_TRACKING_URI``)."""
-        uri = overrides.get("tracking_uri") or default_tracking_uri(data_root)
-        values = {"tracking_uri": uri, "artifact_location": default_artifact_location(data_root, uri)}
-        values.update({k: v for k, v in overrides.items() if v})
-        return cls(**values)
+        uri = tracking_uri or default_tracking_uri(data_root)
+        return cls(
+            tracking_uri=uri,
+            artifact_location=default_artifact_location(data_root, uri),
+            experiment_name=experiment_name,
+            model_name=model_name,
+        )
+
+    @classmethod
+    def for_project(cls, project, tracking_uri: str = "") -> TrackingConfig:
+        """The tracking layout of a project: its data root, model name and (as the experiment) its name."""
+        return cls.for_data_root(
+            project.paths.root, model_name=project.model_name, experiment_name=project.name, tracking_uri=tracking_uri
+        )
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -105,7 +115,8 @@ def ensure_tracking_store(config: TrackingConfig) -> str:
         try:
             client.create_registered_model(
                 config.model_name,
-                description="Churn classifier; aliases challenger/champion/previous-champion.",
+                description=f"Model of experiment {config.experiment_name}; aliases challenger, champion, "
+                "previous-champion.",
             )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":

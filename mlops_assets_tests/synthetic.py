@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ingestion.schema import AGE_GROUPS, PLANS, REGIONS
+PLANS = ("basic", "standard", "premium")
+REGIONS = ("north", "south", "east", "west")
+AGE_GROUPS = ("18-24", "25-34", "35-49", "50+")
 
 NUMERIC_FEATURES = [
     "logins_30d",
