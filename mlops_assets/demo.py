@@ -172,7 +172,7 @@ def training_summary(result: dg.ExecuteInProcessResult) -> str:
 def drift_summary(result: dg.ExecuteInProcessResult) -> str:
     """One line per day: drift share, drifted features, estimated and realized accuracy."""
     lines = [
-        "| day | drift share | drifted features | est. accuracy | realized accuracy (labels) |",
+        "| day | drift share | drifted features | est. accuracy | realized accuracy or MAE (labels) |",
         "|---|---:|---|---:|---:|",
     ]
 
@@ -192,7 +192,7 @@ def drift_summary(result: dg.ExecuteInProcessResult) -> str:
         labels = meta["realized_labels"].value if "realized_labels" in meta else 0
         lines.append(
             f"| {mat.partition} | {meta['drift_share'].value:.2f} | {drifted or 'none'} | "
-            f"{fmt(meta, 'estimated_accuracy')} | {fmt(meta, 'realized_accuracy')} ({labels}) |"
+            f"{fmt(meta, 'estimated_accuracy')} | {fmt(meta, 'realized_accuracy' if 'realized_mae' not in meta else 'realized_mae')} ({labels}) |"
         )
     for check in result.get_asset_check_evaluations():
         verdict = "pass" if check.passed else f"FAIL ({check.severity.value})"
@@ -245,7 +245,7 @@ def run_canary(project: Project, last: str, max_entities: int = 10_000) -> None:
     trained = registered_result(client, tracking.model_name, champion.version)
     params = client.get_run(trained.run_id).data.params
     training_set, _ = store.read_training_set()
-    _, holdout = time_split(training_set, float(params.get("holdout_fraction", 0.2)), task.time, task.entity)
+    _, holdout = time_split(task.trainable(training_set), float(params.get("holdout_fraction", 0.2)), task.time, task.entity)
     reference = predict_scores(champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features))
     _say(
         f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} entities of the "
@@ -263,7 +263,12 @@ def run_canary(project: Project, last: str, max_entities: int = 10_000) -> None:
         # PSI over 10 bins on ~100 scores is mostly noise on a skewed score distribution: judge 300
         # scores per step, from every entity (at 5% the challenger sees only 1 in 20 of them)
         requests_per_step=500,
-        guardrails=Guardrails(min_requests=300, min_error_requests=10, min_distribution_samples=300),
+        max_batches_per_step=60,
+        guardrails=Guardrails(
+            min_requests=min(300, 3 * len(rows)),
+            min_error_requests=10,
+            min_distribution_samples=min(300, 3 * len(rows)),
+        ),
     )
     if decisions and decisions[-1].action == "rollback":
         record = registry.rollback(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets.project import project_root
 
 DEFAULT_DAGSTER_YAML = """\
 # Local Dagster instance for mlops_assets (SQLite storage under this folder).
@@ -19,7 +19,7 @@ concurrency:
 
 def ensure_dagster_home() -> Path:
     """Set DAGSTER_HOME to the project-local folder when unset and give it a dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or project_root() / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():

@@ -320,6 +320,11 @@ class FeatureStore:
             raise ValueError(f"spec {self.spec.name!r} declares no target")
         return self.project.target_entity.join_key, self.project.target_timestamp, target.column
 
+    @property
+    def observed_column(self) -> str:
+        """When each label became known: the labels source's timestamp (the same as the feature time, or later)."""
+        return self.project.source(self.project.spec.target.source).timestamp
+
     def load_labels(self, days: Sequence[str] | None = None) -> pd.DataFrame:
         """Label rows of the target's source (the partitions of ``days``, default all), in time order."""
         key, ts, column = self.label_columns
@@ -330,7 +335,7 @@ class FeatureStore:
         else:
             files = partition_glob(table_dir, days)
         contract = self.project.contract(source)
-        wanted = list(dict.fromkeys([key, ts, column]))
+        wanted = list(dict.fromkeys([key, ts, column, self.observed_column]))
         if not files:
             return contract.schema.empty_table().select(wanted).to_pandas()
         frame = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files]).to_pandas()
@@ -340,16 +345,17 @@ class FeatureStore:
         """Labels joined point-in-time to the features, plus metadata (rows, label rate, nulls, hash)."""
         key, ts, column = self.label_columns
         labels = self.load_labels() if labels_df is None else labels_df
-        missing = [c for c in (key, ts, column) if c not in labels.columns]
+        wanted = list(dict.fromkeys([key, ts, column, self.observed_column]))
+        missing = [c for c in wanted if c not in labels.columns]
         if missing:
-            raise ValueError(f"labels need columns {[key, ts, column]}; missing {missing}")
-        frame = self.get_historical_features(labels[list(dict.fromkeys([key, ts, column]))], features, timestamp_column=ts)
+            raise ValueError(f"labels need columns {wanted}; missing {missing}")
+        frame = self.get_historical_features(labels[wanted], features, timestamp_column=ts)
         return frame, self.training_set_metadata(frame)
 
     def training_set_metadata(self, frame: pd.DataFrame) -> dict:
         """Rows, label rate (or mean), per-feature null rates, time range, content hash, leakage count."""
         key, ts, column = self.label_columns
-        feature_cols = [c for c in frame.columns if c not in (key, ts, column) and not c.endswith(TS_SUFFIX)]
+        feature_cols = [c for c in frame.columns if c not in (key, ts, column, self.observed_column) and not c.endswith(TS_SUFFIX)]
         ttls = {n: v.view.ttl for n, v in self.layouts.items()}
         times = frame[ts]
         target = pd.to_numeric(frame[column], errors="coerce") if len(frame) else pd.Series(dtype=float)

@@ -85,6 +85,8 @@ def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str
             "realized_accuracy",
             "realized_roc_auc",
             "training_accuracy",
+            "realized_mae",
+            "training_mae",
             "training_roc_auc",
         )
         if summary[k] is not None
@@ -199,7 +201,8 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             context.log.info(
                 f"{day}: {len(result.report.drifted_features)} of {len(result.report.features)} features drifted "
                 f"(share {result.report.drift_share:.2f}), estimated accuracy {summary['estimated_accuracy']}, "
-                f"realized {summary['realized_accuracy']} ({result.realized_note})"
+                f"realized {summary['realized_accuracy'] if summary['realized_mae'] is None else summary['realized_mae']} "
+                f"({result.realized_note})"
             )
 
         verdicts = judge(results, settings)

@@ -3,10 +3,11 @@
 A fitted scikit-learn pipeline called on a one-row DataFrame spends most of its time in input
 validation, not arithmetic. :func:`compile_predictor` reads the fitted steps once and replays them
 with plain numpy on a feature dict: imputers, scalers and one-hot encoders inside a
-``ColumnTransformer``, then a logistic regression (one dot product) or a histogram gradient
-boosting classifier (all trees traversed together, one numpy step per tree level). Every
-compiled predictor is checked against the pipeline's own ``predict_proba`` on probe rows when it
-is built; when a step is unknown or the check fails, it falls back to the pipeline itself.
+``ColumnTransformer``, then a linear model (one dot product) or a histogram gradient boosting
+model (all trees traversed together, one numpy step per tree level), classifier or regressor.
+A classifier's score is its positive-class probability, a regressor's its prediction. Every
+compiled predictor is checked against the pipeline's own scores on probe rows when it is built;
+when a step is unknown or the check fails, it falls back to the pipeline itself.
 """
 
 from __future__ import annotations
@@ -126,14 +127,30 @@ class _Logistic:
         self.coef = np.asarray(clf.coef_[0], dtype=float)
         self.intercept = float(clf.intercept_[0])
 
-    def proba(self, z: np.ndarray) -> np.ndarray:
+    def score(self, z: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(z @ self.coef + self.intercept)))
 
 
-class _HistGradientBoosting:
-    """All trees of a binary HistGradientBoostingClassifier, walked together level by level."""
+class _Linear:
+    """A linear regressor: one dot product."""
 
-    def __init__(self, clf: Any) -> None:
+    def __init__(self, reg: Any) -> None:
+        coef = np.asarray(reg.coef_, dtype=float)
+        if coef.ndim != 1:
+            raise TypeError("the fast path handles a single-output linear regressor only")
+        self.coef = coef
+        self.intercept = float(np.asarray(reg.intercept_).ravel()[0]) if np.ndim(reg.intercept_) else float(reg.intercept_)
+
+    def score(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.coef + self.intercept
+
+
+class _HistGradientBoosting:
+    """All trees of a binary HistGradientBoostingClassifier or a HistGradientBoostingRegressor, walked together
+    level by level; the classifier's raw sum goes through the logistic link, the regressor's is the prediction."""
+
+    def __init__(self, clf: Any, logistic: bool = True) -> None:
+        self.logistic = logistic
         if clf.n_trees_per_iteration_ != 1 or getattr(clf, "is_categorical_", None) is not None:
             raise TypeError("the fast path handles binary models without native categorical splits")
         nodes = [p[0].nodes for p in clf._predictors]
@@ -156,7 +173,7 @@ class _HistGradientBoosting:
         self.depth = int(allnodes["depth"].max()) if len(allnodes) else 0
         self.baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
 
-    def proba(self, z: np.ndarray) -> np.ndarray:
+    def score(self, z: np.ndarray) -> np.ndarray:
         n = z.shape[0]
         if n == 1:  # one row: 1-d indexing is several times cheaper than the 2-d form
             x_row = z[0]
@@ -177,30 +194,41 @@ class _HistGradientBoosting:
                 go_left = (x <= self.threshold[idx]) | (np.isnan(x) & self.missing_left[idx])
                 idx = self.children[idx, go_left.view(np.uint8)]
             raw = self.baseline + self.value[idx].sum(axis=1)
-        return 1.0 / (1.0 + np.exp(-raw))
+        return 1.0 / (1.0 + np.exp(-raw)) if self.logistic else raw
+
+
+def estimator_scores(estimator: Any, inputs: Any) -> np.ndarray:
+    """The positive-class probability of a classifier, or the prediction of a regressor."""
+    if hasattr(estimator, "predict_proba"):
+        return np.asarray(estimator.predict_proba(inputs))[:, 1]
+    return np.asarray(estimator.predict(inputs), dtype=float)
 
 
 class _Estimator:
-    """Any classifier with ``predict_proba`` on the transformed numpy rows."""
+    """Any fitted estimator on the transformed numpy rows."""
 
     def __init__(self, clf: Any) -> None:
         self.clf = clf
 
-    def proba(self, z: np.ndarray) -> np.ndarray:
-        return np.asarray(self.clf.predict_proba(z))[:, 1]
+    def score(self, z: np.ndarray) -> np.ndarray:
+        return estimator_scores(self.clf, z)
 
 
-def _classifier(clf: Any) -> Any:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
+def _final_step(clf: Any) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 
     try:
         if isinstance(clf, LogisticRegression):
             return _Logistic(clf)
+        if isinstance(clf, LinearRegression | Ridge):
+            return _Linear(clf)
         if isinstance(clf, HistGradientBoostingClassifier):
-            return _HistGradientBoosting(clf)
+            return _HistGradientBoosting(clf, logistic=True)
+        if isinstance(clf, HistGradientBoostingRegressor):
+            return _HistGradientBoosting(clf, logistic=False)
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
-        log.info("classifier %s uses predict_proba: %s", type(clf).__name__, exc)
+        log.info("estimator %s uses its own predict: %s", type(clf).__name__, exc)
     return _Estimator(clf)
 
 
@@ -209,7 +237,7 @@ def _classifier(clf: Any) -> Any:
 
 @dataclass
 class Predictor:
-    """Scores feature dicts with a fitted binary classifier pipeline."""
+    """Scores feature dicts with a fitted pipeline (a classifier's probability, or a regressor's prediction)."""
 
     model: Any
     features: list[str]
@@ -238,7 +266,7 @@ class Predictor:
             raise FeatureTypeError("wrong feature types: " + "; ".join(wrong))
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Churn probability per feature dict (missing keys count as null)."""
+        """The score of each feature dict (missing keys count as null)."""
         if not self.fast:
             return self.predict_frame(pd.DataFrame([{f: r.get(f) for f in self.features} for r in rows]))
         parts = []
@@ -252,14 +280,14 @@ class Predictor:
             else:
                 parts.append(block.transform_rows([[r.get(c) for c in block.columns] for r in rows]))
         z = np.hstack(parts) if len(parts) > 1 else parts[0]
-        return self._clf.proba(z)
+        return self._clf.score(z)
 
     def predict_one(self, values: Mapping[str, Any]) -> float:
-        """Churn probability of one feature dict."""
+        """The score of one feature dict."""
         return float(self.predict_rows([values])[0])
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """Churn probability per row through the pipeline itself (the batch path)."""
+        """The score of each row through the pipeline itself (the batch path)."""
         inputs = pd.DataFrame(index=frame.index)
         for col in self.features:
             values = frame[col] if col in frame else pd.Series(None, index=frame.index, dtype=object)
@@ -268,7 +296,7 @@ class Predictor:
             else:
                 values = values.astype(object)
                 inputs[col] = values.where(values.notna(), np.nan)
-        return np.asarray(self.model.predict_proba(inputs))[:, 1]
+        return estimator_scores(self.model, inputs)
 
 
 def _split_columns(pre: Any) -> tuple[list[Any], list[str], list[str]]:
@@ -328,7 +356,7 @@ def compile_predictor(model: Any, verify: bool = True) -> Predictor:
     )
     try:
         if not is_pipeline:
-            raise TypeError("the fast path handles Pipeline([ColumnTransformer, classifier])")
+            raise TypeError("the fast path handles Pipeline([ColumnTransformer, estimator])")
         blocks, numeric, categorical = _split_columns(model.steps[0][1])
         pred = Predictor(
             model,
@@ -337,7 +365,7 @@ def compile_predictor(model: Any, verify: bool = True) -> Predictor:
             categorical,
             True,
             blocks,
-            _classifier(model.steps[1][1]),
+            _final_step(model.steps[1][1]),
         )
     except (TypeError, AttributeError) as exc:
         log.info("model uses the pipeline path: %s", exc)

@@ -103,6 +103,28 @@ Window = Annotated[
 ]
 
 
+def parse_days(value: Any) -> int:
+    """A number of whole days, possibly 0: ``"28d"``, ``28`` or ``0``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        days = value
+    else:
+        match = re.match(r"^\s*(\d+)\s*d\s*$", str(value))
+        if not match:
+            raise ValueError(f"expected whole days like '28d' (or 0), got {value!r}")
+        days = int(match.group(1))
+    if days < 0:
+        raise ValueError(f"days cannot be negative, got {value!r}")
+    return days
+
+
+Days = Annotated[
+    int,
+    BeforeValidator(parse_days),
+    PlainSerializer(lambda d: f"{d}d", return_type=str),
+    Field(json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\d+d$"}]}),
+]
+
+
 class Column(Frozen):
     """One column of a landing file: type, presence, nulls, range and (open or closed) values."""
 
@@ -253,6 +275,9 @@ class Model(Frozen):
     sensitive: tuple[str, ...] = ()  # features used by fairness checks, never as inputs
     segments: tuple[str, ...] = ()  # categorical features whose values the coverage gate checks
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    # labels read within this many days after partitions.start are not training rows: a window longer than
+    # the history behind it counts too little (0: keep every label)
+    warmup: Days = 0
     seed: int = 42
     threshold: float = Field(0.5, gt=0, lt=1)  # binary: score at or above which the prediction is positive
 

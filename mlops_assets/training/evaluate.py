@@ -227,16 +227,17 @@ def measure_latency(
     if n == 0:
         raise ValueError("latency needs at least one row")
     timings = {name: np.empty((n_calls, repeats)) for name in names}
+    score = {name: getattr(model, "predict_proba", None) or model.predict for name, (model, _) in models.items()}
     with single_thread():
         for i in range(warmup):
             for name in names:
-                models[name][0].predict(rows[name].iloc[[i % n]])
+                score[name](rows[name].iloc[[i % n]])
         for i in range(n_calls):
             for r in range(repeats):
                 for name in names[:: 1 if (i + r) % 2 == 0 else -1]:  # alternate who goes first
                     row = rows[name].iloc[[i % n]]
                     start = time.perf_counter()
-                    models[name][0].predict(row)
+                    score[name](row)
                     timings[name][i, r] = (time.perf_counter() - start) * 1000.0
     out = {}
     for name in names:

@@ -59,9 +59,11 @@ def evaluate_challenger(
         champion = registry.load_model_version(client, champion_mv.version, model_name=tracking.model_name)
         params = client.get_run(champion.run_id).data.params
         champion_features = (json.loads(params["numeric_features"]), json.loads(params["categorical_features"]))
-    train, holdout = time_split(training_set, config.holdout_fraction, task.time, task.entity)
+    train, holdout = time_split(task.trainable(training_set), config.holdout_fraction, task.time, task.entity)
     y_train, y_holdout = task.target_values(train), task.target_values(holdout)
-    baselines = baseline_scores(task.kind, y_train, holdout, train, task.entity, task.time, y_holdout, y_train)
+    baselines = baseline_scores(
+        task.kind, train, holdout, y_train, y_holdout, entity=task.entity, time=task.time, observed=task.observed
+    )
     report = evaluate(
         task,
         challenger.model,

@@ -60,31 +60,39 @@ def task_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, threshold: f
 
 def baseline_scores(
     task: str,
-    y_train: np.ndarray,
-    holdout: pd.DataFrame,
     train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    y_train: np.ndarray,
+    y_holdout: np.ndarray,
+    *,
     entity: str,
     time: str,
-    label_values: np.ndarray,
-    train_label_values: np.ndarray,
+    observed: str,
 ) -> dict[str, np.ndarray]:
     """Trivial predictions for the holdout: the prior rate (classification); the training mean and each
-    entity's last earlier label (regression, falling back to the mean for entities never labelled before)."""
+    entity's last label observed strictly before the row's time (regression; the mean when there is none).
+
+    ``observed`` is when a label became known (the labels source's timestamp): a label about a later
+    period is not available at prediction time, so it never serves as a "last value".
+    """
     if task == "binary_classification":
         rate = float(np.mean(y_train)) if len(y_train) else 0.5
         return {"prior": np.full(len(holdout), rate)}
     mean = float(np.mean(y_train)) if len(y_train) else 0.0
-    history = pd.concat(
-        [
-            pd.DataFrame({entity: train[entity].to_numpy(), time: train[time].to_numpy(), "__y": train_label_values}),
-            pd.DataFrame({entity: holdout[entity].to_numpy(), time: holdout[time].to_numpy(), "__y": label_values}),
-        ],
-        ignore_index=True,
-    ).sort_values([entity, time], kind="stable")
-    history["__prev"] = history.groupby(entity, sort=False)["__y"].shift(1)
-    rows = pd.DataFrame({entity: holdout[entity].to_numpy(), time: holdout[time].to_numpy()})
-    last = rows.merge(history[[entity, time, "__prev"]].drop_duplicates([entity, time], keep="first"), on=[entity, time], how="left")
-    return {"mean": np.full(len(holdout), mean), "last_value": last["__prev"].fillna(mean).to_numpy(dtype=float)}
+    history = pd.DataFrame(
+        {
+            "__key": np.concatenate([train[entity].to_numpy(), holdout[entity].to_numpy()]),
+            "__seen": pd.to_datetime(np.concatenate([train[observed].to_numpy(), holdout[observed].to_numpy()]), utc=True),
+            "__y": np.concatenate([y_train, y_holdout]).astype(float),
+        }
+    ).sort_values("__seen", kind="stable")
+    rows = pd.DataFrame(
+        {"__key": holdout[entity].to_numpy(), "__t": pd.to_datetime(holdout[time], utc=True).to_numpy(), "__i": np.arange(len(holdout))}
+    ).sort_values("__t", kind="stable")
+    joined = pd.merge_asof(
+        rows, history, left_on="__t", right_on="__seen", by="__key", direction="backward", allow_exact_matches=False
+    ).sort_values("__i")
+    return {"mean": np.full(len(holdout), mean), "last_value": joined["__y"].fillna(mean).to_numpy(dtype=float)}
 
 
 def _figure():

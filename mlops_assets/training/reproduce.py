@@ -91,7 +91,7 @@ def reproduce(
     numeric = json.loads(params["numeric_features"])
     categorical = json.loads(params["categorical_features"])
     config = config_from_run(params)
-    train, holdout = time_split(training_set, config.holdout_fraction, task.time, task.entity)
+    train, holdout = time_split(task.trainable(training_set), config.holdout_fraction, task.time, task.entity)
     retrained = fit_model(train, config, task, numeric, categorical)
     registered = registry.load_model_version(client, mv.version, model_name=tracking.model_name).model
     inputs = model_inputs(holdout, numeric, categorical)

@@ -28,6 +28,7 @@ class ModelTask:
     entity: str  # join key of the labelled entity
     time: str  # label column holding the time features are read at
     label: str  # target column
+    observed: str  # label column holding when the label became known (the labels source's timestamp)
     model_name: str
     experiment: str
     estimator: str = "hist_gradient_boosting"
@@ -41,6 +42,7 @@ class ModelTask:
     candidates: tuple[str, ...] = ()  # model inputs the spec selects, in spec order
     categorical: frozenset[str] = frozenset()  # which candidates are categorical (string / bool)
     metric: str = ""  # champion comparison metric
+    train_from: pd.Timestamp | None = None  # labels read earlier are not training rows (the spec's model.warmup)
 
     @property
     def is_classification(self) -> bool:
@@ -89,6 +91,7 @@ class ModelTask:
             entity=project.target_entity.join_key,
             time=project.target_timestamp,
             label=target.column,
+            observed=project.source(target.source).timestamp,
             model_name=model.name,
             experiment=spec.name,
             estimator=model.estimator,
@@ -102,7 +105,22 @@ class ModelTask:
             candidates=tuple(names),
             categorical=categorical,
             metric=gates_metric,
+            train_from=(
+                pd.Timestamp(spec.partitions.start, tz="UTC") + pd.Timedelta(days=model.warmup) if model.warmup else None
+            ),
         )
+
+    def trainable(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows a model is trained and evaluated on: labels read after the warm-up (``model.warmup``)."""
+        if self.train_from is None or frame.empty:
+            return frame
+        kept = frame.loc[frame[self.time] >= self.train_from].reset_index(drop=True)
+        if kept.empty:
+            raise ValueError(
+                f"every label is read within the warm-up (before {self.train_from:%Y-%m-%d}); "
+                "lower model.warmup or add later labels"
+            )
+        return kept
 
     def target_values(self, frame: pd.DataFrame) -> np.ndarray:
         """The label column as the model's target: 0/1 for classification, float for regression."""

@@ -396,7 +396,7 @@ def train_and_log(
 
     validate_training_set(training_set, task)
     training_set_hash = training_set_hash or frame_hash(training_set)
-    train, holdout = time_split(training_set, config.holdout_fraction, task.time, task.entity)
+    train, holdout = time_split(task.trainable(training_set), config.holdout_fraction, task.time, task.entity)
     y_train = task.target_values(train)
     if task.is_classification and len(np.unique(y_train)) < 2:
         raise ValueError("the training days hold only one class; add more label days")
@@ -419,7 +419,9 @@ def train_and_log(
     holdout_scores = predict_scores(model, x_holdout)
     holdout_metrics = task_metrics(task.kind, y_holdout, holdout_scores, config.threshold)
     train_metrics = task_metrics(task.kind, y_train, predict_scores(model, model_inputs(train, numeric, categorical)), config.threshold)
-    baselines = baseline_scores(task.kind, y_train, holdout, train, task.entity, task.time, y_holdout, y_train)
+    baselines = baseline_scores(
+        task.kind, train, holdout, y_train, y_holdout, entity=task.entity, time=task.time, observed=task.observed
+    )
     baseline_metrics = {
         name: task_metrics(task.kind, y_holdout, scores, config.threshold) for name, scores in baselines.items()
     }
