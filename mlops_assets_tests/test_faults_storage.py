@@ -238,7 +238,6 @@ def _replace_many(target: str, writer: int, times: int, mode: str) -> None:
         write_partition(OLD if (i + writer) % 2 else NEW, Path(target))
 
 
-@pytest.mark.slow
 def test_a_reader_never_sees_a_missing_partition_during_many_replacements(tmp_path, mode):
     """Two writer processes replace one partition 2 x 80 times while a reader thread loops over reads.
 
