@@ -446,16 +446,17 @@ def test_two_runs_of_a_day_both_retire_its_old_quarantine(tmp_path, monkeypatch)
     def ingest() -> None:
         validate.write_day(clean, tmp_path / "warehouse" / "raw_events" / f"date={day}", quarantine, tmp_path)
 
-    replace = os.replace
+    rename = os.rename
     interleaved = []
 
-    def replace_after_the_other_run(src, dst):
+    def rename_after_the_other_run(src, dst):
         if Path(src) == quarantine and not interleaved:
             interleaved.append(dst)
             ingest()  # the other run gets there first
-        replace(src, dst)
+        rename(src, dst)
 
-    monkeypatch.setattr(validate.os, "replace", replace_after_the_other_run)
+    monkeypatch.setattr(os, "rename", rename_after_the_other_run)
     ingest()
     assert interleaved  # the two runs did overlap where they retire the quarantine
     assert sorted(p.name for p in quarantine.parent.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / ".staging").iterdir()) == []  # no slot left behind

@@ -6,16 +6,12 @@ cannot be read at all is copied to the quarantine whole, with its reason.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fnmatch
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_assets.ingestion.schema import ColumnSpec, TableContract
-from mlops_assets.storage import atomic_directory, table_hash, write_partition
+from mlops_assets.storage import atomic_directory, remove_directory, table_hash, write_partition
 
 SUPPORTED_SUFFIXES = (".parquet", ".csv")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -556,11 +552,9 @@ def write_day(result: DayResult, partition_dir: Path, quarantine_dir: Path, land
     write_partition(result.kept, partition_dir)
     quarantine_dir = Path(quarantine_dir)
     if not result.rows_quarantined and not result.files_quarantined:
-        if quarantine_dir.exists():  # this run rejected nothing: retire the old quarantine of the day
-            retired = quarantine_dir.with_name(f".{quarantine_dir.name}.old-{uuid.uuid4().hex}")
-            with contextlib.suppress(FileNotFoundError):  # a concurrent run of the same day retired it first
-                os.replace(quarantine_dir, retired)
-            shutil.rmtree(retired, ignore_errors=True)
+        # this run rejected nothing: retire the old quarantine of the day (moved out of the table in one
+        # rename, then deleted; a concurrent run of the same day retiring it first is not an error)
+        remove_directory(quarantine_dir)
         return
     with atomic_directory(quarantine_dir) as staging:
         if result.rows_quarantined:
