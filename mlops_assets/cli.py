@@ -113,7 +113,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.spec:
         os.environ["MLOPS_SPEC"] = str(Path(args.spec).resolve())
-    serve(host=args.host, port=args.port, workers=args.workers, data_root=args.data_dir, log_level=args.log_level)
+    serve(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_root=args.data_dir,
+        log_level=args.log_level,
+    )
     return 0
 
 
@@ -142,13 +148,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_project_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", default=None, help="the project spec (default $MLOPS_SPEC or [tool.mlops] spec)")
-    parser.add_argument("--data-dir", default=None, help="the data folder (default $MLOPS_DATA_DIR or ./data)")
+    parser.add_argument(
+        "--spec", default=None, help="the project spec (default $MLOPS_SPEC or [tool.mlops] spec)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="the data folder (default $MLOPS_DATA_DIR or ./data)"
+    )
 
 
 def _add_world_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=int, default=None, help="entities to simulate (default: the spec's demo.size)")
-    parser.add_argument("--days", type=int, default=None, help="days to simulate (default: the spec's demo.days)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="entities to simulate (default: the spec's demo.size)"
+    )
+    parser.add_argument(
+        "--days", type=int, default=None, help="days to simulate (default: the spec's demo.days)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's demo.seed)")
     parser.add_argument(
         "--scenario",
@@ -159,26 +173,36 @@ def _add_world_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mlops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     spec = sub.add_parser("spec", help="check the project spec, or print its JSON Schema")
     spec_sub = spec.add_subparsers(dest="spec_command", required=True)
     validate = spec_sub.add_parser("validate", help="validate the spec; print every problem at once")
-    validate.add_argument("spec", nargs="?", default=None, help="spec file (default $MLOPS_SPEC or [tool.mlops] spec)")
+    validate.add_argument(
+        "spec", nargs="?", default=None, help="spec file (default $MLOPS_SPEC or [tool.mlops] spec)"
+    )
     validate.set_defaults(func=_cmd_spec_validate)
     schema = spec_sub.add_parser("schema", help="print the JSON Schema of spec files (for editors)")
     schema.add_argument("--output", "-o", default=None)
     schema.set_defaults(func=_cmd_spec_schema)
 
     init = sub.add_parser("init", help="write a starter spec from sample landing files")
-    init.add_argument("landing", help="a landing folder: one sub-folder per source, files named with their day")
-    init.add_argument("--output", "-o", default="spec.yaml", help="the spec file to write (default spec.yaml)")
+    init.add_argument(
+        "landing", help="a landing folder: one sub-folder per source, files named with their day"
+    )
+    init.add_argument(
+        "--output", "-o", default="spec.yaml", help="the spec file to write (default spec.yaml)"
+    )
     init.add_argument("--name", default=None, help="project name (default: the landing folder's parent name)")
     init.add_argument("--force", action="store_true", help="overwrite an existing spec file")
     init.set_defaults(func=_cmd_init)
 
-    simulate = sub.add_parser("simulate", help="write the example's simulated landing files (the spec's demo.simulator)")
+    simulate = sub.add_parser(
+        "simulate", help="write the example's simulated landing files (the spec's demo.simulator)"
+    )
     _add_project_arguments(simulate)
     _add_world_arguments(simulate)
     simulate.add_argument("--start", default=None, help="first day (default: partitions.start)")
@@ -193,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     drift = sub.add_parser(
-        "drift", help="drift statistics between two Parquet/CSV files (mlops drift REFERENCE CURRENT [--json])", add_help=False
+        "drift",
+        help="drift statistics between two Parquet/CSV files (mlops drift REFERENCE CURRENT [--json])",
+        add_help=False,
     )
     drift.add_argument("args", nargs="*", help="see `mlops drift --help`")
 
@@ -204,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--search", default=None, help="match feature/view name, tag, owner or description")
     listing.set_defaults(func=_cmd_features)
 
-    from mlops_assets.training.cli import add_promote_arguments, add_reproduce_arguments, add_rollback_arguments
+    from mlops_assets.training.cli import (
+        add_promote_arguments,
+        add_reproduce_arguments,
+        add_rollback_arguments,
+    )
 
     rollback = sub.add_parser("rollback", help="restore the previous champion in one step")
     _add_project_arguments(rollback)
@@ -223,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlops_assets.training.report_cli import add_report_arguments
 
-    report = sub.add_parser("report", help="model report: challenger vs champion, quality gates, drift (markdown or --json)")
+    report = sub.add_parser(
+        "report", help="model report: challenger vs champion, quality gates, drift (markdown or --json)"
+    )
     _add_project_arguments(report)
     add_report_arguments(report)
     report.set_defaults(func=_cmd_report)

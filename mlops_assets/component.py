@@ -36,7 +36,9 @@ def build_definitions(project: Project) -> dg.Definitions:
     data = DataDirResource(root=str(project.paths.root))
     resources: dict = {"data": data}
     if project.spec.model is not None:
-        resources["mlflow"] = MlflowResource(data=data, model_name=project.model_name, experiment_name=project.name)
+        resources["mlflow"] = MlflowResource(
+            data=data, model_name=project.model_name, experiment_name=project.name
+        )
     return dg.Definitions.merge(
         ingestion.build_defs(project, partitions),
         features.build_defs(project, partitions),
@@ -50,7 +52,9 @@ def build_definitions(project: Project) -> dg.Definitions:
 class MlopsProject(dg.Component, dg.Resolvable, dg.Model):
     """An mlops_assets project: the definitions built from one spec file."""
 
-    spec: str = ""  # the spec file, relative to this component's folder (empty: $MLOPS_SPEC or [tool.mlops] spec)
+    spec: str = (
+        ""  # the spec file, relative to this component's folder (empty: $MLOPS_SPEC or [tool.mlops] spec)
+    )
     data_dir: str = ""  # the data folder (empty: $MLOPS_DATA_DIR or ./data beside pyproject.toml)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -1,8 +1,9 @@
-"""The code location for ``dagster -m mlops_assets.definitions`` / ``workspace.yaml`` (and ``dg``, through the
-component in ``mlops_assets/defs/``): the definitions of the configured project spec ($MLOPS_SPEC, else
-``[tool.mlops] spec`` in pyproject.toml)."""
+"""The code location: the ``defs/`` folder's components (``dg``), also loaded by ``dagster -m mlops_assets.definitions``
+and ``workspace.yaml``. Its project component reads the configured spec ($MLOPS_SPEC, else ``[tool.mlops] spec``
+in pyproject.toml)."""
 
-from mlops_assets.component import build_definitions
-from mlops_assets.project import Project
+from pathlib import Path
 
-defs = build_definitions(Project.load())
+import dagster as dg
+
+defs = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

@@ -11,7 +11,6 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 
 import dagster as dg
 
@@ -57,7 +56,9 @@ def load_simulator(project: Project):
     return module.simulate
 
 
-def scaled_scenarios(scenarios: tuple[str, ...], days: int, spec_days: int) -> tuple[tuple[str, ...], list[str]]:
+def scaled_scenarios(
+    scenarios: tuple[str, ...], days: int, spec_days: int
+) -> tuple[tuple[str, ...], list[str]]:
     """Scenario start days ``@dayN`` scaled to a shorter or longer run (and what was changed, for the log)."""
     if days == spec_days:
         return scenarios, []
@@ -164,7 +165,9 @@ def training_summary(result: dg.ExecuteInProcessResult) -> str:
         lines.append(mat.metadata["gates"].value)
     for mat in result.asset_materializations_for_node("promotion"):
         meta = mat.metadata
-        lines.append(f"champion: v{meta['champion_version'].value} (previous: {meta['previous_champion'].value})")
+        lines.append(
+            f"champion: v{meta['champion_version'].value} (previous: {meta['previous_champion'].value})"
+        )
         lines.append(f"  {meta['reason'].value}")
     return "\n".join(lines)
 
@@ -238,15 +241,22 @@ def run_canary(project: Project, last: str, max_entities: int = 10_000) -> None:
     key = task.entity
     names = [c for c in columns if c != key and "__" not in c]
     rows = {
-        str(eid): {n: (None if isinstance(columns[n][i], float) and math.isnan(columns[n][i]) else columns[n][i]) for n in names}
+        str(eid): {
+            n: (None if isinstance(columns[n][i], float) and math.isnan(columns[n][i]) else columns[n][i])
+            for n in names
+        }
         for i, eid in enumerate(columns[key])
     }
     # the new champion's reference score distribution: its scores on its own evaluation holdout
     trained = registered_result(client, tracking.model_name, champion.version)
     params = client.get_run(trained.run_id).data.params
     training_set, _ = store.read_training_set()
-    _, holdout = time_split(task.trainable(training_set), float(params.get("holdout_fraction", 0.2)), task.time, task.entity)
-    reference = predict_scores(champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features))
+    _, holdout = time_split(
+        task.trainable(training_set), float(params.get("holdout_fraction", 0.2)), task.time, task.entity
+    )
+    reference = predict_scores(
+        champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features)
+    )
     _say(
         f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} entities of the "
         f"monitored population; score guardrails against v{champion.version}'s {len(reference):,} holdout scores "
@@ -286,7 +296,17 @@ def _day(start: str, offset: int) -> str:
 
 def fresh_data(paths: DataPaths) -> None:
     """Remove every runtime folder of the data root (the Dagster instance keeps its history)."""
-    for folder in (paths.landing, paths.warehouse, paths.quarantine, paths.online, paths.mlflow, paths.serving, paths.reports, paths.alerts):
+    for folder in (
+        paths.landing,
+        paths.warehouse,
+        paths.quarantine,
+        paths.online,
+        paths.mlflow,
+        paths.serving,
+        paths.reports,
+        paths.alerts,
+        paths.root / ".staging",
+    ):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -318,12 +338,18 @@ def run_demo(project: Project, config: DemoConfig) -> int:
     simulate = load_simulator(project)
     summary = simulate(paths.landing, days=days, start=start, seed=seed, size=size, scenarios=scenarios)
     _say(f"simulated in {time.monotonic() - started:.1f}s: {summary}")
-    project = Project(project.spec, paths, project.spec_path)  # partitions end where the new landing data ends
+    project = Project(
+        project.spec, paths, project.spec_path
+    )  # partitions end where the new landing data ends
     defs = build_definitions(project)
     first, last = start, _day(start, days - 1)
     history_end = _day(start, history_days - 1)
     sources, views = list(project.spec.sources), project.view_names
-    training_run_config = {"ops": {"candidate_model": {"config": {"model_type": config.model_type}}}} if config.model_type else None
+    training_run_config = (
+        {"ops": {"candidate_model": {"config": {"model_type": config.model_type}}}}
+        if config.model_type
+        else None
+    )
     with dg.DagsterInstance.get() as instance:
 
         def ingest_and_features(a: str, b: str) -> bool:
@@ -348,7 +374,9 @@ def run_demo(project: Project, config: DemoConfig) -> int:
             return 1
         print(features_summary(result), flush=True)
         t0 = time.monotonic()
-        result = materialize(defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_run_config)
+        result = materialize(
+            defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_run_config
+        )
         print(training_summary(result), flush=True)
         if not _step("train + evaluate + promote", result, t0):
             _say("a quality gate stopped the promotion: see evaluation_report's checks in the UI")
@@ -364,7 +392,10 @@ def run_demo(project: Project, config: DemoConfig) -> int:
             t0 = time.monotonic()
             result = materialize_range(defs, ["batch_predictions"], new_first, last, instance)
             if _step(f"batch scoring {new_first}..{last} by the champion", result, t0):
-                scored = [m.metadata["dagster/row_count"].value for m in result.asset_materializations_for_node("batch_predictions")]
+                scored = [
+                    m.metadata["dagster/row_count"].value
+                    for m in result.asset_materializations_for_node("batch_predictions")
+                ]
                 _say(f"scored {sum(scored):,} entity-days ({min(scored):,}..{max(scored):,} a day)")
             monitor_first = _day(history_end, 1 - config.monitor_days_before)
             t0 = time.monotonic()
@@ -377,7 +408,9 @@ def run_demo(project: Project, config: DemoConfig) -> int:
             if not requests:
                 _say("the drift sensor requested no retraining (no ERROR check failed)")
             for request in requests[:1]:
-                _say(f"drift_retraining_sensor requested retraining_job: {request.tags.get('mlops/trigger_reason', '')}")
+                _say(
+                    f"drift_retraining_sensor requested retraining_job: {request.tags.get('mlops/trigger_reason', '')}"
+                )
                 t0 = time.monotonic()
                 result = defs.resolve_job_def("retraining_job").execute_in_process(
                     instance=instance,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -55,7 +55,7 @@ def configured_spec_path(explicit: str | Path | None = None, environ: dict[str, 
         if "spec" in table:
             return (pyproject.parent / table["spec"]).resolve()
     raise ProjectConfigError(
-        "no project spec: pass --spec PATH, set $MLOPS_SPEC, or add `[tool.mlops] spec = \"path/spec.yaml\"` "
+        'no project spec: pass --spec PATH, set $MLOPS_SPEC, or add `[tool.mlops] spec = "path/spec.yaml"` '
         "to pyproject.toml (`mlops init` writes a starter spec from sample landing files)"
     )
 
@@ -140,7 +140,7 @@ class Project:
     def partition_days(self, until: date | None = None) -> list[str]:
         """Every partition key, first to last (``until`` bounds an open set; default today)."""
         start = self.spec.partitions.start
-        end = self.partitions_end() or until or date.today()
+        end = self.partitions_end() or until or datetime.now(UTC).date()
         return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
     # ------------------------------------------------------------------ entities, views, target

@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated data folder and Dagster home per test, and landing-file writers."""
+"""Shared fixtures: an isolated data folder and Dagster home per test, the example projects, landing-file writers,
+and a small ingested churn world built once per session and copied into each test that needs it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -12,9 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mlops_assets.project import Project
 from mlops_assets.settings import DataPaths
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parent.parent
+CHURN_SPEC = REPO / "examples" / "churn" / "spec.yaml"
+BIKES_SPEC = REPO / "examples" / "bikes" / "spec.yaml"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @pytest.fixture
@@ -23,6 +32,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataPaths:
     root = tmp_path / "data"
     root.mkdir()
     monkeypatch.setenv("MLOPS_DATA_DIR", str(root))
+    monkeypatch.setenv("MLOPS_SPEC", str(CHURN_SPEC))
     return DataPaths(root)
 
 
@@ -33,6 +43,26 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def churn(data_dir: DataPaths) -> Project:
+    """The churn example project on the test's data folder."""
+    return Project.load(CHURN_SPEC, data_dir.root)
+
+
+@pytest.fixture
+def bikes(data_dir: DataPaths, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """The bike-share example project on the test's data folder."""
+    monkeypatch.setenv("MLOPS_SPEC", str(BIKES_SPEC))
+    return Project.load(BIKES_SPEC, data_dir.root)
+
+
+def definitions(project: Project):
+    """The Dagster definitions of a project (partitions end where its landing data ends)."""
+    from mlops_assets.component import build_definitions
+
+    return build_definitions(Project(project.spec, project.paths, project.spec_path))
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -52,7 +82,7 @@ def free_port() -> int:
 
 
 def events_frame(day: str, n: int = 40, prefix: str | None = None) -> pd.DataFrame:
-    """n clean events inside ``day``: logins and purchases of n distinct customers."""
+    """n clean churn-example events inside ``day``: logins and purchases of n distinct customers."""
     start = pd.Timestamp(day, tz="UTC")
     prefix = prefix or day
     is_purchase = [i % 3 == 0 for i in range(n)]
@@ -77,7 +107,55 @@ def write_events(
     paths: DataPaths, day: str, frame: pd.DataFrame | None = None, name: str | None = None
 ) -> Path:
     frame = events_frame(day) if frame is None else frame
-    return write_parquet(frame, paths.landing_dir("raw_events") / (name or f"events_{day}.parquet"))
+    return write_parquet(frame, paths.landing_dir("events") / (name or f"events_{day}.parquet"))
+
+
+def simulate_churn(paths: DataPaths, size: int = 300, days: int = 45, seed: int = 3, scenarios=()):
+    from examples.churn.simulator import simulate
+
+    return simulate(paths.landing, days=days, start="2026-01-01", seed=seed, size=size, scenarios=scenarios)
+
+
+def materialize_range(defs, selection: list[str], first: str, last: str, instance):
+    import dagster as dg
+
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey(k) for k in selection],
+        tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
+    )
+
+
+def ingest_small_world(project: Project, instance, size: int = 300, days: int = 45) -> None:
+    """Simulate the churn example (``size`` customers x ``days`` days) and ingest it plus every feature view."""
+    simulate_churn(project.paths, size=size, days=days)
+    defs = definitions(project)
+    last = (pd.Timestamp("2026-01-01") + pd.Timedelta(days=days - 1)).date().isoformat()
+    result = materialize_range(
+        defs, [*project.spec.sources, *project.view_names], "2026-01-01", last, instance
+    )
+    assert result.success
+
+
+@pytest.fixture(scope="session")
+def small_world_template(tmp_path_factory) -> Path:
+    """A data folder holding the ingested small churn world and its feature views (built once per session)."""
+    import dagster as dg
+
+    root = tmp_path_factory.mktemp("small_world") / "data"
+    root.mkdir()
+    project = Project.load(CHURN_SPEC, root)
+    with dg.DagsterInstance.ephemeral() as instance:
+        ingest_small_world(project, instance)
+    return root
+
+
+@pytest.fixture
+def small_world(small_world_template: Path, data_dir: DataPaths) -> Project:
+    """A copy of the ingested small churn world in the test's own data folder."""
+    shutil.rmtree(data_dir.root)
+    shutil.copytree(small_world_template, data_dir.root)
+    return Project.load(CHURN_SPEC, data_dir.root)
 
 
 @pytest.fixture
@@ -96,22 +174,3 @@ def redis_broker():
 
     with redis_server() as server:
         yield server
-
-
-def ingest_small_world(paths: DataPaths, instance) -> None:
-    """Simulate 300 customers × 45 days and ingest them plus every feature view in one range run."""
-    import dagster as dg
-
-    from mlops_assets.definitions import defs
-    from mlops_assets.demo import RANGE_END_TAG, RANGE_START_TAG
-    from mlops_assets.features.views import FEATURE_VIEWS
-    from mlops_assets.simulate.world import simulate
-
-    simulate(out=paths.landing, customers=300, days=45, start="2026-01-01", seed=3)
-    upstream = ["raw_events", "raw_labels", "customers", *(v.name for v in FEATURE_VIEWS)]
-    ingested = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey(k) for k in upstream],
-        tags={RANGE_START_TAG: "2026-01-01", RANGE_END_TAG: "2026-02-14"},
-    )
-    assert ingested.success

@@ -169,7 +169,9 @@ def check_against_brute_force(store: FeatureStore, records: pd.DataFrame, days: 
             actual = None if actual is pd.NA or (isinstance(actual, float) and math.isnan(actual)) else actual
             if isinstance(actual, np.generic):
                 actual = actual.item()
-            assert _same(value, actual), f"{name} of {user} at feature day {feature_day}: {actual!r} != {value!r}"
+            assert _same(value, actual), (
+                f"{name} of {user} at feature day {feature_day}: {actual!r} != {value!r}"
+            )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -190,7 +192,9 @@ def test_tiled_aggregates_equal_brute_force(tmp_path_factory, rows):
     if users:
         dense = FeatureStore(project).features_at(newest, users)
         historical = store.get_historical_features(
-            pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=days)})
+            pd.DataFrame(
+                {"user_id": users, "event_timestamp": pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=days)}
+            )
         )
         for name in FEATURES:
             for a, b in zip(dense[name].tolist(), historical[name].tolist(), strict=True):
@@ -203,7 +207,14 @@ def test_rerun_of_a_past_day_and_gaps(tmp_path):
     project = Project.from_spec(clickstream_spec(days), tmp_path)
     rng = np.random.default_rng(5)
     rows = [
-        (int(rng.integers(0, 3)), int(d), int(rng.integers(0, DAY_US)), "page_view", str(rng.choice(PAGES)), float(rng.integers(0, 5000)) / 100)
+        (
+            int(rng.integers(0, 3)),
+            int(d),
+            int(rng.integers(0, DAY_US)),
+            "page_view",
+            str(rng.choice(PAGES)),
+            float(rng.integers(0, 5000)) / 100,
+        )
         for d in (0, 1, 1, 4, 4, 4, 8)  # days 2, 3, 5, 6, 7, 9 have no records
         for _ in range(3)
     ]
@@ -233,5 +244,8 @@ def test_a_read_needing_days_not_in_the_store_names_them(tmp_path):
     days = project.partition_days()
     store.materialize([days[0], days[1], days[4]])
     entity_df = pd.DataFrame({"user_id": ["u0"], "event_timestamp": [pd.Timestamp(days[5], tz="UTC")]})
-    with pytest.raises(Exception, match=r"activity: 2 day\(s\) needed by this read are not in the offline store \(2026-03-03, 2026-03-04\)"):
+    with pytest.raises(
+        Exception,
+        match=r"activity: 2 day\(s\) needed by this read are not in the offline store \(2026-03-03, 2026-03-04\)",
+    ):
         store.get_historical_features(entity_df)

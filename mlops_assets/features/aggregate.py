@@ -44,7 +44,9 @@ class ViewValues:
 
 def _codes(tile_keys: pa.Array, query_keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of entity keys, shared by tiles and queries (arbitrary but consistent)."""
-    joined = pa.chunked_array([tile_keys, query_keys.cast(tile_keys.type)]).combine_chunks().dictionary_encode()
+    joined = (
+        pa.chunked_array([tile_keys, query_keys.cast(tile_keys.type)]).combine_chunks().dictionary_encode()
+    )
     codes = joined.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     return codes[: len(tile_keys)], codes[len(tile_keys) :]
 
@@ -53,7 +55,9 @@ def _day_index(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.cast(column, pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _range_reduce(fn: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, empty: float) -> np.ndarray:
+def _range_reduce(
+    fn: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, empty: float
+) -> np.ndarray:
     """``fn.reduce(values[lo[i]:hi[i]])`` for every i (``empty`` where the range is empty)."""
     out = np.full(len(lo), empty, dtype=np.float64)
     live = hi > lo
@@ -72,7 +76,9 @@ def _range_reduce(fn: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarr
 class _Tiles:
     """One view's stored rows sorted by (entity code, day), with the per-query index ranges."""
 
-    def __init__(self, layout: ViewLayout, table: pa.Table, query_keys: pa.Array, query_days: np.ndarray) -> None:
+    def __init__(
+        self, layout: ViewLayout, table: pa.Table, query_keys: pa.Array, query_days: np.ndarray
+    ) -> None:
         key = layout.entity_key
         t_codes, q_codes = _codes(table.column(key).combine_chunks(), query_keys)
         t_days = _day_index(table.column(DAY_COLUMN))
@@ -93,7 +99,10 @@ class _Tiles:
     def lo(self, window: int | None) -> np.ndarray:
         if window is None:
             return self.entity_lo
-        return np.maximum(np.searchsorted(self.keys, self.q_codes * _SHIFT + self.q_days - window, side="left"), self.entity_lo)
+        return np.maximum(
+            np.searchsorted(self.keys, self.q_codes * _SHIFT + self.q_days - window, side="left"),
+            self.entity_lo,
+        )
 
     def ints(self, name: str) -> np.ndarray:
         return self.table.column(name).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -111,8 +120,9 @@ def _timestamps_to_days(ft_days: np.ndarray, ts_us: np.ndarray, valid: np.ndarra
     return pa.array(values.astype(np.float64), pa.float64(), mask=~valid)
 
 
-def event_features(layout: ViewLayout, tiles: pa.Table, query_keys: pa.Array, query_days: np.ndarray,
-                   features: list[str]) -> ViewValues:
+def event_features(
+    layout: ViewLayout, tiles: pa.Table, query_keys: pa.Array, query_days: np.ndarray, features: list[str]
+) -> ViewValues:
     """Values of ``features`` of an event view for each query (see the module docstring)."""
     t = _Tiles(layout, tiles, query_keys, query_days)
     cache: dict[tuple, np.ndarray] = {}
@@ -124,7 +134,9 @@ def event_features(layout: ViewLayout, tiles: pa.Table, query_keys: pa.Array, qu
 
     def running_sums(measure) -> tuple[np.ndarray, np.ndarray]:
         if (measure.prefix, "S") not in cache:
-            hi, lo = segmented_prefix(t.floats(measure.col("sum_hi"), 0.0), t.floats(measure.col("sum_lo"), 0.0), t.segment_start)
+            hi, lo = segmented_prefix(
+                t.floats(measure.col("sum_hi"), 0.0), t.floats(measure.col("sum_lo"), 0.0), t.segment_start
+            )
             cache[(measure.prefix, "S")] = (hi, lo)
         return cache[(measure.prefix, "S")]
 
@@ -220,13 +232,16 @@ def _distinct_counts(t: _Tiles, column: str, window: int | None) -> np.ndarray:
     start_keys = np.sort(s_ent * _SHIFT + starts)
     end_keys = np.sort(e_ent * _SHIFT + ends)
     q = t.q_codes * _SHIFT
-    begun = np.searchsorted(start_keys, q + t.q_days, side="right") - np.searchsorted(start_keys, q, side="left")
+    begun = np.searchsorted(start_keys, q + t.q_days, side="right") - np.searchsorted(
+        start_keys, q, side="left"
+    )
     over = np.searchsorted(end_keys, q + t.q_days, side="left") - np.searchsorted(end_keys, q, side="left")
     return (begun - over).astype(np.int64)
 
 
-def snapshot_features(layout: ViewLayout, rows: pa.Table, query_keys: pa.Array, query_days: np.ndarray,
-                      features: list[str]) -> ViewValues:
+def snapshot_features(
+    layout: ViewLayout, rows: pa.Table, query_keys: pa.Array, query_days: np.ndarray, features: list[str]
+) -> ViewValues:
     """Values of ``features`` of a snapshot view: the entity's latest change row before each feature time."""
     t = _Tiles(layout, rows, query_keys, query_days)
     valid = t.found
@@ -240,7 +255,9 @@ def snapshot_features(layout: ViewLayout, rows: pa.Table, query_keys: pa.Array, 
             out[name] = pc.if_else(pa.array(valid), taken, pa.nulls(len(pick), column.type))
         else:  # days_since: whole days from the date (or the day of the timestamp) to the feature time
             if pa.types.is_timestamp(column.type):
-                days = np.floor_divide(pc.cast(taken, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), _DAY_US)
+                days = np.floor_divide(
+                    pc.cast(taken, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), _DAY_US
+                )
             else:
                 days = pc.cast(taken, pa.int32()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
             has = valid & pc.is_valid(taken).to_numpy(zero_copy_only=False)
@@ -248,8 +265,9 @@ def snapshot_features(layout: ViewLayout, rows: pa.Table, query_keys: pa.Array, 
     return ViewValues(out, valid)
 
 
-def lifetime_from_state(layout: ViewLayout, state: pa.Table, query_keys: pa.Array, query_day: int,
-                        features: list[str]) -> ViewValues:
+def lifetime_from_state(
+    layout: ViewLayout, state: pa.Table, query_keys: pa.Array, query_day: int, features: list[str]
+) -> ViewValues:
     """Lifetime features of an event view at ``query_day`` from its state as of the day before.
 
     The state row of an entity is the fold of all its tiles, so this equals :func:`event_features` over

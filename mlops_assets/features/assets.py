@@ -31,7 +31,11 @@ def view_column_schema(layout: ViewLayout) -> dg.TableSchema:
     ]
     for name, feat in layout.view.features.items():
         window = "lifetime" if feat.window is None else f"{feat.window}d"
-        what = f"{feat.agg}({feat.column or '*'}) over {window}" if layout.kind == "events" else f"{feat.agg}({feat.column})"
+        what = (
+            f"{feat.agg}({feat.column or '*'}) over {window}"
+            if layout.kind == "events"
+            else f"{feat.agg}({feat.column})"
+        )
         if feat.filter:
             what += f" where {feat.filter}"
         columns.append(
@@ -52,7 +56,9 @@ def source_dep(layout: ViewLayout, project: Project) -> dg.AssetDep:
     return dg.AssetDep(
         layout.source_name,
         partition_mapping=dg.TimeWindowPartitionMapping(
-            start_offset=-(len(project.partition_days()) + 3650), end_offset=0, allow_nonexistent_upstream_partitions=True
+            start_offset=-(len(project.partition_days()) + 3650),
+            end_offset=0,
+            allow_nonexistent_upstream_partitions=True,
         ),
     )
 
@@ -62,14 +68,17 @@ def build_feature_view_asset(
 ) -> dg.AssetsDefinition:
     """A daily-partitioned asset writing one view's tiles (or change rows) into the offline store."""
     view = layout.view
-    stored = "tiles: one row per entity with records on the day" if layout.kind == "events" else (
-        "change rows: one row per entity whose latest record changed on the day"
+    stored = (
+        "tiles: one row per entity with records on the day"
+        if layout.kind == "events"
+        else ("change rows: one row per entity whose latest record changed on the day")
     )
 
     @dg.asset(
         name=layout.name,
         group_name="features",
-        description=(view.description or f"Features of {view.entity} from {view.source}.") + f" Stores {stored}.",
+        description=(view.description or f"Features of {view.entity} from {view.source}.")
+        + f" Stores {stored}.",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         code_version=layout.version(),
@@ -93,7 +102,9 @@ def build_feature_view_asset(
 
         def progress(day: str, done: int, total: int) -> None:
             if done % step == 0 or done == total:
-                context.log.info(f"{layout.name}: {done}/{total} days written (last {day}), {time.monotonic() - started:.1f}s")
+                context.log.info(
+                    f"{layout.name}: {done}/{total} days written (last {day}), {time.monotonic() - started:.1f}s"
+                )
 
         try:
             metas = materialize_days(layout, paths, days, project.spec.partitions.start.isoformat(), progress)
@@ -117,13 +128,17 @@ def build_feature_view_asset(
                 f"passing the view's filter (first: {empty[0]})"
             )
         hashes = [metas[d]["content_hash"] for d in days]
-        return dg.MaterializeResult(data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combine_hashes(hashes)))
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combine_hashes(hashes))
+        )
 
     return _view
 
 
 def _versions(project: Project) -> str:
-    return hashlib.sha256("".join(v.version() for v in layouts(project.spec).values()).encode()).hexdigest()[:12]
+    return hashlib.sha256("".join(v.version() for v in layouts(project.spec).values()).encode()).hexdigest()[
+        :12
+    ]
 
 
 def build_training_set_asset(project: Project) -> dg.AssetsDefinition:
@@ -170,7 +185,9 @@ def build_training_set_asset(project: Project) -> dg.AssetsDefinition:
             data_version=dg.DataVersion(meta["content_hash"]),
             metadata={
                 "dagster/row_count": meta["rows"],
-                "label_rate" if target.task == "binary_classification" else "label_mean": round(meta["label_rate"], 4),
+                "label_rate" if target.task == "binary_classification" else "label_mean": round(
+                    meta["label_rate"], 4
+                ),
                 "time_min": meta["time_min"] or "",
                 "time_max": meta["time_max"] or "",
                 "content_hash": meta["content_hash"],
@@ -184,7 +201,9 @@ def build_training_set_asset(project: Project) -> dg.AssetsDefinition:
                     description=f"{len(violations)} point-in-time violation(s) in {len(frame)} rows",
                     metadata={
                         "violations": len(violations),
-                        "first": dg.MetadataValue.json([{k: str(v) for k, v in x.items()} for x in violations[:5]]),
+                        "first": dg.MetadataValue.json(
+                            [{k: str(v) for k, v in x.items()} for x in violations[:5]]
+                        ),
                     },
                 )
             ],
@@ -212,10 +231,14 @@ def build_online_asset(project: Project) -> dg.AssetsDefinition:
         lines += [f"| {k} | {v['rows']} | {v['feature_time'] or 'no data'} |" for k, v in meta.items()]
         for view, item in meta.items():
             if item["feature_time"] is None:
-                context.log.warning(f"online store: view {view} has no stored day; its features read as missing")
+                context.log.warning(
+                    f"online store: view {view} has no stored day; its features read as missing"
+                )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(
-                combine_hashes(f"{k}:{v['rows']}:{v['version']}:{v['feature_time']}" for k, v in sorted(meta.items()))
+                combine_hashes(
+                    f"{k}:{v['rows']}:{v['version']}:{v['feature_time']}" for k, v in sorted(meta.items())
+                )
             ),
             metadata={"views": dg.MetadataValue.md("\n".join(lines))},
         )
@@ -224,7 +247,9 @@ def build_online_asset(project: Project) -> dg.AssetsDefinition:
 
 
 def build_feature_assets(project: Project, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    views = [build_feature_view_asset(project, layout, partitions) for layout in layouts(project.spec).values()]
+    views = [
+        build_feature_view_asset(project, layout, partitions) for layout in layouts(project.spec).values()
+    ]
     assets = [*views]
     if project.view_names:
         assets.append(build_online_asset(project))

@@ -26,7 +26,9 @@ def _fast_two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return s, b - (s - a)
 
 
-def dd_add(ahi: np.ndarray, alo: np.ndarray, bhi: np.ndarray, blo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dd_add(
+    ahi: np.ndarray, alo: np.ndarray, bhi: np.ndarray, blo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Double-double addition (the accurate variant: both low parts carried with their errors)."""
     with np.errstate(invalid="ignore", over="ignore"):
         s, e = two_sum(ahi, bhi)
@@ -38,7 +40,9 @@ def dd_add(ahi: np.ndarray, alo: np.ndarray, bhi: np.ndarray, blo: np.ndarray) -
     return _clean(s, e)
 
 
-def dd_sub(ahi: np.ndarray, alo: np.ndarray, bhi: np.ndarray, blo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dd_sub(
+    ahi: np.ndarray, alo: np.ndarray, bhi: np.ndarray, blo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     return dd_add(ahi, alo, -bhi, -blo)
 
 

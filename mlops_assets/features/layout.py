@@ -107,7 +107,9 @@ class ViewLayout:
         try:
             return self.view.features[name]
         except KeyError:
-            raise KeyError(f"view {self.name!r} has no feature {name!r}; it has {self.feature_names}") from None
+            raise KeyError(
+                f"view {self.name!r} has no feature {name!r}; it has {self.feature_names}"
+            ) from None
 
     def dtype(self, name: str) -> str:
         return feature_dtype(self.spec, self.view, self.feature(name))
@@ -121,7 +123,9 @@ class ViewLayout:
             key = (combine_conditions(self.view.filter, feat.filter), feat.column)
             bucket = parts.setdefault(key, [])
             bucket.extend(p for p in _PARTS[feat.agg] if p not in bucket)
-        return tuple(Measure(i, cond, col, tuple(sorted(p))) for i, ((cond, col), p) in enumerate(parts.items()))
+        return tuple(
+            Measure(i, cond, col, tuple(sorted(p))) for i, ((cond, col), p) in enumerate(parts.items())
+        )
 
     def measure_of(self, feature: str) -> Measure:
         feat = self.feature(feature)
@@ -139,7 +143,10 @@ class ViewLayout:
     @cached_property
     def schema(self) -> pa.Schema:
         """The stored table's schema (tiles or change rows)."""
-        fields = [pa.field(self.entity_key, self.entity_type, nullable=False), pa.field(DAY_COLUMN, pa.date32())]
+        fields = [
+            pa.field(self.entity_key, self.entity_type, nullable=False),
+            pa.field(DAY_COLUMN, pa.date32()),
+        ]
         if self.kind == "snapshot":
             fields.append(pa.field(RECORD_TS, UTC_TS))
             fields += [pa.field(c, self.column_type(c)) for c in self.snapshot_columns]
@@ -149,7 +156,10 @@ class ViewLayout:
             value_type = self.column_type(m.column) if m.column else None
             for part in m.parts:
                 if part == "sum":
-                    fields += [pa.field(m.col("sum_hi"), pa.float64()), pa.field(m.col("sum_lo"), pa.float64())]
+                    fields += [
+                        pa.field(m.col("sum_hi"), pa.float64()),
+                        pa.field(m.col("sum_lo"), pa.float64()),
+                    ]
                 elif part in ("min", "max"):
                     fields.append(pa.field(m.col(part), pa.float64()))
                 elif part in ("first", "last"):
@@ -162,7 +172,9 @@ class ViewLayout:
 
     def definition(self) -> dict:
         """What the stored table depends on: the view, the source columns it reads, the layout version."""
-        used = {self.entity_key, self.source.timestamp} | {f.column for f in self.view.features.values() if f.column}
+        used = {self.entity_key, self.source.timestamp} | {
+            f.column for f in self.view.features.values() if f.column
+        }
         return {
             "layout": LAYOUT_VERSION,
             "view": self.view.model_dump(mode="json"),
@@ -183,7 +195,17 @@ def layouts(spec: ProjectSpec) -> dict[str, ViewLayout]:
     return {name: ViewLayout(name, view, spec) for name, view in spec.feature_views.items()}
 
 
-__all__ = ["DAY_COLUMN", "FEATURE_TS", "RECORD_TS", "Measure", "ViewLayout", "combine_conditions", "layouts", "quote", "select_features"]
+__all__ = [
+    "DAY_COLUMN",
+    "FEATURE_TS",
+    "RECORD_TS",
+    "Measure",
+    "ViewLayout",
+    "combine_conditions",
+    "layouts",
+    "quote",
+    "select_features",
+]
 
 
 def select_features(spec: ProjectSpec, refs: list[str] | tuple[str, ...] | None) -> dict[str, list[str]]:
@@ -207,7 +229,9 @@ def select_features(spec: ProjectSpec, refs: list[str] | tuple[str, ...] | None)
             names = list(views[vname].features) if fname == "*" else [fname]
             for name in names:
                 if name not in views[vname].features:
-                    raise KeyError(f"view {vname!r} has no feature {name!r}; it has {sorted(views[vname].features)}")
+                    raise KeyError(
+                        f"view {vname!r} has no feature {name!r}; it has {sorted(views[vname].features)}"
+                    )
         elif ref in owner:
             vname, names = owner[ref], [ref]
         else:

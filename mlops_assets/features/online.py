@@ -83,13 +83,19 @@ def refresh(
                 "refreshed_at_us INTEGER, feature_time_us INTEGER, rows INTEGER, features TEXT)"
             )
             for name, layout in views.items():
-                feature_time, table = tables.get(name, (None, pa.table({"entity": pa.array([], pa.string())})))
+                feature_time, table = tables.get(
+                    name, (None, pa.table({"entity": pa.array([], pa.string())}))
+                )
                 names = layout.feature_names
                 cols = ", ".join(_q(f) for f in names)
-                con.execute(f"CREATE TABLE {_q('v_' + name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) WITHOUT ROWID")
+                con.execute(
+                    f"CREATE TABLE {_q('v_' + name)} (entity TEXT PRIMARY KEY, fts INTEGER, {cols}) WITHOUT ROWID"
+                )
                 fts = _us(feature_time) if feature_time is not None else None
                 if table.num_rows:
-                    columns = [table.column("entity").to_pylist()] + [table.column(f).to_pylist() for f in names]
+                    columns = [table.column("entity").to_pylist()] + [
+                        table.column(f).to_pylist() for f in names
+                    ]
                     rows = ((row[0], fts, *row[1:]) for row in zip(*columns, strict=True))
                     marks = ", ".join("?" * (len(names) + 2))
                     con.executemany(f"INSERT INTO {_q('v_' + name)} VALUES ({marks})", rows)
@@ -221,7 +227,9 @@ class OnlineStore:
         wanted = select_features(self.spec, features)
         keys = {self.layouts[v].entity_key for v in wanted}
         if len(keys) != 1:
-            raise ValueError(f"the requested features belong to entities with different join keys {sorted(keys)}")
+            raise ValueError(
+                f"the requested features belong to entities with different join keys {sorted(keys)}"
+            )
         ids = [str(e) for e in entity_ids]
         now_us = _us(now or datetime.now(UTC))
         columns: dict[str, list] = {keys.pop(): ids}
@@ -257,7 +265,11 @@ class OnlineStore:
 
 
 def read(
-    entity_ids: Sequence[str], features: list[str] | None, paths: DataPaths, spec: ProjectSpec, now: datetime | None = None
+    entity_ids: Sequence[str],
+    features: list[str] | None,
+    paths: DataPaths,
+    spec: ProjectSpec,
+    now: datetime | None = None,
 ) -> pd.DataFrame:
     """One-off read of the online store (opens and closes a connection)."""
     store = OnlineStore(paths, spec)

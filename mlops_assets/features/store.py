@@ -111,7 +111,9 @@ class FeatureStore:
         frame = pd.DataFrame(rows)
         if search and not frame.empty:
             needle = search.lower()
-            hay = (frame["feature"] + " " + frame["view"] + " " + frame["owner"] + " " + frame["description"]).str.lower()
+            hay = (
+                frame["feature"] + " " + frame["view"] + " " + frame["owner"] + " " + frame["description"]
+            ).str.lower()
             tag_hit = frame["tags"].map(lambda t: any(needle in tag.lower() for tag in t.split(",") if tag))
             frame = frame[hay.str.contains(needle, regex=False) | tag_hit].reset_index(drop=True)
         return frame
@@ -135,7 +137,9 @@ class FeatureStore:
             parts.append(self._tiles[key])
         return pa.concat_tables(parts) if parts else layout.schema.empty_table()
 
-    def _needed_days(self, layout: ViewLayout, features: list[str], first_q: int, last_q: int) -> tuple[int, int]:
+    def _needed_days(
+        self, layout: ViewLayout, features: list[str], first_q: int, last_q: int
+    ) -> tuple[int, int]:
         """Day indexes ``lo .. hi`` of the stored rows a read with feature days ``first_q .. last_q`` needs."""
         start = _day_index(self.spec.partitions.start)
         windows = [layout.feature(f).window for f in features]
@@ -154,7 +158,9 @@ class FeatureStore:
                 f"store ({shown}); materialize {layout.name} for them first"
             )
 
-    def _view_values(self, layout: ViewLayout, keys: pa.Array, q_days: np.ndarray, features: list[str]) -> ViewValues:
+    def _view_values(
+        self, layout: ViewLayout, keys: pa.Array, q_days: np.ndarray, features: list[str]
+    ) -> ViewValues:
         """Values of one view; the stored state stands in for every older tile when all queries share a day."""
         lo, hi = self._needed_days(layout, features, int(q_days.min()), int(q_days.max()))
         stored = set(stored_days(self.paths, layout.name))
@@ -164,7 +170,13 @@ class FeatureStore:
                 state_day, state, _ = read_state(self.paths, layout)
                 if state_day == _day_text(hi) and state is not None:
                     return snapshot_features(layout, state, keys, q_days, features)
-            return snapshot_features(layout, self._read_days(layout, [_day_text(d) for d in range(lo, hi + 1)]), keys, q_days, features)
+            return snapshot_features(
+                layout,
+                self._read_days(layout, [_day_text(d) for d in range(lo, hi + 1)]),
+                keys,
+                q_days,
+                features,
+            )
         lifetime = [f for f in features if layout.feature(f).window is None]
         windowed = [f for f in features if layout.feature(f).window is not None]
         single_day = len(np.unique(q_days)) == 1
@@ -173,11 +185,16 @@ class FeatureStore:
             if state_day is not None and state_day <= _day_text(hi):
                 values: dict[str, pa.Array] = {}
                 found = np.zeros(len(keys), dtype=bool)
-                part = lifetime_from_state(layout, event_state_at(self.paths, layout, _day_text(hi)), keys, int(q_days[0]), lifetime)
+                part = lifetime_from_state(
+                    layout, event_state_at(self.paths, layout, _day_text(hi)), keys, int(q_days[0]), lifetime
+                )
                 values.update(part.columns)
                 found |= part.found
                 if windowed:
-                    w_lo = max(_day_index(self.spec.partitions.start), int(q_days[0]) - max(layout.feature(f).window for f in windowed))
+                    w_lo = max(
+                        _day_index(self.spec.partitions.start),
+                        int(q_days[0]) - max(layout.feature(f).window for f in windowed),
+                    )
                     tiles = self._read_days(layout, [_day_text(d) for d in range(w_lo, hi + 1)])
                     values.update(event_features(layout, tiles, keys, q_days, windowed).columns)
                 return ViewValues({f: values[f] for f in features}, found)
@@ -189,9 +206,14 @@ class FeatureStore:
         if values.isna().any():
             raise ValueError(f"entity column {column!r} has null keys")
         try:
-            return pa.array(values.astype(str) if pa.types.is_string(layout.entity_type) else values, type=layout.entity_type)
+            return pa.array(
+                values.astype(str) if pa.types.is_string(layout.entity_type) else values,
+                type=layout.entity_type,
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-            raise ValueError(f"entity column {column!r} cannot be read as {layout.entity_type}: {exc}") from None
+            raise ValueError(
+                f"entity column {column!r} cannot be read as {layout.entity_type}: {exc}"
+            ) from None
 
     def get_historical_features(
         self,
@@ -209,13 +231,17 @@ class FeatureStore:
         """
         wanted = select_features(self.spec, features)
         if timestamp_column not in entity_df.columns:
-            raise ValueError(f"entity_df needs a {timestamp_column!r} column; it has {list(entity_df.columns)}")
+            raise ValueError(
+                f"entity_df needs a {timestamp_column!r} column; it has {list(entity_df.columns)}"
+            )
         out = entity_df.reset_index(drop=True)
         pieces = [out]
         if out.empty:
             for vname, feats in wanted.items():
                 layout = self.layout(vname)
-                pieces.append(pd.DataFrame({f: pd.Series(dtype=_pandas_dtype(layout.dtype(f))) for f in feats}))
+                pieces.append(
+                    pd.DataFrame({f: pd.Series(dtype=_pandas_dtype(layout.dtype(f))) for f in feats})
+                )
                 pieces.append(pd.DataFrame({f"{vname}{TS_SUFFIX}": pd.Series(dtype="datetime64[us, UTC]")}))
             return pd.concat(pieces, axis=1)
         times = out[timestamp_column]
@@ -230,7 +256,9 @@ class FeatureStore:
             keys = self._entity_keys(out, layout.entity_key, layout)
             stored = stored_days(self.paths, vname)
             if not stored:
-                raise FeatureDataMissing(f"feature view {vname} has no days in the offline store; materialize it first")
+                raise FeatureDataMissing(
+                    f"feature view {vname} has no days in the offline store; materialize it first"
+                )
             newest = _day_index(stored[-1]) + 1
             q = np.minimum(q_all, newest)  # the newest feature time the store can answer
             values = self._view_values(layout, keys, q, feats)
@@ -261,7 +289,9 @@ class FeatureStore:
     def _single_key(self, features: list[str] | None) -> str:
         keys = {self.layout(v).entity_key for v in select_features(self.spec, features)}
         if len(keys) != 1:
-            raise ValueError(f"the requested features belong to entities with different join keys {sorted(keys)}")
+            raise ValueError(
+                f"the requested features belong to entities with different join keys {sorted(keys)}"
+            )
         return keys.pop()
 
     def known_entities(self, view: str, day: str) -> pa.Array:
@@ -271,7 +301,9 @@ class FeatureStore:
             state_day, state, _ = read_state(self.paths, layout)
             if state_day != day or state is None:
                 state = snapshot_state_from_source(
-                    layout, self.paths, (date.fromisoformat(day) + timedelta(days=1)).isoformat(),
+                    layout,
+                    self.paths,
+                    (date.fromisoformat(day) + timedelta(days=1)).isoformat(),
                     self.spec.partitions.start.isoformat(),
                 )
             return state.column(layout.entity_key).combine_chunks()
@@ -294,7 +326,9 @@ class FeatureStore:
             values = self._view_values(layout, ids, q, list(layout.view.features)) if len(ids) else None
             columns = {"entity": pc.cast(ids, pa.string())}
             for f in layout.view.features:
-                columns[f] = values.columns[f] if values is not None else pa.array([], _arrow(layout.dtype(f)))
+                columns[f] = (
+                    values.columns[f] if values is not None else pa.array([], _arrow(layout.dtype(f)))
+                )
             tables[name] = (feature_time.to_pydatetime(), pa.table(columns))
         return online.refresh(self.layouts, tables, self.paths, now or datetime.now(UTC))
 
@@ -303,11 +337,15 @@ class FeatureStore:
             self._online = online.OnlineStore(self.paths, self.spec)
         return self._online
 
-    def get_online_features(self, entity_ids: Sequence, features: list[str] | None = None, now: datetime | None = None) -> pd.DataFrame:
+    def get_online_features(
+        self, entity_ids: Sequence, features: list[str] | None = None, now: datetime | None = None
+    ) -> pd.DataFrame:
         """Latest served values per entity, with ``<view>__status`` (fresh / expired / missing) and ``__feature_timestamp``."""
         return self.online_store().read(list(entity_ids), features, now)
 
-    def get_online_features_dict(self, entity_ids: Sequence, features: list[str] | None = None, now: datetime | None = None) -> dict[str, list]:
+    def get_online_features_dict(
+        self, entity_ids: Sequence, features: list[str] | None = None, now: datetime | None = None
+    ) -> dict[str, list]:
         return self.online_store().read_dict(list(entity_ids), features, now)
 
     # ------------------------------------------------------------------ labels and training sets
@@ -341,7 +379,9 @@ class FeatureStore:
         frame = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files]).to_pandas()
         return frame.sort_values([ts, key], kind="stable").reset_index(drop=True)
 
-    def build_training_set(self, labels_df: pd.DataFrame | None = None, features: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    def build_training_set(
+        self, labels_df: pd.DataFrame | None = None, features: list[str] | None = None
+    ) -> tuple[pd.DataFrame, dict]:
         """Labels joined point-in-time to the features, plus metadata (rows, label rate, nulls, hash)."""
         key, ts, column = self.label_columns
         labels = self.load_labels() if labels_df is None else labels_df
@@ -355,12 +395,18 @@ class FeatureStore:
     def training_set_metadata(self, frame: pd.DataFrame) -> dict:
         """Rows, label rate (or mean), per-feature null rates, time range, content hash, leakage count."""
         key, ts, column = self.label_columns
-        feature_cols = [c for c in frame.columns if c not in (key, ts, column, self.observed_column) and not c.endswith(TS_SUFFIX)]
+        feature_cols = [
+            c
+            for c in frame.columns
+            if c not in (key, ts, column, self.observed_column) and not c.endswith(TS_SUFFIX)
+        ]
         ttls = {n: v.view.ttl for n, v in self.layouts.items()}
         times = frame[ts]
         target = pd.to_numeric(frame[column], errors="coerce") if len(frame) else pd.Series(dtype=float)
         empty_views = [
-            v for v in self.layouts if f"{v}{TS_SUFFIX}" in frame.columns and len(frame) and frame[f"{v}{TS_SUFFIX}"].isna().all()
+            v
+            for v in self.layouts
+            if f"{v}{TS_SUFFIX}" in frame.columns and len(frame) and frame[f"{v}{TS_SUFFIX}"].isna().all()
         ]
         return {
             "rows": len(frame),

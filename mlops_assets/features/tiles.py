@@ -84,7 +84,9 @@ def source_files(paths: DataPaths, source: str, days: Iterable[str]) -> dict[str
 
 def ingested_days(paths: DataPaths, source: str, days: Iterable[str]) -> set[str]:
     """Days whose ingestion was recorded (a manifest exists), whether or not rows were kept."""
-    return {d for d in days if paths.manifest_path(source, d).is_file() or paths.partition_dir(source, d).is_dir()}
+    return {
+        d for d in days if paths.manifest_path(source, d).is_file() or paths.partition_dir(source, d).is_dir()
+    }
 
 
 # ---------------------------------------------------------------------------------------------- tiles
@@ -163,7 +165,9 @@ def event_tiles(layout: ViewLayout, files: dict[str, list[str]]) -> dict[str, pa
             lo = np.zeros(len(counts))
             present = counts > 0
             hi[present], lo[present] = group_sums(values, counts[present])
-            tiles = tiles.append_column(m.col("sum_hi"), pa.array(hi)).append_column(m.col("sum_lo"), pa.array(lo))
+            tiles = tiles.append_column(m.col("sum_hi"), pa.array(hi)).append_column(
+                m.col("sum_lo"), pa.array(lo)
+            )
         con.execute("DROP TABLE __records")
     finally:
         con.close()
@@ -215,7 +219,9 @@ def snapshot_changes(
     con = duckdb_cursor()
     try:
         latest = con.sql(
-            _latest_per_entity_sql(layout, _records_sql(layout, {d: fs for d, fs in files.items() if fs}), True)
+            _latest_per_entity_sql(
+                layout, _records_sql(layout, {d: fs for d, fs in files.items() if fs}), True
+            )
             + f" ORDER BY {DAY_COLUMN}, {key}"
         ).to_arrow_table()
         latest = latest.select(schema.names).cast(schema)
@@ -298,7 +304,9 @@ def read_state(paths: DataPaths, layout: ViewLayout) -> tuple[str | None, pa.Tab
     return meta["day"], table, meta
 
 
-def _write_state(paths: DataPaths, layout: ViewLayout, day: str, table: pa.Table, tile_hashes: dict[str, str]) -> None:
+def _write_state(
+    paths: DataPaths, layout: ViewLayout, day: str, table: pa.Table, tile_hashes: dict[str, str]
+) -> None:
     folder = state_dir(paths, layout.name)
     write_file_atomic(_parquet_bytes(table), folder / STATE_FILE)
     meta = {"day": day, "version": layout.version(), "content_hash": table_hash(table), "tiles": tile_hashes}
@@ -331,7 +339,11 @@ def fold_event_state(layout: ViewLayout, state: pa.Table, tiles: pa.Table) -> pa
     key = layout.entity_key
     s_keys = state.column(key)
     t_keys = tiles.column(key)
-    position = pc.fill_null(pc.index_in(t_keys, value_set=s_keys), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    position = (
+        pc.fill_null(pc.index_in(t_keys, value_set=s_keys), -1)
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+    )
     old_rows = position[position >= 0]
     old = state.take(pa.array(old_rows))
     new_idx = np.flatnonzero(position >= 0)
@@ -344,7 +356,10 @@ def fold_event_state(layout: ViewLayout, state: pa.Table, tiles: pa.Table) -> pa
         for part in m.parts:
             if part == "sum":
                 hi, lo = dd_add(
-                    _f(old, m.col("sum_hi")), _f(old, m.col("sum_lo")), _f(cur, m.col("sum_hi")), _f(cur, m.col("sum_lo"))
+                    _f(old, m.col("sum_hi")),
+                    _f(old, m.col("sum_lo")),
+                    _f(cur, m.col("sum_hi")),
+                    _f(cur, m.col("sum_lo")),
                 )
                 merged[m.col("sum_hi")], merged[m.col("sum_lo")] = pa.array(hi), pa.array(lo)
             elif part in ("min", "max"):
@@ -353,9 +368,13 @@ def fold_event_state(layout: ViewLayout, state: pa.Table, tiles: pa.Table) -> pa
                 value = fn(a, b)
                 merged[m.col(part)] = pa.array(value, mask=np.isnan(value))
             elif part == "first":
-                merged[m.col("first_ts")] = pc.coalesce(old.column(m.col("first_ts")), cur.column(m.col("first_ts")))
+                merged[m.col("first_ts")] = pc.coalesce(
+                    old.column(m.col("first_ts")), cur.column(m.col("first_ts"))
+                )
             elif part == "last":
-                merged[m.col("last_ts")] = pc.coalesce(cur.column(m.col("last_ts")), old.column(m.col("last_ts")))
+                merged[m.col("last_ts")] = pc.coalesce(
+                    cur.column(m.col("last_ts")), old.column(m.col("last_ts"))
+                )
             elif part == "value":
                 has_new = pc.is_valid(cur.column(m.col("value_ts")))
                 for col in ("value", "value_ts"):
@@ -365,7 +384,9 @@ def fold_event_state(layout: ViewLayout, state: pa.Table, tiles: pa.Table) -> pa
                     [
                         sorted(set(a or ()) | set(b or ()))
                         for a, b in zip(
-                            old.column(m.col("distinct")).to_pylist(), cur.column(m.col("distinct")).to_pylist(), strict=True
+                            old.column(m.col("distinct")).to_pylist(),
+                            cur.column(m.col("distinct")).to_pylist(),
+                            strict=True,
                         )
                     ],
                     pa.list_(pa.string()),
@@ -387,7 +408,9 @@ def build_event_state(paths: DataPaths, layout: ViewLayout, until: str) -> pa.Ta
     state = layout.schema.empty_table()
     days = [d for d in stored_days(paths, layout.name) if d <= until]
     for day in days:
-        state = fold_event_state(layout, state, pq.read_table(partition_path(paths, layout.name, day) / PART_FILE))
+        state = fold_event_state(
+            layout, state, pq.read_table(partition_path(paths, layout.name, day) / PART_FILE)
+        )
     return state
 
 
@@ -408,7 +431,9 @@ def _consecutive_runs(days: list[str]) -> list[list[str]]:
 DAYS_PER_PASS = 64
 
 
-def _partition_metadata(layout: ViewLayout, day: str, table: pa.Table, source_rows: int | None, path: Path) -> dict:
+def _partition_metadata(
+    layout: ViewLayout, day: str, table: pa.Table, source_rows: int | None, path: Path
+) -> dict:
     return {
         "path": str(path),
         "rows": table.num_rows,
@@ -462,7 +487,9 @@ def materialize_days(
     return out
 
 
-def _snapshot_pass(layout: ViewLayout, paths: DataPaths, files: dict[str, list[str]], start: str) -> dict[str, pa.Table]:
+def _snapshot_pass(
+    layout: ViewLayout, paths: DataPaths, files: dict[str, list[str]], start: str
+) -> dict[str, pa.Table]:
     first = next(iter(files))
     with _state_lock(paths, layout.name):
         state_day, state, _ = read_state(paths, layout)
@@ -484,7 +511,9 @@ def _snapshot_pass(layout: ViewLayout, paths: DataPaths, files: dict[str, list[s
     return tables
 
 
-def _advance_event_state(paths: DataPaths, layout: ViewLayout, day: str, tiles: pa.Table, content_hash: str) -> None:
+def _advance_event_state(
+    paths: DataPaths, layout: ViewLayout, day: str, tiles: pa.Table, content_hash: str
+) -> None:
     """Fold a just-written day into the view's state when it is the state's next day.
 
     A day after a gap leaves the state alone (it is rebuilt, or folded forward, by the read that needs
@@ -518,7 +547,9 @@ def event_state_at(paths: DataPaths, layout: ViewLayout, day: str) -> pa.Table:
     if state_day is not None and state is not None and state_day < day:
         days = [d for d in stored_days(paths, layout.name) if state_day < d <= day]
         for d in days:
-            state = fold_event_state(layout, state, pq.read_table(partition_path(paths, layout.name, d) / PART_FILE))
+            state = fold_event_state(
+                layout, state, pq.read_table(partition_path(paths, layout.name, d) / PART_FILE)
+            )
         return state
     return build_event_state(paths, layout, day)
 
@@ -537,7 +568,9 @@ def canonical_table(table: pa.Table) -> pa.Table:
     """
     if table.num_rows == 0:
         return table.schema.empty_table()
-    return pa.Table.from_arrays([_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema)
+    return pa.Table.from_arrays(
+        [_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema
+    )
 
 
 def _validity_bitmap(arr: pa.Array) -> pa.Buffer | None:
@@ -563,7 +596,9 @@ def _canonical_array(arr: pa.Array) -> pa.Array:
         return pa.Array.from_buffers(typ, n, [_validity_bitmap(arr), pa.py_buffer(values)], arr.null_count)
     if pa.types.is_string(typ) or pa.types.is_binary(typ):
         filled = pc.fill_null(arr, "" if pa.types.is_string(typ) else b"") if arr.null_count else arr
-        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[filled.offset :]
+        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[
+            filled.offset :
+        ]
         data = filled.buffers()[2]
         first, last = int(offsets[0]), int(offsets[-1])
         body = data.slice(first, last - first) if data is not None else pa.py_buffer(b"")

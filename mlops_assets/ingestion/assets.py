@@ -204,6 +204,8 @@ def build_ingestion_asset(
     return _ingest
 
 
-def build_ingestion_assets(project: Project, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def build_ingestion_assets(
+    project: Project, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
     """One ingestion asset per source of the spec."""
     return [build_ingestion_asset(project, c, partitions) for c in project.contracts.values()]

@@ -36,7 +36,10 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
                 run_key=f"{change.table}:{change.day}:{change.landing_hash[:16]}",
                 partition_key=change.day,
                 asset_selection=[dg.AssetKey(change.table)],
-                tags={"mlops/trigger": "new_landing_data", "mlops/landing_files": ",".join(change.files)[:1000]},
+                tags={
+                    "mlops/trigger": "new_landing_data",
+                    "mlops/landing_files": ",".join(change.files)[:1000],
+                },
             )
             for change in scan.changes
         ]

@@ -362,9 +362,13 @@ def _validate_rows(
             as_text = values.astype("string")
             failures.append((f"not_allowed:{spec.name}", values.notna() & ~as_text.isin(spec.allowed)))
         if spec.min_value is not None:
-            failures.append((f"below_minimum:{spec.name}", values.notna() & (values.astype("float64") < spec.min_value)))
+            failures.append(
+                (f"below_minimum:{spec.name}", values.notna() & (values.astype("float64") < spec.min_value))
+            )
         if spec.max_value is not None:
-            failures.append((f"above_maximum:{spec.name}", values.notna() & (values.astype("float64") > spec.max_value)))
+            failures.append(
+                (f"above_maximum:{spec.name}", values.notna() & (values.astype("float64") > spec.max_value))
+            )
     start = pd.Timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
     end = start + timedelta(days=1)
     ts = typed[contract.partition_column]
@@ -387,7 +391,9 @@ def _joined_reasons(index: pd.Index, failures: list[tuple[str, pd.Series]]) -> p
         mask = pd.Series(mask, index=index).fillna(False).astype(bool)
         if not mask.any():
             continue
-        out = out.mask(mask & out.isna(), reason).mask(mask & out.notna() & (out != reason), out + REASON_SEPARATOR + reason)
+        out = out.mask(mask & out.isna(), reason).mask(
+            mask & out.notna() & (out != reason), out + REASON_SEPARATOR + reason
+        )
     return out
 
 
@@ -420,7 +426,11 @@ def _to_contract_table(kept: pd.DataFrame, contract: TableContract) -> pa.Table:
             ints = values.astype("Int64")
             mask = ints.isna().to_numpy()
             arrays.append(
-                pa.array(ints.to_numpy(dtype="int64", na_value=0), type=spec.dtype, mask=mask if mask.any() else None)
+                pa.array(
+                    ints.to_numpy(dtype="int64", na_value=0),
+                    type=spec.dtype,
+                    mask=mask if mask.any() else None,
+                )
             )
         elif values.dtype == object and values.isna().all():
             arrays.append(pa.nulls(len(values), type=spec.dtype))

@@ -192,7 +192,13 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             )
             names = [*result.report.drifted_features, "prediction"][: config.max_embedded_histograms]
             context.add_asset_metadata(
-                day_metadata(result, saved, embedded_images(saved.image_paths, names), champion.reference_source, population),
+                day_metadata(
+                    result,
+                    saved,
+                    embedded_images(saved.image_paths, names),
+                    champion.reference_source,
+                    population,
+                ),
                 partition_key=day,
             )
             summary = result.summary()
@@ -215,6 +221,4 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             check_results=check_results(verdicts, champion.version, days),
         )
 
-
     return drift_report
-

@@ -134,7 +134,9 @@ class ChampionReference:
 
         if frame.empty:
             return np.empty(0)
-        return predict_scores(self.model, model_inputs(frame, self.numeric_features, self.categorical_features))
+        return predict_scores(
+            self.model, model_inputs(frame, self.numeric_features, self.categorical_features)
+        )
 
 
 def _read_run_training_set(client, run_id: str) -> pd.DataFrame | None:
@@ -251,7 +253,9 @@ def current_features(store: FeatureStore, day: str, features: Sequence[str]) -> 
 
     ids = current_population(store, day)
     if not ids:
-        raise MonitoringInputError(f"no entity of the monitored population on {day}; ingest the sources first")
+        raise MonitoringInputError(
+            f"no entity of the monitored population on {day}; ingest the sources first"
+        )
     try:
         return store.features_at(day, ids, list(features))
     except FeatureInputError as exc:
@@ -263,7 +267,9 @@ def labelled_features(store: FeatureStore, days: Sequence[str], features: Sequen
     labels = store.load_labels(list(days))
     if labels.empty:
         return labels
-    return store.get_historical_features(labels, list(features), timestamp_column=store.project.target_timestamp)
+    return store.get_historical_features(
+        labels, list(features), timestamp_column=store.project.target_timestamp
+    )
 
 
 @dataclass
@@ -359,7 +365,11 @@ def daily_drift(
             realized = realized_metrics(y, champion.score(labelled), champion.threshold)
         else:
             errors = np.abs(y - champion.score(labelled))
-            realized = {"mae": float(errors.mean()), "n": len(y), "mae_se": float(errors.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0}
+            realized = {
+                "mae": float(errors.mean()),
+                "n": len(y),
+                "mae_se": float(errors.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0,
+            }
         if realized["n"] < settings.min_labels:
             note = f"{realized['n']} labels on {days[0]}..{day}, fewer than min_labels={settings.min_labels}: not judged"
         else:
@@ -444,7 +454,9 @@ def judge_decay(
         if m == "mae":  # an error metric: higher is worse; its sampling error comes with the realized value
             var = float(current.get("mae_se", 0.0)) ** 2
             drop = after - before
-            floor = settings.max_performance_drop * abs(before)  # a relative drop for an error in target units
+            floor = settings.max_performance_drop * abs(
+                before
+            )  # a relative drop for an error in target units
         else:
             var = metric_standard_error(m, before, *training_counts) ** 2
             if current_counts is not None:

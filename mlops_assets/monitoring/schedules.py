@@ -27,7 +27,9 @@ def build_retraining_schedule(environ: dict[str, str] | None = None) -> dg.Sched
         """One retraining run per tick, keyed by the tick time."""
         tick = context.scheduled_execution_time
         if retraining_in_progress(context.instance):
-            return dg.SkipReason(f"a {RETRAINING_JOB} run is already queued or running; tick {tick.isoformat()} skipped")
+            return dg.SkipReason(
+                f"a {RETRAINING_JOB} run is already queued or running; tick {tick.isoformat()} skipped"
+            )
         return dg.RunRequest(
             run_key=f"schedule:{tick.isoformat()}",
             tags={

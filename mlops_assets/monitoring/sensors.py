@@ -5,10 +5,10 @@ import json
 
 import dagster as dg
 
-from mlops_assets.project import Project
 from mlops_assets.monitoring.assets import DAILY_REFRESH
 from mlops_assets.monitoring.checks import DRIFT_ASSET
 from mlops_assets.monitoring.daily import ERROR_CHECKS
+from mlops_assets.project import Project
 
 RETRAINING_JOB = "retraining_job"
 _ACTIVE = [

@@ -24,9 +24,19 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
 from starlette.background import BackgroundTask
 
+from mlops_assets.project import Project
 from mlops_assets.serving.models import (
     FeatureTypeError,
     InMemoryModelSource,
@@ -45,7 +55,6 @@ from mlops_assets.serving.routing import (
     assign,
     state_path,
 )
-from mlops_assets.project import Project
 from mlops_assets.settings import data_paths
 
 log = logging.getLogger(__name__)
@@ -244,7 +253,11 @@ class _Service:
             project = project.with_data_root(config.data_root)
         root = config.data_root if config.data_root is not None else (project.paths.root if project else None)
         self.entity_key = config.entity_key or project.target_entity.join_key
-        dtype = project.target_entity.dtype if project is not None and not config.entity_key else config.entity_dtype
+        dtype = (
+            project.target_entity.dtype
+            if project is not None and not config.entity_key
+            else config.entity_dtype
+        )
         self.request_model = request_model(self.entity_key, dtype)
         self.metrics = _Metrics()
         if config.model_source is not None:
@@ -347,9 +360,7 @@ class _Service:
             if explicit is not None:
                 model.predictor.check_types(explicit)
             score = self.score(model, entity, explicit)
-            self.record(
-                rid, entity, CHALLENGER, model, score, time.perf_counter() - start, mode, shadow=True
-            )
+            self.record(rid, entity, CHALLENGER, model, score, time.perf_counter() - start, mode, shadow=True)
         except Exception as exc:  # a shadow failure is logged, never seen by the caller
             self.record(
                 rid,
@@ -450,9 +461,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         else:
             return _problem(503, f"model {arm} failed to score: {failure}")
         latency = time.perf_counter() - start
-        service.record(
-            rid, req.entity, arm, model, score, latency, state.mode, experiment=state.experiment
-        )
+        service.record(rid, req.entity, arm, model, score, latency, state.mode, experiment=state.experiment)
         payload = {
             "request_id": rid,
             service.entity_key: entity_value,

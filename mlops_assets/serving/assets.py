@@ -66,7 +66,6 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
             hashes.append(frame_hash(frame))
         return dg.MaterializeResult(data_version=dg.DataVersion(_version(hashes)))
 
-
     @dg.asset(
         group_name="serving",
         partitions_def=partitions,
@@ -85,7 +84,9 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
 
         current = runtime_project(project, data)
         paths = current.paths
-        manager = ModelManager(RegistryModelSource(default_tracking_uri(paths.root), model_name=project.model_name))
+        manager = ModelManager(
+            RegistryModelSource(default_tracking_uri(paths.root), model_name=project.model_name)
+        )
         manager.refresh()
         if manager.get("champion") is None:
             raise dg.Failure("no champion model to score with", metadata={"errors": str(manager.last_error)})
@@ -97,19 +98,22 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
             ids = current_population(store, day)
             as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
             frame = store.features_at(day, ids, features) if ids else pd.DataFrame(columns=[key])
-            scored = score_entities(frame, key, manager.models, state, scored_at=as_of) if ids else pd.DataFrame()
+            scored = (
+                score_entities(frame, key, manager.models, state, scored_at=as_of) if ids else pd.DataFrame()
+            )
             write_partition(scored, paths.partition_dir("batch_predictions", day))
             context.add_asset_metadata(
                 {
                     "dagster/row_count": len(scored),
                     "population": len(ids),
-                    "model_versions": dg.MetadataValue.json({a: m.version for a, m in manager.models.items()}),
+                    "model_versions": dg.MetadataValue.json(
+                        {a: m.version for a, m in manager.models.items()}
+                    ),
                 },
                 partition_key=day,
             )
             hashes.append(frame_hash(scored) if len(scored) else "empty")
         return dg.MaterializeResult(data_version=dg.DataVersion(_version(hashes)))
-
 
     class ABReportConfig(dg.Config):
         """Which experiment to analyse (empty: the one in the rollout state) and the decision thresholds."""
@@ -119,7 +123,6 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
         alpha: float = 0.05
         max_expected_loss: float = 0.002
 
-
     def _all_partitions(table_dir) -> pd.DataFrame:
         frames = [
             read_partition(d).to_pandas()
@@ -127,7 +130,6 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
             if read_partition(d) is not None
         ]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
 
     @dg.asset(
         group_name="serving",
@@ -184,6 +186,5 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
                 "report": dg.MetadataValue.md(markdown),
             }
         )
-
 
     return [prediction_log, batch_predictions, ab_test_report]

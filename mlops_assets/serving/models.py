@@ -139,7 +139,9 @@ class _Linear:
         if coef.ndim != 1:
             raise TypeError("the fast path handles a single-output linear regressor only")
         self.coef = coef
-        self.intercept = float(np.asarray(reg.intercept_).ravel()[0]) if np.ndim(reg.intercept_) else float(reg.intercept_)
+        self.intercept = (
+            float(np.asarray(reg.intercept_).ravel()[0]) if np.ndim(reg.intercept_) else float(reg.intercept_)
+        )
 
     def score(self, z: np.ndarray) -> np.ndarray:
         return z @ self.coef + self.intercept

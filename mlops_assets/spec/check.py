@@ -83,17 +83,24 @@ def _check_source(name: str, source: Source) -> Iterable[Issue]:
     base = ("sources", name)
     columns = source.columns
     if source.timestamp not in columns:
-        yield Issue((*base, "timestamp"), f"column {source.timestamp!r} is not among the source's columns {list(columns)}")
+        yield Issue(
+            (*base, "timestamp"),
+            f"column {source.timestamp!r} is not among the source's columns {list(columns)}",
+        )
     elif columns[source.timestamp].type != "timestamp":
         yield Issue(
             (*base, "columns", source.timestamp, "type"),
             f"the source's timestamp column must have type 'timestamp', not {columns[source.timestamp].type!r}",
         )
     elif columns[source.timestamp].nullable:
-        yield Issue((*base, "columns", source.timestamp, "nullable"), "the timestamp column cannot be nullable")
+        yield Issue(
+            (*base, "columns", source.timestamp, "nullable"), "the timestamp column cannot be nullable"
+        )
     for i, key in enumerate(source.unique_key):
         if key not in columns:
-            yield Issue((*base, "unique_key", i), f"unique key column {key!r} is not among the source's columns")
+            yield Issue(
+                (*base, "unique_key", i), f"unique key column {key!r} is not among the source's columns"
+            )
     for cname, column in columns.items():
         where = (*base, "columns", cname)
         if column.closed and not column.values:
@@ -130,16 +137,28 @@ def _check_feature(
             )
             return
         if feature.agg in NUMERIC_AGGREGATIONS and column.type not in ("int64", "float64", "bool"):
-            yield Issue((*where, "column"), f"{feature.agg!r} needs a numeric column; {feature.column!r} is {column.type}")
+            yield Issue(
+                (*where, "column"),
+                f"{feature.agg!r} needs a numeric column; {feature.column!r} is {column.type}",
+            )
         if feature.agg == "latest" and column.type in ("date", "timestamp"):
-            yield Issue((*where, "agg"), f"'latest' of a {column.type} column is not a model input; use 'days_since'")
+            yield Issue(
+                (*where, "agg"), f"'latest' of a {column.type} column is not a model input; use 'days_since'"
+            )
         if feature.agg == "days_since" and column.type not in ("date", "timestamp"):
-            yield Issue((*where, "column"), f"'days_since' needs a date or timestamp column; {feature.column!r} is {column.type}")
+            yield Issue(
+                (*where, "column"),
+                f"'days_since' needs a date or timestamp column; {feature.column!r} is {column.type}",
+            )
     elif feature.column is not None:
-        yield Issue((*where, "column"), f"{feature.agg!r} counts records or uses their timestamps: remove 'column'")
+        yield Issue(
+            (*where, "column"), f"{feature.agg!r} counts records or uses their timestamps: remove 'column'"
+        )
     if source.kind == "snapshot":
         if feature.window is not None:
-            yield Issue((*where, "window"), "features of a snapshot source read the latest record: remove 'window'")
+            yield Issue(
+                (*where, "window"), "features of a snapshot source read the latest record: remove 'window'"
+            )
         if feature.filter is not None:
             yield Issue((*where, "filter"), "features of a snapshot source cannot have a filter")
     elif feature.filter is not None and filters:
@@ -151,12 +170,18 @@ def _check_feature(
 def _check_view(spec: ProjectSpec, vname: str, view: FeatureView, filters: bool) -> Iterable[Issue]:
     base = ("feature_views", vname)
     if view.entity not in spec.entities:
-        yield Issue((*base, "entity"), f"unknown entity {view.entity!r}; the spec declares {sorted(spec.entities)}")
+        yield Issue(
+            (*base, "entity"), f"unknown entity {view.entity!r}; the spec declares {sorted(spec.entities)}"
+        )
     source = spec.sources.get(view.source)
     if source is None:
-        yield Issue((*base, "source"), f"unknown source {view.source!r}; the spec declares {sorted(spec.sources)}")
+        yield Issue(
+            (*base, "source"), f"unknown source {view.source!r}; the spec declares {sorted(spec.sources)}"
+        )
     elif source.kind == "labels":
-        yield Issue((*base, "source"), f"source {view.source!r} holds labels; feature views read events or snapshots")
+        yield Issue(
+            (*base, "source"), f"source {view.source!r} holds labels; feature views read events or snapshots"
+        )
     elif view.entity in spec.entities:
         entity = spec.entities[view.entity]
         key = source.columns.get(entity.join_key)
@@ -171,7 +196,10 @@ def _check_view(spec: ProjectSpec, vname: str, view: FeatureView, filters: bool)
                 f"join key {entity.join_key!r} is {key.type} in source {view.source!r} but the entity's dtype is {entity.dtype}",
             )
         elif key.nullable:
-            yield Issue(("sources", view.source, "columns", entity.join_key, "nullable"), "a join key cannot be nullable")
+            yield Issue(
+                ("sources", view.source, "columns", entity.join_key, "nullable"),
+                "a join key cannot be nullable",
+            )
     if source is not None and source.kind == "snapshot" and view.filter is not None:
         yield Issue((*base, "filter"), "a view of a snapshot source cannot have a filter")
     elif source is not None and view.filter is not None and filters:
@@ -208,28 +236,51 @@ def _check_target(spec: ProjectSpec) -> Iterable[Issue]:
         return
     source = spec.sources.get(target.source)
     if source is None:
-        yield Issue(("target", "source"), f"unknown source {target.source!r}; the spec declares {sorted(spec.sources)}")
+        yield Issue(
+            ("target", "source"),
+            f"unknown source {target.source!r}; the spec declares {sorted(spec.sources)}",
+        )
         return
     if source.kind != "labels":
-        yield Issue(("target", "source"), f"source {target.source!r} is of kind {source.kind!r}; a target reads a labels source")
+        yield Issue(
+            ("target", "source"),
+            f"source {target.source!r} is of kind {source.kind!r}; a target reads a labels source",
+        )
     if target.column not in source.columns:
-        yield Issue(("target", "column"), f"column {target.column!r} is not a column of source {target.source!r}")
+        yield Issue(
+            ("target", "column"), f"column {target.column!r} is not a column of source {target.source!r}"
+        )
     elif target.task == "regression" and source.columns[target.column].type not in ("int64", "float64"):
-        yield Issue(("target", "column"), f"a regression target needs a numeric column; {target.column!r} is "
-                    f"{source.columns[target.column].type}")
+        yield Issue(
+            ("target", "column"),
+            f"a regression target needs a numeric column; {target.column!r} is "
+            f"{source.columns[target.column].type}",
+        )
     if target.timestamp is not None and target.timestamp not in source.columns:
-        yield Issue(("target", "timestamp"), f"column {target.timestamp!r} is not a column of source {target.source!r}")
+        yield Issue(
+            ("target", "timestamp"),
+            f"column {target.timestamp!r} is not a column of source {target.source!r}",
+        )
     if target.entity is not None:
         if target.entity not in spec.entities:
-            yield Issue(("target", "entity"), f"unknown entity {target.entity!r}; the spec declares {sorted(spec.entities)}")
+            yield Issue(
+                ("target", "entity"),
+                f"unknown entity {target.entity!r}; the spec declares {sorted(spec.entities)}",
+            )
         elif spec.entities[target.entity].join_key not in source.columns:
-            yield Issue(("target", "entity"), f"source {target.source!r} has no column "
-                        f"{spec.entities[target.entity].join_key!r} (join key of {target.entity!r})")
+            yield Issue(
+                ("target", "entity"),
+                f"source {target.source!r} has no column "
+                f"{spec.entities[target.entity].join_key!r} (join key of {target.entity!r})",
+            )
     else:
         held = [e for e, ent in spec.entities.items() if ent.join_key in source.columns]
         if len(held) != 1:
-            yield Issue(("target", "entity"), f"source {target.source!r} holds the join keys of {held or 'no entity'}; "
-                        "name the target's entity")
+            yield Issue(
+                ("target", "entity"),
+                f"source {target.source!r} holds the join keys of {held or 'no entity'}; "
+                "name the target's entity",
+            )
 
 
 def _check_model(spec: ProjectSpec) -> Iterable[Issue]:
@@ -238,9 +289,14 @@ def _check_model(spec: ProjectSpec) -> Iterable[Issue]:
         return
     task = spec.target.task if spec.target else None
     if task == "regression" and model.estimator == "logistic_regression":
-        yield Issue(("model", "estimator"), "logistic_regression is a classifier; the target's task is regression")
+        yield Issue(
+            ("model", "estimator"), "logistic_regression is a classifier; the target's task is regression"
+        )
     if task == "binary_classification" and model.estimator == "linear_regression":
-        yield Issue(("model", "estimator"), "linear_regression is a regressor; the target's task is binary_classification")
+        yield Issue(
+            ("model", "estimator"),
+            "linear_regression is a regressor; the target's task is binary_classification",
+        )
     refs: list[tuple[tuple, str]] = []
     if model.features.include != "all":
         refs += [(("model", "features", "include", i), r) for i, r in enumerate(model.features.include)]
@@ -281,19 +337,33 @@ def check_project(spec: ProjectSpec, filters: bool = True) -> list[Issue]:
     issues: list[Issue] = []
     if not spec.entities:
         issues.append(Issue(("entities",), "declare at least one entity"))
-    if isinstance(spec.partitions.end, type(spec.partitions.start)) and spec.partitions.end < spec.partitions.start:
-        issues.append(Issue(("partitions", "end"), f"end {spec.partitions.end} is before start {spec.partitions.start}"))
+    if (
+        isinstance(spec.partitions.end, type(spec.partitions.start))
+        and spec.partitions.end < spec.partitions.start
+    ):
+        issues.append(
+            Issue(("partitions", "end"), f"end {spec.partitions.end} is before start {spec.partitions.start}")
+        )
     folders: dict[str, str] = {}
     for name, source in spec.sources.items():
         issues += _check_source(name, source)
         folder = spec.landing_folder(name)
         if folder in folders:
-            issues.append(Issue(("sources", name, "landing"), f"landing folder {folder!r} is also used by source {folders[folder]!r}"))
+            issues.append(
+                Issue(
+                    ("sources", name, "landing"),
+                    f"landing folder {folder!r} is also used by source {folders[folder]!r}",
+                )
+            )
         folders[folder] = name
     for vname, view in spec.feature_views.items():
         issues += _check_view(spec, vname, view, filters)
         if vname in spec.sources:
-            issues.append(Issue(("feature_views", vname), f"{vname!r} is also a source's name; asset names must be unique"))
+            issues.append(
+                Issue(
+                    ("feature_views", vname), f"{vname!r} is also a source's name; asset names must be unique"
+                )
+            )
     issues += _check_unique_names(spec)
     issues += _check_target(spec)
     issues += _check_model(spec)
@@ -301,7 +371,11 @@ def check_project(spec: ProjectSpec, filters: bool = True) -> list[Issue]:
         if source not in spec.sources:
             issues.append(Issue(("monitoring", "population", "sources", i), f"unknown source {source!r}"))
         elif spec.sources[source].kind != "events":
-            issues.append(Issue(("monitoring", "population", "sources", i), f"source {source!r} is not an events source"))
+            issues.append(
+                Issue(
+                    ("monitoring", "population", "sources", i), f"source {source!r} is not an events source"
+                )
+            )
     for i, ref in enumerate(spec.monitoring.trend_features):
         try:
             resolve_feature(spec, ref)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +41,9 @@ class InitResult:
     notes: list[str]
 
     def summary(self) -> str:
-        lines = [f"wrote {self.path}: {len(self.sources)} source(s); edit it, then `mlops spec validate {self.path}`"]
+        lines = [
+            f"wrote {self.path}: {len(self.sources)} source(s); edit it, then `mlops spec validate {self.path}`"
+        ]
         for s in self.sources:
             lines.append(
                 f"  {s.name}: {s.kind}, {len(s.files)} file(s), timestamp {s.timestamp}, entity key {s.key}, "
@@ -79,7 +81,10 @@ def _column_type(values: pd.Series) -> str:
         return "float64"
     if text.str.fullmatch(r"\d{4}-\d{2}-\d{2}").all():
         return "date"
-    if text.str.match(r"\d{4}-\d{2}-\d{2}[ T]\d").all() and pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").notna().all():
+    if (
+        text.str.match(r"\d{4}-\d{2}-\d{2}[ T]\d").all()
+        and pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601").notna().all()
+    ):
         return "timestamp"
     if text.str.lower().isin(["true", "false"]).all():
         return "bool"
@@ -89,12 +94,16 @@ def _column_type(values: pd.Series) -> str:
 def infer_source(name: str, folder: Path) -> InferredSource:
     """Columns, types and a timestamp of one source folder (kind and key are decided across sources)."""
     files = sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".parquet", ".csv")
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".parquet", ".csv")
     )
     notes = []
     undated = [p.name for p in files if day_of_file(p.name) is None]
     if undated:
-        notes.append(f"files without a day (YYYY-MM-DD) in their name are not ingested: {', '.join(undated[:5])}")
+        notes.append(
+            f"files without a day (YYYY-MM-DD) in their name are not ingested: {', '.join(undated[:5])}"
+        )
     frames, votes, uniques = [], {}, {}
     for p in files:
         if day_of_file(p.name) is None:
@@ -116,7 +125,9 @@ def infer_source(name: str, folder: Path) -> InferredSource:
         kinds = votes.get(str(col)) or ["string"]
         ctype = max(set(kinds), key=kinds.count)  # most files agree; the others are coerced or quarantined
         if len(set(kinds)) > 1:
-            notes.append(f"column {col} reads as {ctype} in most files but as {sorted(set(kinds) - {ctype})} in others")
+            notes.append(
+                f"column {col} reads as {ctype} in most files but as {sorted(set(kinds) - {ctype})} in others"
+            )
         entry: dict = {"type": ctype}
         if frame[col].isna().any():
             entry["nullable"] = True
@@ -132,8 +143,11 @@ def infer_source(name: str, folder: Path) -> InferredSource:
     else:
         columns[timestamp].pop("nullable", None)
     unique = [  # an id unique in (nearly) every file: the record's key
-        c for c in columns
-        if (c.lower().endswith("_id") or c.lower() == "id") and uniques.get(c) and sum(uniques[c]) >= 0.9 * len(uniques[c])
+        c
+        for c in columns
+        if (c.lower().endswith("_id") or c.lower() == "id")
+        and uniques.get(c)
+        and sum(uniques[c]) >= 0.9 * len(uniques[c])
     ]
     source = InferredSource(name, files, "events", timestamp, columns, None, unique[:1], notes)
     source.frame = frame  # type: ignore[attr-defined]
@@ -196,10 +210,20 @@ def init_project(landing: Path, output: Path, name: str | None = None, force: bo
     sources = [infer_source(re.sub(r"\W", "_", f.name), f) for f in folders]
     notes: list[str] = []
     ids = [c for s in sources for c in s.columns if c.lower().endswith("_id") or c.lower() == "id"]
-    shared = [c for c in set(ids) if sum(c in s.columns for s in sources) == max(sum(i in s.columns for s in sources) for i in ids)] if ids else []
+    shared = (
+        [
+            c
+            for c in set(ids)
+            if sum(c in s.columns for s in sources) == max(sum(i in s.columns for s in sources) for i in ids)
+        ]
+        if ids
+        else []
+    )
     key = sorted(shared, key=lambda c: (any(c in s.unique_key for s in sources), c))[0] if shared else None
     if key is None:
-        raise ValueError("no entity key column (a column named *_id) found in the sources; add one to the files")
+        raise ValueError(
+            "no entity key column (a column named *_id) found in the sources; add one to the files"
+        )
     for s in sources:
         _decide(s, key)
     key_type = next(s.columns[key]["type"] for s in sources if key in s.columns)
@@ -208,7 +232,7 @@ def init_project(landing: Path, output: Path, name: str | None = None, force: bo
     spec: dict = {
         "name": name or re.sub(r"[^A-Za-z0-9_-]", "-", landing.resolve().parent.name or "project"),
         "description": "Starter spec written by `mlops init`: review every section.",
-        "partitions": {"start": days[0] if days else date.today().isoformat(), "end": "data"},
+        "partitions": {"start": days[0] if days else datetime.now(UTC).date().isoformat(), "end": "data"},
         "entities": {entity: {"join_key": key, "dtype": "int64" if key_type == "int64" else "string"}},
         "sources": {},
         "feature_views": {},
@@ -216,16 +240,27 @@ def init_project(landing: Path, output: Path, name: str | None = None, force: bo
     for s in sources:
         if key in s.columns and s.columns[key]["type"] != spec["entities"][entity]["dtype"]:
             s.columns[key]["type"] = spec["entities"][entity]["dtype"]
-        entry = {"kind": s.kind, "landing": s.name, "timestamp": s.timestamp or "CHANGE_ME", "columns": s.columns}
+        entry = {
+            "kind": s.kind,
+            "landing": s.name,
+            "timestamp": s.timestamp or "CHANGE_ME",
+            "columns": s.columns,
+        }
         if s.unique_key:
             entry["unique_key"] = s.unique_key
         spec["sources"][s.name] = entry
         if s.kind in ("events", "snapshot") and key in s.columns and s.timestamp:
-            spec["feature_views"][f"{s.name}_features"] = {"entity": entity, "source": s.name, "features": _features(s)}
+            spec["feature_views"][f"{s.name}_features"] = {
+                "entity": entity,
+                "source": s.name,
+                "features": _features(s),
+            }
     labels = [s for s in sources if s.kind == "labels" and key in s.columns and s.timestamp]
     if labels:
         label = labels[0]
-        numeric = [c for c, e in label.columns.items() if e["type"] in ("int64", "float64", "bool") and c != key]
+        numeric = [
+            c for c, e in label.columns.items() if e["type"] in ("int64", "float64", "bool") and c != key
+        ]
         if numeric:
             column = numeric[0]
             frame = label.frame  # type: ignore[attr-defined]
@@ -235,7 +270,9 @@ def init_project(landing: Path, output: Path, name: str | None = None, force: bo
             spec["model"] = {"name": f"{spec['name']}-model", "features": "all"}
             label.columns[column].pop("values", None)
     else:
-        notes.append("no labels source (a folder named *label*) found: add `target:` and `model:` to train a model")
+        notes.append(
+            "no labels source (a folder named *label*) found: add `target:` and `model:` to train a model"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     header = "# Starter spec written by `mlops init`. Schema: mlops_assets/spec/project.schema.json\n"
     output.write_text(header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))

@@ -93,7 +93,11 @@ def _pydantic_issues(error: ValidationError, data: Any) -> list[Issue]:
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
                 path.append(part)
                 node = node[part]
-            elif isinstance(part, str) and err["type"] in ("missing", "extra_forbidden") and part == err["loc"][-1]:
+            elif (
+                isinstance(part, str)
+                and err["type"] in ("missing", "extra_forbidden")
+                and part == err["loc"][-1]
+            ):
                 path.append(part)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
@@ -102,7 +106,9 @@ def _pydantic_issues(error: ValidationError, data: Any) -> list[Issue]:
             message = "unknown key (not part of the spec; see the JSON Schema)"
         elif err["type"] == "literal_error":
             message = f"got {err.get('input')!r}; {message[0].lower() + message[1:]}"
-        elif "input" in err and not isinstance(err["input"], dict | list) and repr(err["input"]) not in message:
+        elif (
+            "input" in err and not isinstance(err["input"], dict | list) and repr(err["input"]) not in message
+        ):
             message = f"{message} (got {err['input']!r})"
         issue = Issue(tuple(path), message)
         if issue not in issues:  # a union reports one error per member; keep distinct ones
@@ -132,7 +138,9 @@ def parse_spec(
         rest = []
     names = {str(p[-1]) for p in removed if p}
     for issue in rest:
-        reported = any(issue.path[: len(p)] == p for p in removed) or any(f"{n!r}" in issue.message for n in names)
+        reported = any(issue.path[: len(p)] == p for p in removed) or any(
+            f"{n!r}" in issue.message for n in names
+        )
         if not reported:
             issues.append(issue)
     raise SpecError(source, issues, lines)
@@ -173,7 +181,9 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise SpecError(str(path), [Issue((), f"{where}invalid YAML: {getattr(exc, 'problem', None) or exc}")]) from None
+        raise SpecError(
+            str(path), [Issue((), f"{where}invalid YAML: {getattr(exc, 'problem', None) or exc}")]
+        ) from None
     return data, (_line_map(node) if node is not None else {})
 
 

@@ -121,7 +121,11 @@ Days = Annotated[
     int,
     BeforeValidator(parse_days),
     PlainSerializer(lambda d: f"{d}d", return_type=str),
-    Field(json_schema_extra={"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\d+d$"}]}),
+    Field(
+        json_schema_extra={
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\d+d$"}]
+        }
+    ),
 ]
 
 
@@ -267,9 +271,9 @@ class Model(Frozen):
     """The registered model: its name, estimator, inputs, sensitive attributes and segments."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-    estimator: Literal["hist_gradient_boosting", "logistic_regression", "linear_regression", "random_forest"] = (
-        "hist_gradient_boosting"
-    )
+    estimator: Literal[
+        "hist_gradient_boosting", "logistic_regression", "linear_regression", "random_forest"
+    ] = "hist_gradient_boosting"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     features: Annotated[FeatureSelection, BeforeValidator(_selection_shorthand)] = FeatureSelection()
     sensitive: tuple[str, ...] = ()  # features used by fairness checks, never as inputs
@@ -360,7 +364,9 @@ class ProjectSpec(Frozen):
         try:
             return self.feature_views[name]
         except KeyError:
-            raise KeyError(f"no feature view {name!r}; the spec declares {sorted(self.feature_views)}") from None
+            raise KeyError(
+                f"no feature view {name!r}; the spec declares {sorted(self.feature_views)}"
+            ) from None
 
     def landing_folder(self, source: str) -> str:
         return self.source(source).landing or source

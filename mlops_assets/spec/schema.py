@@ -19,17 +19,26 @@ def json_schema() -> dict[str, Any]:
     columns = defs["Source"]["properties"]["columns"]
     column = {"anyOf": [{"enum": list(COLUMN_TYPES)}, {"$ref": "#/$defs/Column"}]}
     columns["additionalProperties"] = False
-    columns["patternProperties"] = {pattern: column for pattern in columns.get("patternProperties", {"^.*$": None})}
+    columns["patternProperties"] = {
+        pattern: column for pattern in columns.get("patternProperties", {"^.*$": None})
+    }
     # model features: "all", a list of references, or {include, tags, exclude}
     features = defs["Model"]["properties"]["features"]
     features.pop("$ref", None)
-    features["anyOf"] = [{"const": "all"}, {"type": "array", "items": {"type": "string"}}, {"$ref": "#/$defs/FeatureSelection"}]
+    features["anyOf"] = [
+        {"const": "all"},
+        {"type": "array", "items": {"type": "string"}},
+        {"$ref": "#/$defs/FeatureSelection"},
+    ]
     # a unique key may be one column name
     key = defs["Source"]["properties"]["unique_key"]
     key["anyOf"] = [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
     key.pop("type", None)
     key.pop("items", None)
-    for window in (defs["Feature"]["properties"]["window"], defs["Population"]["properties"]["active_within"]):
+    for window in (
+        defs["Feature"]["properties"]["window"],
+        defs["Population"]["properties"]["active_within"],
+    ):
         window.pop("type", None)
     ttl = defs["FeatureView"]["properties"]["ttl"]
     pattern = ttl.pop("pattern")

@@ -26,7 +26,13 @@ from mlops_assets.training.lifecycle import evaluate_challenger
 from mlops_assets.training.metrics import metric_names
 from mlops_assets.training.resources import MlflowResource
 from mlops_assets.training.task import ModelTask
-from mlops_assets.training.train import CODE_VERSION, TrainConfig, TrainResult, registered_result, train_and_log
+from mlops_assets.training.train import (
+    CODE_VERSION,
+    TrainConfig,
+    TrainResult,
+    registered_result,
+    train_and_log,
+)
 
 EVALUATION_LOGIC_VERSION = "2"
 PROMOTION_LOGIC_VERSION = "2"
@@ -78,7 +84,11 @@ def metrics_markdown(task: str, metrics: dict[str, float]) -> str:
     lines.append("|---" * (3 + len(baselines)) + "|")
     for name in metric_names(task):
         cells = [fmt(metrics.get(f"baseline_{b}_{name}")) for b in baselines]
-        lines.append(f"| {name} | {fmt(metrics.get(f'holdout_{name}'))} | {fmt(metrics.get(f'train_{name}'))} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {fmt(metrics.get(f'holdout_{name}'))} | {fmt(metrics.get(f'train_{name}'))} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -112,7 +122,9 @@ def gates_markdown(gates) -> str:
     lines = ["| gate | result | measured | threshold | detail |", "|---|---|---:|---:|---|"]
     for g in gates:
         verdict = {"pass": "pass", "fail": "**FAIL**", "not applicable": "skipped (not applicable)"}[g.status]
-        lines.append(f"| {g.name} | {verdict} | {fmt(g.measured)} | {fmt(g.threshold)} | {g.message.replace('|', '/')} |")
+        lines.append(
+            f"| {g.name} | {verdict} | {fmt(g.measured)} | {fmt(g.threshold)} | {g.message.replace('|', '/')} |"
+        )
     return "\n".join(lines)
 
 
@@ -122,7 +134,9 @@ def history_markdown(history: pd.DataFrame, tail: int = 10) -> str:
     for row in history.tail(tail).itertuples():
         previous = "none" if pd.isna(row.previous_version) else int(row.previous_version)
         run = "" if pd.isna(row.dagster_run_id) else str(row.dagster_run_id)[:8]
-        lines.append(f"| {row.at:%Y-%m-%d %H:%M:%S} | {row.action} | {row.version} | {previous} | {run} | {row.reason} |")
+        lines.append(
+            f"| {row.at:%Y-%m-%d %H:%M:%S} | {row.action} | {row.version} | {previous} | {run} | {row.reason} |"
+        )
     return "\n".join(lines)
 
 
@@ -142,7 +156,10 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         "Inputs all-null or constant on the training rows are dropped with the reason.",
     )
     def candidate_model(
-        context: dg.AssetExecutionContext, config: TrainingConfig, data: DataDirResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext,
+        config: TrainingConfig,
+        data: DataDirResource,
+        mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         current = runtime_project(project, data)
         frame, meta = FeatureStore(current).read_training_set()
@@ -182,7 +199,9 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
             "training_set_hash": result.training_set_hash,
             "model_sha256": result.model_sha256,
         }
-        return dg.MaterializeResult(data_version=dg.DataVersion(model_data_version(result)), metadata=metadata)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(model_data_version(result)), metadata=metadata
+        )
 
     @dg.multi_asset(
         specs=[
@@ -202,7 +221,10 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         name="evaluation_report",
     )
     def evaluation_report(
-        context: dg.AssetExecutionContext, config: EvaluationConfig, data: DataDirResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext,
+        config: EvaluationConfig,
+        data: DataDirResource,
+        mlflow: MlflowResource,
     ):
         current = runtime_project(project, data)
         candidate = latest_materialization(context.instance, "candidate_model")
@@ -231,13 +253,24 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
             latency_calls=config.latency_calls,
             origin=f"dagster run {context.run_id[:8]}",
         )
-        gates = [training_data_gate(g, problems, evidence) if g.name == "training_data_valid" else g for g in outcome.gates]
-        policy.record_gate_verdicts(client, mlflow.model_name, version, gates, outcome.report.champion_version,
-                                    f"dagster run {context.run_id[:8]}")
+        gates = [
+            training_data_gate(g, problems, evidence) if g.name == "training_data_valid" else g
+            for g in outcome.gates
+        ]
+        policy.record_gate_verdicts(
+            client,
+            mlflow.model_name,
+            version,
+            gates,
+            outcome.report.champion_version,
+            f"dagster run {context.run_id[:8]}",
+        )
         report, paths = outcome.report, outcome.paths
         summary = report.summary()
         failed = [g.name for g in gates if not g.passed]
-        against = f"champion v{report.champion_version}" if report.champion_version is not None else "no champion"
+        against = (
+            f"champion v{report.champion_version}" if report.champion_version is not None else "no champion"
+        )
         context.log.info(
             f"evaluated v{version} against {against}: {'FAILED ' + ', '.join(failed) if failed else 'every applicable gate passed'}"
         )
@@ -257,7 +290,13 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         yield dg.MaterializeResult(
             asset_key=EVALUATION_ASSET,
             data_version=dg.DataVersion(
-                combine_hashes([trained.model_sha256, str(report.champion_version), repr(gates_spec.model_dump(mode="json"))])
+                combine_hashes(
+                    [
+                        trained.model_sha256,
+                        str(report.champion_version),
+                        repr(gates_spec.model_dump(mode="json")),
+                    ]
+                )
             ),
             metadata=metadata,
             check_results=gate_check_results(gates, version, mlflow.model_name),
@@ -274,7 +313,10 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         "old champion stays as `previous-champion`; every move is in the promotion history.",
     )
     def promotion(
-        context: dg.AssetExecutionContext, config: PromotionConfig, data: DataDirResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext,
+        config: PromotionConfig,
+        data: DataDirResource,
+        mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         current = runtime_project(project, data)
         evaluation = latest_materialization(context.instance, EVALUATION_ASSET)
@@ -298,7 +340,9 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         history = history[history["model_name"] == mlflow.model_name]
         context.log.info(decision.reason)
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(f"champion-{champion.version}" if champion is not None else "no-champion"),
+            data_version=dg.DataVersion(
+                f"champion-{champion.version}" if champion is not None else "no-champion"
+            ),
             metadata={
                 "champion_version": int(champion.version) if champion is not None else "none",
                 "previous_champion": int(previous.version) if previous is not None else "none",

@@ -49,14 +49,23 @@ def upstream_checks(project: Project) -> tuple[dg.AssetCheckKey, ...]:
 
 def gate_check_specs() -> list[dg.AssetCheckSpec]:
     """One blocking check per quality gate on evaluation_report."""
-    return [dg.AssetCheckSpec(name, asset=EVALUATION_ASSET, blocking=True, description=GATE_DESCRIPTIONS[name]) for name in GATE_NAMES]
+    return [
+        dg.AssetCheckSpec(name, asset=EVALUATION_ASSET, blocking=True, description=GATE_DESCRIPTIONS[name])
+        for name in GATE_NAMES
+    ]
 
 
 def _metadata_number(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
+    return (
+        None
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
+        else round(float(value), 6)
+    )
 
 
-def gate_check_results(gates: Sequence[GateResult], challenger_version: int, model_name: str) -> list[dg.AssetCheckResult]:
+def gate_check_results(
+    gates: Sequence[GateResult], challenger_version: int, model_name: str
+) -> list[dg.AssetCheckResult]:
     """Check results of the gates that apply (the others are not emitted: Dagster shows them as skipped)."""
     results = []
     for gate in gates:
@@ -105,8 +114,12 @@ def training_data_findings(
             missing.append(label)
         elif evaluation.passed:
             evidence.append(f"{label} passed")
-        elif evaluation.severity == dg.AssetCheckSeverity.WARN:  # a warning (e.g. a coerced column) is not a failure
-            evidence.append(f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300])
+        elif (
+            evaluation.severity == dg.AssetCheckSeverity.WARN
+        ):  # a warning (e.g. a coerced column) is not a failure
+            evidence.append(
+                f"{label} warned in run {record.run_id[:8]}: {evaluation.description or ''}"[:300]
+            )
         else:
             detail = f": {evaluation.description}" if evaluation.description else ""
             problems.append(f"{label} failed in run {record.run_id[:8]}{detail}")
@@ -122,5 +135,9 @@ def training_data_gate(gate: GateResult, problems: Sequence[str], evidence: Sequ
     else:
         message = "training data passed validation (0 failures, allowed: 0): " + "; ".join(evidence)
     return dataclasses.replace(
-        gate, status=FAIL if problems else PASS, measured=float(len(problems)), threshold=0.0, message=message[:4000]
+        gate,
+        status=FAIL if problems else PASS,
+        measured=float(len(problems)),
+        threshold=0.0,
+        message=message[:4000],
     )

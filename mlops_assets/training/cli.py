@@ -12,12 +12,16 @@ from mlops_assets.training.tracking import TrackingConfig, client_for
 
 
 def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", default="manual rollback (mlops rollback)", help="recorded in the history")
+    parser.add_argument(
+        "--reason", default="manual rollback (mlops rollback)", help="recorded in the history"
+    )
 
 
 def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, required=True, help="registered version to promote")
-    parser.add_argument("--allow-rolled-back", action="store_true", help="re-promote a version rolled back since")
+    parser.add_argument(
+        "--allow-rolled-back", action="store_true", help="re-promote a version rolled back since"
+    )
 
 
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,9 @@ def rollback_command(args: argparse.Namespace, project: Project) -> int:
         champion = registry.alias_version(client_for(tracking), registry.CHAMPION, tracking.model_name)
         print(f"champion unchanged: {f'version {champion.version}' if champion else 'none'}")
         return 1
-    print(f"{tracking.model_name}: champion is now version {record.version} (was {record.previous_version}); reason: {record.reason}")
+    print(
+        f"{tracking.model_name}: champion is now version {record.version} (was {record.previous_version}); reason: {record.reason}"
+    )
     return 0
 
 
@@ -58,22 +64,33 @@ def promote_command(args: argparse.Namespace, project: Project) -> int:
     if record is None:
         print(f"not promoted: {decision.reason}")
         return 1
-    print(f"{tracking.model_name}: champion is now version {record.version} (was {record.previous_version}); {decision.reason}")
+    print(
+        f"{tracking.model_name}: champion is now version {record.version} (was {record.previous_version}); {decision.reason}"
+    )
     return 0
 
 
 def reproduce_command(version: int, project: Project, tolerance: float = 0.0) -> int:
     """Retrain ``version`` from its recorded inputs; print the max prediction difference; 1 if they differ."""
-    result = reproduce(version, ModelTask.from_project(project), tracking=TrackingConfig.for_project(project), tolerance=tolerance)
+    result = reproduce(
+        version,
+        ModelTask.from_project(project),
+        tracking=TrackingConfig.for_project(project),
+        tolerance=tolerance,
+    )
     print(
         f"{result.model_name} version {result.version}: retrained from its recorded training set, params "
         f"and seed; compared on {result.n_holdout} holdout rows"
     )
     print(f"max |difference| of scores: {result.max_abs_difference:.3g} (tolerance {result.tolerance:g})")
     if not result.code_matches:
-        print(f"note: recorded code version {result.recorded_code_version}, current {result.current_code_version}")
+        print(
+            f"note: recorded code version {result.recorded_code_version}, current {result.current_code_version}"
+        )
     if result.recorded_git_commit != result.current_git_commit:
-        print(f"note: recorded git commit {result.recorded_git_commit[:12]}, current {result.current_git_commit[:12]}")
+        print(
+            f"note: recorded git commit {result.recorded_git_commit[:12]}, current {result.current_git_commit[:12]}"
+        )
     if result.identical:
         print("reproduced: predictions are identical")
         return 0

@@ -90,7 +90,11 @@ class EvaluationReport:
 
     def bias_score(self, model: str = CHALLENGER) -> float | None:
         rows = self.fairness[self.fairness["model"] == model] if len(self.fairness) else self.fairness
-        values = [float(v) for v in rows["score"].tolist() if v is not None and math.isfinite(float(v))] if len(rows) else []
+        values = (
+            [float(v) for v in rows["score"].tolist() if v is not None and math.isfinite(float(v))]
+            if len(rows)
+            else []
+        )
         return max(values) if values else None
 
     def summary(self) -> dict[str, Any]:
@@ -131,8 +135,13 @@ class EvaluationReport:
 
     def to_markdown(self) -> str:
         """The report as markdown tables (numbers rounded to 4 significant digits)."""
-        models = [m for m in (CHALLENGER, CHAMPION) if m in self.metrics] + [f"baseline:{b}" for b in self.baselines]
-        label = {CHALLENGER: f"challenger v{self.challenger_version}", CHAMPION: f"champion v{self.champion_version}"}
+        models = [m for m in (CHALLENGER, CHAMPION) if m in self.metrics] + [
+            f"baseline:{b}" for b in self.baselines
+        ]
+        label = {
+            CHALLENGER: f"challenger v{self.challenger_version}",
+            CHAMPION: f"champion v{self.champion_version}",
+        }
         lines = [
             f"# Evaluation: {self.model_name} v{self.challenger_version} ({self.task})",
             "",
@@ -143,39 +152,61 @@ class EvaluationReport:
             "",
         ]
         if not self.has_champion:
-            lines += ["No champion yet: the challenger is judged against the baselines and absolute thresholds.", ""]
-        lines += ["## Quality", "", "| metric | " + " | ".join(label.get(m, m) for m in models) + " | challenger on training rows |"]
+            lines += [
+                "No champion yet: the challenger is judged against the baselines and absolute thresholds.",
+                "",
+            ]
+        lines += [
+            "## Quality",
+            "",
+            "| metric | " + " | ".join(label.get(m, m) for m in models) + " | challenger on training rows |",
+        ]
         lines.append("|---" * (len(models) + 2) + "|")
-        for name in [*metric_names(self.task), "base_rate" if self.task == "binary_classification" else "target_mean"]:
+        for name in [
+            *metric_names(self.task),
+            "base_rate" if self.task == "binary_classification" else "target_mean",
+        ]:
             cells = [fmt(self.metrics[m].get(name)) for m in models]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(self.train_metrics.get(name))} |")
         gap = self.overfit_gap()
-        lines += ["", f"Overfitting indicator (train minus holdout {self.metric}, positive = better on training rows): {fmt(gap)}", ""]
+        lines += [
+            "",
+            f"Overfitting indicator (train minus holdout {self.metric}, positive = better on training rows): {fmt(gap)}",
+            "",
+        ]
         lines += ["## Single-row latency (ms, challenger and champion measured interleaved)", ""]
         lines += ["| model | p50 | p99 | robust p99 (min of 3 per row) |", "|---|---:|---:|---:|"]
         for m in (CHALLENGER, CHAMPION):
             if m in self.latency_ms:
                 lat = self.latency_ms[m]
-                lines.append(f"| {label[m]} | {fmt(lat['p50'])} | {fmt(lat['p99'])} | {fmt(lat['robust_p99'])} |")
+                lines.append(
+                    f"| {label[m]} | {fmt(lat['p50'])} | {fmt(lat['p99'])} | {fmt(lat['robust_p99'])} |"
+                )
         lines += ["", "## Fairness", "", self.fairness_note, ""]
         if len(self.fairness):
             lines += ["| model | attribute | groups | score | detail |", "|---|---|---:|---:|---|"]
             for row in self.fairness.itertuples():
-                lines.append(f"| {label.get(row.model, row.model)} | {row.attribute} | {row.groups} | {fmt(row.score)} | {row.detail} |")
+                lines.append(
+                    f"| {label.get(row.model, row.model)} | {row.attribute} | {row.groups} | {fmt(row.score)} | {row.detail} |"
+                )
         lines += [
             "",
             "## Coverage",
             "",
             f"- rows scored: {fmt(self.row_coverage)}",
             f"- segments observed in the training set and scored in the holdout: {fmt(self.segment_coverage)} "
-            f"of {self.segments_checked}" + (f" (uncovered: {', '.join(self.uncovered_segments)})" if self.uncovered_segments else ""),
+            f"of {self.segments_checked}"
+            + (f" (uncovered: {', '.join(self.uncovered_segments)})" if self.uncovered_segments else ""),
             "",
             "## Golden cases",
             "",
         ]
         if self.golden:
             lines += ["| case | score | expectation | holds |", "|---|---:|---|---|"]
-            lines += [f"| {g.name} | {fmt(g.score)} | {g.expectation} | {'yes' if g.passed else 'NO'} |" for g in self.golden]
+            lines += [
+                f"| {g.name} | {fmt(g.score)} | {g.expectation} | {'yes' if g.passed else 'NO'} |"
+                for g in self.golden
+            ]
         else:
             lines.append("No golden cases declared in the spec (`gates.golden_cases`).")
         return "\n".join(lines) + "\n"
@@ -227,7 +258,9 @@ def measure_latency(
     if n == 0:
         raise ValueError("latency needs at least one row")
     timings = {name: np.empty((n_calls, repeats)) for name in names}
-    score = {name: getattr(model, "predict_proba", None) or model.predict for name, (model, _) in models.items()}
+    score = {
+        name: getattr(model, "predict_proba", None) or model.predict for name, (model, _) in models.items()
+    }
     with single_thread():
         for i in range(warmup):
             for name in names:
@@ -276,7 +309,13 @@ def fairness_rows(
     big = sizes[sizes >= min_group_size].index
     if len(big) < 2:
         detail = f"{len(sizes)} group(s), {len(big)} with at least {min_group_size} rows: not applicable"
-        return {"model": model, "attribute": attribute, "groups": int(len(big)), "score": None, "detail": detail}
+        return {
+            "model": model,
+            "attribute": attribute,
+            "groups": int(len(big)),
+            "score": None,
+            "detail": detail,
+        }
     part = frame[frame["g"].isin(big)]
     if task.is_classification:
         pred = (part["s"] >= task.threshold).astype(int)
@@ -302,7 +341,11 @@ def fairness_rows(
 
 
 def coverage(
-    scores: np.ndarray, holdout: pd.DataFrame, reference: pd.DataFrame, segments: Sequence[str], min_segment_rows: int = 1
+    scores: np.ndarray,
+    holdout: pd.DataFrame,
+    reference: pd.DataFrame,
+    segments: Sequence[str],
+    min_segment_rows: int = 1,
 ) -> tuple[float, float, list[str], int]:
     """(row coverage, segment coverage, uncovered segments, segments checked).
 
@@ -319,7 +362,11 @@ def coverage(
         counts = reference[attr].dropna().astype(str).value_counts()
         for value in sorted(counts[counts >= min_segment_rows].index):
             checked += 1
-            mask = (holdout[attr].astype(str) == value).to_numpy() if attr in holdout.columns else np.zeros(len(holdout), bool)
+            mask = (
+                (holdout[attr].astype(str) == value).to_numpy()
+                if attr in holdout.columns
+                else np.zeros(len(holdout), bool)
+            )
             if not (mask & scored).any():
                 uncovered.append(f"{attr}={value}")
     seg_cov = 1.0 - len(uncovered) / checked if checked else 1.0
@@ -329,7 +376,9 @@ def coverage(
 # ------------------------------------------------------------------------------------------- golden cases
 
 
-def check_golden(model: Any, cases: Sequence[GoldenCase], numeric: Sequence[str], categorical: Sequence[str]) -> list[GoldenResult]:
+def check_golden(
+    model: Any, cases: Sequence[GoldenCase], numeric: Sequence[str], categorical: Sequence[str]
+) -> list[GoldenResult]:
     """Score each declared case; a case holds when its score is in its range and above the cases it names."""
     if not cases:
         return []
@@ -349,7 +398,9 @@ def check_golden(model: Any, cases: Sequence[GoldenCase], numeric: Sequence[str]
             other = scores.get(case.higher_than)
             checks.append(other is not None and score > other)
             parts.append(f"> {case.higher_than} ({fmt(other)})")
-        results.append(GoldenResult(case.name, float(score), bool(all(checks)), ", ".join(parts) or "any score"))
+        results.append(
+            GoldenResult(case.name, float(score), bool(all(checks)), ", ".join(parts) or "any score")
+        )
     return results
 
 
@@ -378,7 +429,9 @@ def evaluate(
         raise ValueError("the holdout is empty")
     numeric_features, categorical_features = list(numeric_features), list(categorical_features)
     y = task.target_values(holdout)
-    models: dict[str, tuple[Any, pd.DataFrame]] = {CHALLENGER: (challenger, model_inputs(holdout, numeric_features, categorical_features))}
+    models: dict[str, tuple[Any, pd.DataFrame]] = {
+        CHALLENGER: (challenger, model_inputs(holdout, numeric_features, categorical_features))
+    }
     if champion is not None:
         num, cat = champion_features or (numeric_features, categorical_features)
         models[CHAMPION] = (champion, model_inputs(holdout, list(num), list(cat)))
@@ -393,11 +446,15 @@ def evaluate(
     for name, scores in (baselines or {}).items():
         metrics[f"baseline:{name}"] = task_metrics(task.kind, y, scores, task.threshold)
     train_inputs = model_inputs(train, numeric_features, categorical_features)
-    train_metrics = task_metrics(task.kind, task.target_values(train), predict_scores(challenger, train_inputs), task.threshold)
+    train_metrics = task_metrics(
+        task.kind, task.target_values(train), predict_scores(challenger, train_inputs), task.threshold
+    )
     latency = measure_latency(models, n_calls=latency_calls)
     present = [a for a in task.sensitive if a in holdout.columns]
     if not task.sensitive:
-        note = "No sensitive attributes declared in the spec (`model.sensitive`): the bias gate does not apply."
+        note = (
+            "No sensitive attributes declared in the spec (`model.sensitive`): the bias gate does not apply."
+        )
     elif not present:
         note = f"Sensitive attributes {list(task.sensitive)} are not in the training set: the bias gate does not apply."
     else:
@@ -427,4 +484,12 @@ def evaluate(
     )
 
 
-__all__ = ["BASELINE_METRICS", "CHALLENGER", "CHAMPION", "EvaluationReport", "evaluate", "fmt", "measure_latency"]
+__all__ = [
+    "BASELINE_METRICS",
+    "CHALLENGER",
+    "CHAMPION",
+    "EvaluationReport",
+    "evaluate",
+    "fmt",
+    "measure_latency",
+]

@@ -50,7 +50,13 @@ class GateResult:
         return self.status != NOT_APPLICABLE
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "measured": self.measured, "threshold": self.threshold, "message": self.message}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "measured": self.measured,
+            "threshold": self.threshold,
+            "message": self.message,
+        }
 
 
 def _verdict(ok: bool) -> str:
@@ -67,7 +73,13 @@ def _baseline_gate(report: EvaluationReport, g: Gates) -> GateResult:
             details.append(f"{metric} {fmt(challenger[metric])} vs {base} {fmt(values[metric])}")
             worst_margin = min(worst_margin, margin)
     if not details:
-        return GateResult("beats_baseline", NOT_APPLICABLE, None, g.min_baseline_improvement, "not applicable: no baseline was scored")
+        return GateResult(
+            "beats_baseline",
+            NOT_APPLICABLE,
+            None,
+            g.min_baseline_improvement,
+            "not applicable: no baseline was scored",
+        )
     ok = worst_margin > g.min_baseline_improvement
     rel = ">" if ok else "<="
     return GateResult(
@@ -80,14 +92,24 @@ def _baseline_gate(report: EvaluationReport, g: Gates) -> GateResult:
     )
 
 
-def evaluate_gates(report: EvaluationReport, gates: Gates | None = None, training_data_valid: bool = True) -> list[GateResult]:
+def evaluate_gates(
+    report: EvaluationReport, gates: Gates | None = None, training_data_valid: bool = True
+) -> list[GateResult]:
     """Judge the report with the spec's thresholds (defaults when ``gates`` is None)."""
     g = gates or Gates()
     results = [_baseline_gate(report, g)]
 
     drop = report.metric_drop()
     if drop is None:
-        results.append(GateResult("metric_vs_champion", NOT_APPLICABLE, None, g.max_metric_drop, "not applicable: no champion yet"))
+        results.append(
+            GateResult(
+                "metric_vs_champion",
+                NOT_APPLICABLE,
+                None,
+                g.max_metric_drop,
+                "not applicable: no champion yet",
+            )
+        )
     else:
         a, b = report.metrics[CHALLENGER][report.metric], report.metrics[CHAMPION][report.metric]
         ok = math.isfinite(drop) and drop <= g.max_metric_drop + 1e-12
@@ -104,13 +126,30 @@ def evaluate_gates(report: EvaluationReport, gates: Gates | None = None, trainin
 
     gap = report.overfit_gap()
     if g.max_overfit_gap is None or gap is None:
-        reason = "no `max_overfit_gap` in the spec: reported only" if gap is not None else "no train and holdout metric to compare"
-        results.append(GateResult("overfitting", NOT_APPLICABLE, gap, g.max_overfit_gap, f"not applicable: {reason} (train minus holdout {report.metric} {fmt(gap)})"))
+        reason = (
+            "no `max_overfit_gap` in the spec: reported only"
+            if gap is not None
+            else "no train and holdout metric to compare"
+        )
+        results.append(
+            GateResult(
+                "overfitting",
+                NOT_APPLICABLE,
+                gap,
+                g.max_overfit_gap,
+                f"not applicable: {reason} (train minus holdout {report.metric} {fmt(gap)})",
+            )
+        )
     else:
         ok = gap <= g.max_overfit_gap
         results.append(
-            GateResult("overfitting", _verdict(ok), gap, g.max_overfit_gap,
-                       f"train minus holdout {report.metric} {fmt(gap)} {'<=' if ok else '>'} max_overfit_gap {g.max_overfit_gap}")
+            GateResult(
+                "overfitting",
+                _verdict(ok),
+                gap,
+                g.max_overfit_gap,
+                f"train minus holdout {report.metric} {fmt(gap)} {'<=' if ok else '>'} max_overfit_gap {g.max_overfit_gap}",
+            )
         )
 
     lat = report.latency_ms[CHALLENGER]
@@ -126,16 +165,31 @@ def evaluate_gates(report: EvaluationReport, gates: Gates | None = None, trainin
 
     bias = report.bias_score()
     if bias is None:
-        reasons = "; ".join(f"{r.attribute}: {r.detail}" for r in report.fairness.itertuples() if r.model == CHALLENGER)
-        results.append(GateResult("bias", NOT_APPLICABLE, None, g.max_bias_score, f"not applicable: {reasons or report.fairness_note}"))
+        reasons = "; ".join(
+            f"{r.attribute}: {r.detail}" for r in report.fairness.itertuples() if r.model == CHALLENGER
+        )
+        results.append(
+            GateResult(
+                "bias",
+                NOT_APPLICABLE,
+                None,
+                g.max_bias_score,
+                f"not applicable: {reasons or report.fairness_note}",
+            )
+        )
     else:
         rows = report.fairness[(report.fairness["model"] == CHALLENGER) & report.fairness["score"].notna()]
         worst = rows.sort_values("score", ascending=False).iloc[0]
         ok = bias <= g.max_bias_score
         results.append(
-            GateResult("bias", _verdict(ok), bias, g.max_bias_score,
-                       f"bias score {fmt(bias)} (worst attribute {worst['attribute']}: {worst['detail']}) "
-                       f"{'<=' if ok else '>'} max_bias_score {g.max_bias_score}")
+            GateResult(
+                "bias",
+                _verdict(ok),
+                bias,
+                g.max_bias_score,
+                f"bias score {fmt(bias)} (worst attribute {worst['attribute']}: {worst['detail']}) "
+                f"{'<=' if ok else '>'} max_bias_score {g.max_bias_score}",
+            )
         )
 
     cov = report.test_coverage
@@ -143,10 +197,26 @@ def evaluate_gates(report: EvaluationReport, gates: Gates | None = None, trainin
     if report.uncovered_segments:
         msg += f", uncovered {', '.join(report.uncovered_segments[:10])}"
     ok = cov >= g.min_test_coverage
-    results.append(GateResult("test_coverage", _verdict(ok), cov, g.min_test_coverage, f"{msg} {'>=' if ok else '<'} min_test_coverage {g.min_test_coverage}"))
+    results.append(
+        GateResult(
+            "test_coverage",
+            _verdict(ok),
+            cov,
+            g.min_test_coverage,
+            f"{msg} {'>=' if ok else '<'} min_test_coverage {g.min_test_coverage}",
+        )
+    )
 
     if not report.golden:
-        results.append(GateResult("sanity", NOT_APPLICABLE, None, None, "not applicable: no golden cases declared in the spec (gates.golden_cases)"))
+        results.append(
+            GateResult(
+                "sanity",
+                NOT_APPLICABLE,
+                None,
+                None,
+                "not applicable: no golden cases declared in the spec (gates.golden_cases)",
+            )
+        )
     else:
         failed = [c.name for c in report.golden if not c.passed]
         n = len(report.golden)
@@ -156,8 +226,13 @@ def evaluate_gates(report: EvaluationReport, gates: Gates | None = None, trainin
         results.append(GateResult("sanity", _verdict(not failed), float(n - len(failed)), float(n), text))
 
     results.append(
-        GateResult("training_data_valid", _verdict(training_data_valid), float(not training_data_valid), 0.0,
-                   "training data passed validation" if training_data_valid else "training data failed validation")
+        GateResult(
+            "training_data_valid",
+            _verdict(training_data_valid),
+            float(not training_data_valid),
+            0.0,
+            "training data passed validation" if training_data_valid else "training data failed validation",
+        )
     )
     return results
 

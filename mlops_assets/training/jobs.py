@@ -14,7 +14,9 @@ ROLLBACK_JOB = "rollback_job"
 def build_retraining_job():
     return dg.define_asset_job(
         RETRAINING_JOB,
-        selection=dg.AssetSelection.assets("training_set", "candidate_model", "evaluation_report", "promotion"),
+        selection=dg.AssetSelection.assets(
+            "training_set", "candidate_model", "evaluation_report", "promotion"
+        ),
         description="Rebuild the training set, train (or reuse) the challenger, evaluate it against the champion "
         "and promote it through the promotion policy.",
         # A linear chain gains nothing from a process per step; each step process costs seconds of imports

@@ -58,11 +58,21 @@ def evaluate_challenger(
     if champion_mv is not None and int(champion_mv.version) != trained.version:
         champion = registry.load_model_version(client, champion_mv.version, model_name=tracking.model_name)
         params = client.get_run(champion.run_id).data.params
-        champion_features = (json.loads(params["numeric_features"]), json.loads(params["categorical_features"]))
+        champion_features = (
+            json.loads(params["numeric_features"]),
+            json.loads(params["categorical_features"]),
+        )
     train, holdout = time_split(task.trainable(training_set), config.holdout_fraction, task.time, task.entity)
     y_train, y_holdout = task.target_values(train), task.target_values(holdout)
     baselines = baseline_scores(
-        task.kind, train, holdout, y_train, y_holdout, entity=task.entity, time=task.time, observed=task.observed
+        task.kind,
+        train,
+        holdout,
+        y_train,
+        y_holdout,
+        entity=task.entity,
+        time=task.time,
+        observed=task.observed,
     )
     report = evaluate(
         task,
@@ -83,7 +93,13 @@ def evaluate_challenger(
     paths = report.save(reports_dir)
     verdicts = evaluate_gates(report, gates, training_data_valid)
     promotion.record_gate_verdicts(
-        client, tracking.model_name, trained.version, verdicts, report.champion_version, origin, report.summary()
+        client,
+        tracking.model_name,
+        trained.version,
+        verdicts,
+        report.champion_version,
+        origin,
+        report.summary(),
     )
     return EvaluationOutcome(report, paths, verdicts)
 
@@ -104,7 +120,12 @@ def run_lifecycle(
 ) -> LifecycleResult:
     """Train (or reuse), evaluate, gate, and promote through the one policy."""
     trained = train_and_log(
-        training_set, task, config, tracking=tracking, training_set_hash=training_set_hash, dagster_run_id=dagster_run_id
+        training_set,
+        task,
+        config,
+        tracking=tracking,
+        training_set_hash=training_set_hash,
+        dagster_run_id=dagster_run_id,
     )
     outcome = evaluate_challenger(
         trained,

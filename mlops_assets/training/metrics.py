@@ -47,12 +47,16 @@ def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]
         "mae": float(skm.mean_absolute_error(y_true, pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, pred))),
         "r2": float(skm.r2_score(y_true, pred)) if len(y_true) > 1 else float("nan"),
-        "mape": float(skm.mean_absolute_percentage_error(y_true, pred)) if nonzero and len(y_true) else float("nan"),
+        "mape": float(skm.mean_absolute_percentage_error(y_true, pred))
+        if nonzero and len(y_true)
+        else float("nan"),
         "target_mean": float(y_true.mean()) if len(y_true) else float("nan"),
     }
 
 
-def task_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def task_metrics(
+    task: str, y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     if task == "binary_classification":
         return classification_metrics(y_true, scores, threshold)
     return regression_metrics(y_true, scores)
@@ -82,17 +86,32 @@ def baseline_scores(
     history = pd.DataFrame(
         {
             "__key": np.concatenate([train[entity].to_numpy(), holdout[entity].to_numpy()]),
-            "__seen": pd.to_datetime(np.concatenate([train[observed].to_numpy(), holdout[observed].to_numpy()]), utc=True),
+            "__seen": pd.to_datetime(
+                np.concatenate([train[observed].to_numpy(), holdout[observed].to_numpy()]), utc=True
+            ),
             "__y": np.concatenate([y_train, y_holdout]).astype(float),
         }
     ).sort_values("__seen", kind="stable")
     rows = pd.DataFrame(
-        {"__key": holdout[entity].to_numpy(), "__t": pd.to_datetime(holdout[time], utc=True).to_numpy(), "__i": np.arange(len(holdout))}
+        {
+            "__key": holdout[entity].to_numpy(),
+            "__t": pd.to_datetime(holdout[time], utc=True).to_numpy(),
+            "__i": np.arange(len(holdout)),
+        }
     ).sort_values("__t", kind="stable")
     joined = pd.merge_asof(
-        rows, history, left_on="__t", right_on="__seen", by="__key", direction="backward", allow_exact_matches=False
+        rows,
+        history,
+        left_on="__t",
+        right_on="__seen",
+        by="__key",
+        direction="backward",
+        allow_exact_matches=False,
     ).sort_values("__i")
-    return {"mean": np.full(len(holdout), mean), "last_value": joined["__y"].fillna(mean).to_numpy(dtype=float)}
+    return {
+        "mean": np.full(len(holdout), mean),
+        "last_value": joined["__y"].fillna(mean).to_numpy(dtype=float),
+    }
 
 
 def _figure():
@@ -119,7 +138,9 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | P
     return _save(fig, plt, path)
 
 
-def plot_calibration(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, n_bins: int = 10) -> Path:
+def plot_calibration(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, n_bins: int = 10
+) -> Path:
     """Reliability diagram (mean predicted vs observed positive rate per score bin), one PNG."""
     from sklearn.calibration import calibration_curve
 
@@ -160,7 +181,9 @@ def plot_predicted_vs_actual(curves: Sequence[tuple[str, np.ndarray, np.ndarray]
     return _save(fig, plt, path)
 
 
-def task_plots(task: str, curves: Sequence[tuple[str, np.ndarray, np.ndarray]], folder: Path, stem: str) -> dict[str, Path]:
+def task_plots(
+    task: str, curves: Sequence[tuple[str, np.ndarray, np.ndarray]], folder: Path, stem: str
+) -> dict[str, Path]:
     """The task's two diagnostic plots: ROC + calibration, or residuals + predicted vs actual."""
     if task == "binary_classification":
         return {

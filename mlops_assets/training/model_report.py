@@ -36,13 +36,21 @@ DRIFT_PATTERN = re.compile(r"^drift_report_(\d{4}-\d{2}-\d{2})\.json$")
 
 ALIASES = ("champion", "challenger", "previous-champion")
 
+
 def compared(task: str) -> tuple[tuple[str, bool], ...]:
     """Rows of the side-by-side table for a task: (label, higher is better)."""
     from mlops_assets.training.metrics import metric_names
     from mlops_assets.training.task import HIGHER_IS_BETTER
 
     quality = tuple((m, m in HIGHER_IS_BETTER) for m in metric_names(task))
-    return (*quality, ("p50_latency_ms", False), ("p99_latency_ms", False), ("robust_p99_latency_ms", False), ("bias_score", False))
+    return (
+        *quality,
+        ("p50_latency_ms", False),
+        ("p99_latency_ms", False),
+        ("robust_p99_latency_ms", False),
+        ("bias_score", False),
+    )
+
 
 PASS, FAIL, SKIPPED, UNKNOWN = "pass", "FAIL", "skipped", "unknown"
 
@@ -366,20 +374,30 @@ def recomputed_gates(evaluation: Evaluation, gates_spec=None) -> list[GateRow]:
         metrics={k: {m: nan if v is None else v for m, v in d.items()} for k, d in data["metrics"].items()},
         train_metrics={m: nan if v is None else v for m, v in data.get("train_metrics", {}).items()},
         latency_ms=data["latency_ms"],
-        fairness=pd.DataFrame(data.get("fairness", []), columns=["model", "attribute", "groups", "score", "detail"]),
+        fairness=pd.DataFrame(
+            data.get("fairness", []), columns=["model", "attribute", "groups", "score", "detail"]
+        ),
         fairness_note=data.get("fairness_note", ""),
         row_coverage=float(summary["row_coverage"]),
         segment_coverage=float(summary["segment_coverage"]),
         uncovered_segments=list(data.get("uncovered_segments", [])),
         segments_checked=int(data.get("segments_checked", 0)),
-        golden=[GoldenResult(g["name"], g["score"], g["passed"], g.get("expectation", "")) for g in data.get("golden", [])],
+        golden=[
+            GoldenResult(g["name"], g["score"], g["passed"], g.get("expectation", ""))
+            for g in data.get("golden", [])
+        ],
     )
     rows = []
     for gate in evaluate_gates(report, gates_spec):
         if gate.name == "training_data_valid":
             rows.append(
-                GateRow(gate.name, UNKNOWN, None, None,
-                        "not recorded in the saved evaluation: the Dagster instance that ran it holds this gate")
+                GateRow(
+                    gate.name,
+                    UNKNOWN,
+                    None,
+                    None,
+                    "not recorded in the saved evaluation: the Dagster instance that ran it holds this gate",
+                )
             )
             continue
         status = SKIPPED if gate.status == NOT_APPLICABLE else (PASS if gate.passed else FAIL)

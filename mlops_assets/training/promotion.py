@@ -35,19 +35,31 @@ class PromotionDecision:
 
 
 def record_gate_verdicts(
-    client, model_name: str, version: int, gates: Sequence, champion_version: int | None, origin: str, summary: Mapping[str, Any] | None = None
+    client,
+    model_name: str,
+    version: int,
+    gates: Sequence,
+    champion_version: int | None,
+    origin: str,
+    summary: Mapping[str, Any] | None = None,
 ) -> None:
     """Write an evaluation's verdicts on the version (tags and a readable description) for the policy to read."""
     verdicts = {g.name: g.status for g in gates}
     client.set_model_version_tag(model_name, str(version), GATES_TAG, json.dumps(verdicts, sort_keys=True))
-    client.set_model_version_tag(model_name, str(version), EVALUATED_AGAINST_TAG, str(champion_version) if champion_version is not None else "none")
+    client.set_model_version_tag(
+        model_name,
+        str(version),
+        EVALUATED_AGAINST_TAG,
+        str(champion_version) if champion_version is not None else "none",
+    )
     client.set_model_version_tag(model_name, str(version), EVALUATION_RUN_TAG, origin)
     failed = [g.name for g in gates if not g.passed]
     skipped = [g.name for g in gates if not g.applies]
     lines = [
         f"Evaluated against {'champion v' + str(champion_version) if champion_version is not None else 'no champion'} "
         f"({origin}): {'FAILED ' + ', '.join(failed) if failed else 'every applicable quality gate passed'}"
-        + (f"; not applicable: {', '.join(skipped)}" if skipped else "") + ".",
+        + (f"; not applicable: {', '.join(skipped)}" if skipped else "")
+        + ".",
         "",
         "| gate | result | detail |",
         "|---|---|---|",
@@ -70,16 +82,24 @@ def decide(client, model_name: str, version: int, *, allow_rolled_back: bool = F
     if champion is not None and int(champion.version) == int(version):
         return PromotionDecision(version, False, f"version {version} is already the champion; nothing moved")
     if GATES_TAG not in tags:
-        return PromotionDecision(version, False, f"version {version} has no recorded evaluation; evaluate it first", ("not_evaluated",))
+        return PromotionDecision(
+            version,
+            False,
+            f"version {version} has no recorded evaluation; evaluate it first",
+            ("not_evaluated",),
+        )
     verdicts = json.loads(tags[GATES_TAG])
     failed = tuple(name for name, status in verdicts.items() if status == "fail")
     if failed:
-        return PromotionDecision(version, False, f"version {version} failed {', '.join(failed)}; not promoting", failed)
+        return PromotionDecision(
+            version, False, f"version {version} failed {', '.join(failed)}; not promoting", failed
+        )
     against = tags.get(EVALUATED_AGAINST_TAG, "none")
     current = str(champion.version) if champion is not None else "none"
     if against != current:
         return PromotionDecision(
-            version, False,
+            version,
+            False,
             f"version {version} was evaluated against champion {against}, but the champion is now {current}; "
             "evaluate it again against the current champion",
             ("stale_evaluation",),
@@ -87,14 +107,17 @@ def decide(client, model_name: str, version: int, *, allow_rolled_back: bool = F
     rolled = rolled_back_since_promotion(tags)
     if rolled and not allow_rolled_back:
         return PromotionDecision(
-            version, False,
+            version,
+            False,
             f"version {version} passed its gates but was rolled back at {rolled}; not re-promoted (allow_rolled_back overrides)",
             ("rolled_back",),
         )
     passed = [n for n, s in verdicts.items() if s == "pass"]
     skipped = [n for n, s in verdicts.items() if s == "not applicable"]
     judged = f"against champion v{against}" if against != "none" else "with no champion yet"
-    reason = f"{len(passed)} quality gates passed {judged} (evaluation {tags.get(EVALUATION_RUN_TAG, 'unknown')})"
+    reason = (
+        f"{len(passed)} quality gates passed {judged} (evaluation {tags.get(EVALUATION_RUN_TAG, 'unknown')})"
+    )
     if skipped:
         reason += f"; not applicable: {', '.join(skipped)}"
     return PromotionDecision(version, True, reason)

@@ -87,7 +87,9 @@ def instance_gate_lookup(instance) -> GateLookup:
             evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
             if evaluation is None or record.run_id != entry.run_id:
                 # a gate that does not apply is not emitted: the evaluation's gate table says why
-                rows.append(GateRow(name, SKIPPED, None, None, "not applicable (see the evaluation's gate table)"))
+                rows.append(
+                    GateRow(name, SKIPPED, None, None, "not applicable (see the evaluation's gate table)")
+                )
                 continue
             meta = {k: v.value for k, v in evaluation.metadata.items()}
             status = PASS if evaluation.passed else FAIL

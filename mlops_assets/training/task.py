@@ -42,7 +42,9 @@ class ModelTask:
     candidates: tuple[str, ...] = ()  # model inputs the spec selects, in spec order
     categorical: frozenset[str] = frozenset()  # which candidates are categorical (string / bool)
     metric: str = ""  # champion comparison metric
-    train_from: pd.Timestamp | None = None  # labels read earlier are not training rows (the spec's model.warmup)
+    train_from: pd.Timestamp | None = (
+        None  # labels read earlier are not training rows (the spec's model.warmup)
+    )
 
     @property
     def is_classification(self) -> bool:
@@ -60,7 +62,10 @@ class ModelTask:
         model, target = spec.model, spec.target
         sensitive = tuple(resolve_feature(spec, ref)[1] for ref in model.sensitive)
         sensitive += tuple(
-            name for v in spec.feature_views.values() for name, f in v.features.items() if f.sensitive and name not in sensitive
+            name
+            for v in spec.feature_views.values()
+            for name, f in v.features.items()
+            if f.sensitive and name not in sensitive
         )
         selection = model.features
         owners = {name: vname for vname, v in spec.feature_views.items() for name in v.features}
@@ -106,7 +111,9 @@ class ModelTask:
             categorical=categorical,
             metric=gates_metric,
             train_from=(
-                pd.Timestamp(spec.partitions.start, tz="UTC") + pd.Timedelta(days=model.warmup) if model.warmup else None
+                pd.Timestamp(spec.partitions.start, tz="UTC") + pd.Timedelta(days=model.warmup)
+                if model.warmup
+                else None
             ),
         )
 

@@ -59,7 +59,10 @@ class TrackingConfig:
     def for_project(cls, project, tracking_uri: str = "") -> TrackingConfig:
         """The tracking layout of a project: its data root, model name and (as the experiment) its name."""
         return cls.for_data_root(
-            project.paths.root, model_name=project.model_name, experiment_name=project.name, tracking_uri=tracking_uri
+            project.paths.root,
+            model_name=project.model_name,
+            experiment_name=project.name,
+            tracking_uri=tracking_uri,
         )
 
 

@@ -105,7 +105,9 @@ class TrainResult:
     model: Any = None  # the fitted pipeline when trained in this call
 
 
-def params_hash(config: TrainConfig, task: ModelTask, numeric: Sequence[str], categorical: Sequence[str]) -> str:
+def params_hash(
+    config: TrainConfig, task: ModelTask, numeric: Sequence[str], categorical: Sequence[str]
+) -> str:
     """Hash of everything besides data and code that decides the model: config, task and inputs."""
     payload = config.to_dict() | {
         "task": task.kind,
@@ -127,17 +129,23 @@ def validate_training_set(df: pd.DataFrame, task: ModelTask) -> None:
         raise ValueError(f"{task.time!r} must be a UTC-aware timestamp column, got {df[task.time].dtype}")
     y = task.target_values(df)
     if task.is_classification and len(np.unique(y)) < 2:
-        raise ValueError(f"target {task.label!r} holds a single class ({int(y[0]) if len(y) else 'none'}): nothing to learn")
+        raise ValueError(
+            f"target {task.label!r} holds a single class ({int(y[0]) if len(y) else 'none'}): nothing to learn"
+        )
 
 
-def time_split(df: pd.DataFrame, holdout_fraction: float, time_column: str, entity_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def time_split(
+    df: pd.DataFrame, holdout_fraction: float, time_column: str, entity_column: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split by label day: earlier days train, the latest days (about ``holdout_fraction`` of rows) hold out."""
     if df.empty:
         raise ValueError("cannot split an empty training set")
     days = df[time_column].dt.tz_convert("UTC").dt.floor("D")
     counts = days.value_counts().sort_index()
     if len(counts) < 2:
-        raise ValueError(f"a time split needs labels on at least two days; all labels fall on {counts.index[0]}")
+        raise ValueError(
+            f"a time split needs labels on at least two days; all labels fall on {counts.index[0]}"
+        )
     from_end = counts[::-1].cumsum()
     target = holdout_fraction * len(df)
     n_days = int(np.searchsorted(from_end.to_numpy(), target) + 1)
@@ -150,7 +158,9 @@ def time_split(df: pd.DataFrame, holdout_fraction: float, time_column: str, enti
     return train, holdout
 
 
-def model_inputs(df: pd.DataFrame, numeric_features: Sequence[str], categorical_features: Sequence[str]) -> pd.DataFrame:
+def model_inputs(
+    df: pd.DataFrame, numeric_features: Sequence[str], categorical_features: Sequence[str]
+) -> pd.DataFrame:
     """The model's input frame: numeric features as float64, categorical as strings (missing as NaN)."""
     out = pd.DataFrame(index=df.index)
     for col in numeric_features:
@@ -187,10 +197,14 @@ def build_estimator(config: TrainConfig, task_kind: str):
         return LogisticRegression(random_state=config.seed, **{"max_iter": 1000} | params)
     from sklearn.linear_model import Ridge
 
-    return Ridge(**{"alpha": 1.0} | params)  # linear regression with a little shrinkage: stable on collinear inputs
+    return Ridge(
+        **{"alpha": 1.0} | params
+    )  # linear regression with a little shrinkage: stable on collinear inputs
 
 
-def build_pipeline(config: TrainConfig, task_kind: str, numeric_features: Sequence[str], categorical_features: Sequence[str]):
+def build_pipeline(
+    config: TrainConfig, task_kind: str, numeric_features: Sequence[str], categorical_features: Sequence[str]
+):
     """Preprocessing (impute + scale numeric, impute + one-hot categorical) followed by the estimator."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -200,13 +214,19 @@ def build_pipeline(config: TrainConfig, task_kind: str, numeric_features: Sequen
     transformers = []
     if numeric_features:
         numeric = Pipeline(
-            [("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler())]
+            [
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("scale", StandardScaler()),
+            ]
         )
         transformers.append(("numeric", numeric, list(numeric_features)))
     if categorical_features:
         categorical = Pipeline(
             [
-                ("impute", SimpleImputer(strategy="constant", fill_value="missing", keep_empty_features=True)),
+                (
+                    "impute",
+                    SimpleImputer(strategy="constant", fill_value="missing", keep_empty_features=True),
+                ),
                 ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
             ]
         )
@@ -296,7 +316,9 @@ def skops_trusted_types(model: Any) -> list[str]:
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
     unexpected = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
     if unexpected:
-        raise TypeError(f"the pipeline holds types outside scikit-learn/numpy that skops would load: {unexpected}")
+        raise TypeError(
+            f"the pipeline holds types outside scikit-learn/numpy that skops would load: {unexpected}"
+        )
     return sorted(untrusted)
 
 
@@ -310,7 +332,9 @@ def find_cached_version(client, model_name: str, training_set_hash: str, params_
     return max(versions, key=lambda v: int(v.version), default=None)
 
 
-def permutation_importance_frame(model: Any, inputs: pd.DataFrame, y: np.ndarray, task: ModelTask, seed: int, n_repeats: int = 5) -> pd.DataFrame:
+def permutation_importance_frame(
+    model: Any, inputs: pd.DataFrame, y: np.ndarray, task: ModelTask, seed: int, n_repeats: int = 5
+) -> pd.DataFrame:
     """Mean and spread of the score drop when each input feature is shuffled on the holdout."""
     from sklearn.inspection import permutation_importance
 
@@ -319,9 +343,15 @@ def permutation_importance_frame(model: Any, inputs: pd.DataFrame, y: np.ndarray
     else:
         scoring = "neg_mean_absolute_error"
     with single_thread():
-        result = permutation_importance(model, inputs, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1)
+        result = permutation_importance(
+            model, inputs, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1
+        )
     frame = pd.DataFrame(
-        {"feature": list(inputs.columns), "importance_mean": result.importances_mean, "importance_std": result.importances_std}
+        {
+            "feature": list(inputs.columns),
+            "importance_mean": result.importances_mean,
+            "importance_std": result.importances_std,
+        }
     )
     return frame.sort_values("importance_mean", ascending=False).reset_index(drop=True)
 
@@ -418,12 +448,22 @@ def train_and_log(
     y_holdout = task.target_values(holdout)
     holdout_scores = predict_scores(model, x_holdout)
     holdout_metrics = task_metrics(task.kind, y_holdout, holdout_scores, config.threshold)
-    train_metrics = task_metrics(task.kind, y_train, predict_scores(model, model_inputs(train, numeric, categorical)), config.threshold)
+    train_metrics = task_metrics(
+        task.kind, y_train, predict_scores(model, model_inputs(train, numeric, categorical)), config.threshold
+    )
     baselines = baseline_scores(
-        task.kind, train, holdout, y_train, y_holdout, entity=task.entity, time=task.time, observed=task.observed
+        task.kind,
+        train,
+        holdout,
+        y_train,
+        y_holdout,
+        entity=task.entity,
+        time=task.time,
+        observed=task.observed,
     )
     baseline_metrics = {
-        name: task_metrics(task.kind, y_holdout, scores, config.threshold) for name, scores in baselines.items()
+        name: task_metrics(task.kind, y_holdout, scores, config.threshold)
+        for name, scores in baselines.items()
     }
     holdout_start = holdout[task.time].min()
     commit, dirty = git_state(git_root)
@@ -499,10 +539,18 @@ def train_and_log(
 
         from mlops_assets.training.metrics import plot_importance, task_plots
 
-        importance = permutation_importance_frame(model, x_holdout, y_holdout, task, config.seed, importance_repeats)
+        importance = permutation_importance_frame(
+            model, x_holdout, y_holdout, task, config.seed, importance_repeats
+        )
         importance.to_csv(tmp / "permutation_importance.csv", index=False)
-        plot_importance(importance, tmp / "permutation_importance.png", "ROC AUC" if task.is_classification else "MAE (negated)")
-        plots = task_plots(task.kind, [(f"{config.model_type} (holdout)", y_holdout, holdout_scores)], tmp, "holdout")
+        plot_importance(
+            importance,
+            tmp / "permutation_importance.png",
+            "ROC AUC" if task.is_classification else "MAE (negated)",
+        )
+        plots = task_plots(
+            task.kind, [(f"{config.model_type} (holdout)", y_holdout, holdout_scores)], tmp, "holdout"
+        )
         mlflow.log_artifact(str(tmp / "permutation_importance.csv"))
         for path in [tmp / "permutation_importance.png", *plots.values()]:
             mlflow.log_artifact(str(path), artifact_path="plots")
@@ -519,12 +567,16 @@ def train_and_log(
             skops_trusted_types=skops_trusted_types(model),
             pyfunc_predict_fn="predict_proba" if task.is_classification else "predict",
         )
-        local_model = mlflow.artifacts.download_artifacts(artifact_uri=info.artifact_path, dst_path=str(tmp / "model_copy"))
+        local_model = mlflow.artifacts.download_artifacts(
+            artifact_uri=info.artifact_path, dst_path=str(tmp / "model_copy")
+        )
         model_sha = registry.model_artifact_sha256(local_model)
         mlflow.set_tag(registry.MODEL_SHA256_TAG, model_sha)
         run_id = run.info.run_id
         with contextlib.suppress(Exception):  # metrics on the LoggedModel itself (MLflow 3 lineage)
-            mlflow.log_metrics({f"holdout_{k}": v for k, v in finite(holdout_metrics).items()}, model_id=info.model_id)
+            mlflow.log_metrics(
+                {f"holdout_{k}": v for k, v in finite(holdout_metrics).items()}, model_id=info.model_id
+            )
 
     version_tags = {
         "training_set_hash": training_set_hash,
@@ -537,7 +589,9 @@ def train_and_log(
         "model_type": config.model_type,
         "task": task.kind,
     }
-    mv = client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id)
+    mv = client.create_model_version(
+        model_name, source=info.model_uri, run_id=run_id, tags=version_tags, model_id=info.model_id
+    )
     client.set_registered_model_alias(model_name, registry.CHALLENGER, mv.version)
     mv = client.get_model_version(model_name, mv.version)
     return _result_from_version(mv, client, cached=False, model=model)

@@ -75,7 +75,9 @@ def simulate(
 ) -> Summary:
     """Write ``days`` days of landing files for ``size`` stations under ``out`` (trips/, stations/, demand/)."""
     if days < 8 + LABEL_DELAY_DAYS or size < 1:
-        raise ValueError(f"need at least {8 + LABEL_DELAY_DAYS} days and 1 station, got days={days}, size={size}")
+        raise ValueError(
+            f"need at least {8 + LABEL_DELAY_DAYS} days and 1 station, got days={days}, size={size}"
+        )
     first = date.fromisoformat(start)
     out = Path(out)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
@@ -84,7 +86,9 @@ def simulate(
     district = rng.integers(0, len(DISTRICTS), size)
     capacity = rng.integers(10, 41, size)
     rate = np.exp(rng.normal(np.log(14.0), 0.5, size)) * (capacity / 25.0)
-    opened = np.where(rng.random(size) < 0.85, -rng.integers(30, 1500, size), rng.integers(5, max(6, days // 2), size))
+    opened = np.where(
+        rng.random(size) < 0.85, -rng.integers(30, 1500, size), rng.integers(5, max(6, days // 2), size)
+    )
     weather = np.zeros(days)
     for d in range(1, days):
         weather[d] = 0.5 * weather[d - 1] + rng.normal(0.0, 0.05)
