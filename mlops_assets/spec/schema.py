@@ -38,6 +38,7 @@ def json_schema() -> dict[str, Any]:
     for window in (
         defs["Feature"]["properties"]["window"],
         defs["Population"]["properties"]["active_within"],
+        defs["Model"]["properties"]["warmup"],
     ):
         window.pop("type", None)
     ttl = defs["FeatureView"]["properties"]["ttl"]
