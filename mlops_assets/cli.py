@@ -152,11 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mlops_assets.monitoring.report import drift_command
 
         return drift_command(argv[1:])
+    from mlops_assets.training.tracking import RegistryUnavailable
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RegistryUnavailable) as exc:
         print(f"mlops {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,9 @@
-"""`mlops rollback` and `mlops reproduce --version N`: the registry commands the main CLI dispatches to."""
+"""`mlops rollback` and `mlops reproduce --version N`: the registry commands the main CLI dispatches to.
+
+Neither creates an MLflow store: when it is missing, unreadable or unreachable they raise
+:class:`~mlops_assets.training.tracking.RegistryUnavailable`, which `mlops` reports (naming the file or
+URI) with exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 from mlops_assets.settings import data_paths
 from mlops_assets.training import registry
 from mlops_assets.training.reproduce import reproduce
-from mlops_assets.training.tracking import MODEL_NAME, TrackingConfig, client_for
+from mlops_assets.training.tracking import MODEL_NAME, TrackingConfig, registry_client
 
 
 def _tracking(model_name: str, data_dir: str | Path | None) -> TrackingConfig:
@@ -30,21 +35,25 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def rollback_command(args: argparse.Namespace) -> int:
-    """Restore the previous champion in one step; 0 on success, 1 when there is nothing to roll back to."""
+    """Restore the previous champion in one step; 0 on success, 1 when there is nothing to roll back to.
+
+    Raises ``RegistryUnavailable`` (nothing created) when the registry is missing or unreadable.
+    """
     model_name = getattr(args, "model_name", None) or MODEL_NAME
     reason = getattr(args, "reason", None) or "manual rollback (mlops rollback)"
     data_dir = getattr(args, "data_dir", None)
     tracking = _tracking(model_name, data_dir)
+    client = registry_client(tracking)
     try:
         record = registry.rollback(
-            client_for(tracking),
+            client,
             reason,
             model_name=model_name,
             history_path=registry.default_history_path(data_paths(data_dir).root),
         )
     except registry.RegistryError as exc:
         print(f"rollback refused: {exc}")
-        champion = registry.alias_version(client_for(tracking), registry.CHAMPION, model_name)
+        champion = registry.alias_version(client, registry.CHAMPION, model_name)
         print(f"champion unchanged: {f'version {champion.version}' if champion else 'none'}")
         return 1
     print(
