@@ -276,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mlops_assets.monitoring.report import drift_command
 
         return drift_command(argv[1:])
+    from mlops_assets.training.tracking import RegistryUnavailable
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from mlops_assets.project import ProjectConfigError
@@ -286,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (ProjectConfigError, ValueError, FileNotFoundError) as exc:
+    except (ProjectConfigError, ValueError, FileNotFoundError, RegistryUnavailable) as exc:
         print(f"mlops {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

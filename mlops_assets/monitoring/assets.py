@@ -162,11 +162,20 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
         days = list(context.partition_keys)
         settings = config.settings()
         current = runtime_project(project, data)
-        champion = load_champion_reference(current, mlflow.tracking)
+        from mlops_assets.training.tracking import RegistryUnavailable
+
+        missing_store = ""
+        try:
+            champion = load_champion_reference(current, mlflow.tracking)
+        except RegistryUnavailable as exc:
+            if not exc.missing:
+                raise  # an unreadable or unreachable store fails the run, naming its file or URI
+            champion, missing_store = None, exc.reason  # nothing trained yet (or the store was lost): say which
         if champion is None:
+            why = missing_store or f"{mlflow.model_name!r} has no version with alias 'champion'"
             message = (
-                f"no champion: {mlflow.model_name!r} has no version with alias 'champion', so there is no "
-                "reference to compare with; run retraining_job to train and promote one"
+                f"no champion: {why}, so there is no reference to compare with; run retraining_job to train "
+                "and promote one"
             )
             context.log.warning(message)
             for day in days:

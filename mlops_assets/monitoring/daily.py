@@ -156,16 +156,17 @@ def _read_run_training_set(client, run_id: str) -> pd.DataFrame | None:
 
 
 def load_champion_reference(project: Project, tracking=None) -> ChampionReference | None:
-    """The champion (hash-verified) with its reference data and training-time metrics; None without champion."""
+    """The champion (hash-verified) with its reference data and training-time metrics; None without champion.
+
+    Raises :class:`~mlops_assets.training.tracking.RegistryUnavailable` (creating nothing) when the MLflow
+    store is missing, unreadable or unreachable.
+    """
     from mlops_assets.training import registry
-    from mlops_assets.training.tracking import TrackingConfig, client_for, sqlite_path
+    from mlops_assets.training.tracking import TrackingConfig, registry_client
 
     task = ModelTask.from_project(project)
     tracking = tracking or TrackingConfig.for_project(project)
-    db = sqlite_path(tracking.tracking_uri)
-    if db is not None and not db.exists():
-        return None
-    client = client_for(tracking)
+    client = registry_client(tracking)
     mv = registry.alias_version(client, registry.CHAMPION, tracking.model_name)
     if mv is None:
         return None

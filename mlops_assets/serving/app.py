@@ -5,6 +5,15 @@
 (the MLflow registry by alias by default, hash-verified) and are swapped in by a background
 poller; features come from a :class:`FeatureSource` (the online store by default) unless the
 request carries them.
+
+HTTP contract of ``POST /predict``: a body declared as anything but ``application/json`` or
+``application/*+json`` is a 415 (a request without ``Content-Type`` is read as JSON; its body must
+still parse, or it is a 422). A categorical value the served model's one-hot encoder never saw is a
+422 naming the feature, the value and the known categories, or with
+``unknown_category="warn"`` (``$MLOPS_UNKNOWN_CATEGORY``) is scored as "no category" with a
+``warnings`` list in the response. ``GET /health`` is 200 ``ok``; 200 ``degraded`` with a ``reason``
+when the registry is lost (missing, unreadable or unreachable) while loaded models keep serving; 503
+``unavailable`` when no champion is loaded. The app never creates an MLflow store.
 """
 
 from __future__ import annotations
@@ -61,6 +70,9 @@ log = logging.getLogger(__name__)
 
 #: Largest accepted request body; larger bodies get a 413.
 MAX_BODY_BYTES = 16_384
+#: What an unknown categorical value in explicit features gets: a 422, or a score with a warning.
+UNKNOWN_CATEGORY_ENV = "MLOPS_UNKNOWN_CATEGORY"
+UNKNOWN_CATEGORY_POLICIES = ("reject", "warn")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 FeatureValue = StrictFloat | StrictInt | StrictStr | None
@@ -153,6 +165,8 @@ class ServingConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     max_threads: int = 1  # OpenMP/BLAS threads in the serving process
     aliases: tuple[str, ...] = (CHAMPION, CHALLENGER)
+    #: "reject" (422) or "warn" (scored, with a ``warnings`` field); default ``$MLOPS_UNKNOWN_CATEGORY`` or reject
+    unknown_category: str = field(default_factory=lambda: os.environ.get(UNKNOWN_CATEGORY_ENV) or "reject")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -236,6 +250,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or ``application/<anything>+json``, whatever its parameters."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
@@ -262,7 +282,7 @@ class _Service:
         self.metrics = _Metrics()
         if config.model_source is not None:
             source = config.model_source
-        else:
+        else:  # the registry of the served data folder
             from mlops_assets.training.tracking import TrackingConfig
 
             source = RegistryModelSource(TrackingConfig.for_project(project).tracking_uri, project.model_name)
@@ -378,6 +398,11 @@ class _Service:
 def create_app(config: ServingConfig | None = None) -> FastAPI:
     """The FastAPI serving app for ``config``."""
     config = config or ServingConfig()
+    if config.unknown_category not in UNKNOWN_CATEGORY_POLICIES:
+        raise ValueError(
+            f"unknown_category (${UNKNOWN_CATEGORY_ENV}) is {config.unknown_category!r}; "
+            f"expected one of {', '.join(UNKNOWN_CATEGORY_POLICIES)}"
+        )
     service = _Service(config)
 
     @asynccontextmanager
@@ -392,6 +417,12 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request) -> Response:
         start = time.perf_counter()
+        content_type = request.headers.get("content-type")
+        if content_type is not None and not is_json_media_type(content_type):
+            service.metrics.rejected.labels("415").inc()
+            return _problem(
+                415, f"unsupported content type {content_type!r}: send the request as application/json"
+            )
         body = await _read_body(request, config.max_body_bytes)
         if body is None:
             service.metrics.rejected.labels("413").inc()
@@ -409,7 +440,9 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         if model is None and arm != CHAMPION:
             arm, model = CHAMPION, service.models.get(CHAMPION)
         if model is None:
-            return _problem(503, "no champion model is loaded")
+            lost = service.models.source_error
+            return _problem(503, "no champion model is loaded" + (f" ({lost})" if lost else ""))
+        warnings: list[str] = []
         explicit = req.features
         if explicit is not None:
             wanted = model.predictor.features
@@ -428,6 +461,18 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             except FeatureTypeError as exc:
                 service.metrics.rejected.labels("422").inc()
                 return _problem(422, str(exc))
+            unseen = model.predictor.unknown_categories(explicit)
+            if unseen:
+                text = [
+                    f"{u['feature']}: {u['value']!r} is not a category the model was trained on "
+                    f"(known: {', '.join(u['known'])})"
+                    for u in unseen
+                ]
+                scorable = all(u["feature"] in model.predictor.ignores_unknown for u in unseen)
+                if config.unknown_category == "reject" or not scorable:
+                    service.metrics.rejected.labels("422").inc()
+                    return _problem(422, "unknown categorical values: " + "; ".join(text), unseen)
+                warnings = [t + "; scored as no category" for t in text]
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         candidates = [(arm, model)]
         if arm != CHAMPION and service.models.get(CHAMPION) is not None:
@@ -470,6 +515,8 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             "model_version": model.version,
             "mode": state.mode,
         }
+        if warnings:
+            payload["warnings"] = warnings
         task = None
         if state.mode == "shadow":
             task = BackgroundTask(service.shadow, rid, req.entity, explicit, state.mode)
@@ -482,8 +529,20 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             for a, m in service.models.models.items()
         }
         ok = CHAMPION in models
+        lost = service.models.source_error
+        if not ok:
+            status, reason = "unavailable", "no champion model is loaded" + (f": {lost}" if lost else "")
+        elif lost:
+            status, reason = (
+                "degraded",
+                f"model registry unavailable, serving the models loaded before: {lost}",
+            )
+        else:
+            status, reason = "ok", None
         body = {
-            "status": "ok" if ok else "unavailable",
+            "status": status,
+            "reason": reason,
+            "registry_error": lost,
             "models": models,
             "rollout": service.state.get().to_dict(),
             "model_errors": dict(service.models.last_error),

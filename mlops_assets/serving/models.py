@@ -248,6 +248,26 @@ class Predictor:
     fast: bool
     _blocks: list[Any] = field(default_factory=list, repr=False)
     _clf: Any = field(default=None, repr=False)
+    #: feature -> the categories its fitted one-hot encoder knows (empty when the model has none)
+    known_categories: dict[str, list[Any]] = field(default_factory=dict)
+    #: categorical features whose encoder scores an unknown value as "no category" instead of raising
+    ignores_unknown: frozenset[str] = frozenset()
+
+    def unknown_categories(self, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``{"feature", "value", "known"}`` per categorical value the fitted encoder has not seen (nulls are fine)."""
+        found = []
+        for name, known in self.known_categories.items():
+            value = values.get(name)
+            if value is None or value in known:
+                continue
+            found.append(
+                {
+                    "feature": name,
+                    "value": value,
+                    "known": sorted(str(k) for k in known if isinstance(k, str)),
+                }
+            )
+        return found
 
     def check_types(self, values: Mapping[str, Any]) -> None:
         """Raise FeatureTypeError naming features whose values have the wrong type."""
@@ -325,6 +345,33 @@ def _split_columns(pre: Any) -> tuple[list[Any], list[str], list[str]]:
     return blocks, numeric, categorical
 
 
+def _encoder_categories(model: Any) -> tuple[dict[str, list[Any]], frozenset[str]]:
+    """Per categorical column of a ``Pipeline([ColumnTransformer, ...])``: its one-hot encoder's categories.
+
+    Also the columns whose encoder ignores unknown values. Anything else (no pipeline, no encoder,
+    columns not selected by name) gives no categories: nothing is checked.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    if not isinstance(model, Pipeline) or not isinstance(model.steps[0][1], ColumnTransformer):
+        return {}, frozenset()
+    known: dict[str, list[Any]] = {}
+    ignoring: set[str] = set()
+    for _, transformer, columns in getattr(model.steps[0][1], "transformers_", []):
+        steps = [s for _, s in transformer.steps] if isinstance(transformer, Pipeline) else [transformer]
+        encoders = [s for s in steps if isinstance(s, OneHotEncoder)]
+        if not encoders or isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+            continue
+        encoder = encoders[0]
+        for column, cats in zip(columns, encoder.categories_, strict=True):
+            known[column] = [c for c in cats.tolist() if not _is_missing(c)]
+            if encoder.handle_unknown in ("ignore", "infrequent_if_exist"):
+                ignoring.add(column)
+    return known, frozenset(ignoring)
+
+
 def _probe_rows(pred: Predictor, n: int = 64, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     cats: dict[str, list[Any]] = {}
@@ -351,6 +398,11 @@ def compile_predictor(model: Any, verify: bool = True) -> Predictor:
     from sklearn.pipeline import Pipeline
 
     features = [str(f) for f in getattr(model, "feature_names_in_", [])]
+    try:
+        known, ignoring = _encoder_categories(model)
+    except (TypeError, AttributeError, ValueError) as exc:
+        log.info("no category check for this model: %s", exc)
+        known, ignoring = {}, frozenset()
     is_pipeline = (
         isinstance(model, Pipeline)
         and len(model.steps) == 2
@@ -368,10 +420,13 @@ def compile_predictor(model: Any, verify: bool = True) -> Predictor:
             True,
             blocks,
             _final_step(model.steps[1][1]),
+            known_categories=known,
+            ignores_unknown=ignoring,
         )
     except (TypeError, AttributeError) as exc:
         log.info("model uses the pipeline path: %s", exc)
-        return Predictor(model, features, [], [], False)  # untyped: values go to the model as given
+        # untyped: values go to the model as given
+        return Predictor(model, features, [], [], False, known_categories=known, ignores_unknown=ignoring)
     if verify:
         rows = _probe_rows(pred)
         fast = pred.predict_rows(rows)
@@ -399,7 +454,11 @@ class ServedModel:
 
 
 class ModelSource(Protocol):
-    """Where models come from: a cheap version lookup per alias, and a (hash-verified) load."""
+    """Where models come from: a cheap version lookup per alias, and a (hash-verified) load.
+
+    A source may also have ``check()``, raising when the source itself is unavailable (e.g. the
+    registry's store was lost): :class:`ModelManager` then keeps the loaded models and reports why.
+    """
 
     def current_version(self, alias: str) -> str | None:
         """The version behind ``alias`` now, or None when the alias is not set."""
@@ -451,18 +510,35 @@ class RegistryModelSource:
         if self._client is None:
             from mlflow import MlflowClient
 
+            self.check()  # a client on a missing SQLite file would create it
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
+
+    def check(self) -> None:
+        """Raise ``RegistryUnavailable`` unless the store exists and answers; never creates it.
+
+        Every lookup checks again: a client opened before the file was deleted would otherwise keep
+        reading the deleted file, or create an empty one on its next connection.
+        """
+        from mlops_assets.training.tracking import require_registry
+
+        try:
+            require_registry(self.tracking_uri)
+        except Exception:
+            self._client = None  # a store restored later is opened afresh
+            raise
 
     def current_version(self, alias: str) -> str | None:
         from mlops_assets.training.registry import alias_version
 
+        self.check()
         mv = alias_version(self.client, alias, self.model_name)
         return None if mv is None else str(mv.version)
 
     def load(self, alias: str) -> tuple[str, Any, str | None]:
         from mlops_assets.training.registry import load_model_by_alias
 
+        self.check()
         loaded = load_model_by_alias(self.client, alias, model_name=self.model_name, verify=True)
         return str(loaded.version), loaded.model, loaded.sha256
 
@@ -487,6 +563,7 @@ class ModelManager:
         self.on_swap = on_swap
         self.models: dict[str, ServedModel] = {}
         self.last_error: dict[str, str] = {}
+        self.source_error: str | None = None  # why the source itself is unavailable (None: it answers)
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -500,16 +577,33 @@ class ModelManager:
         changed = []
         with self._refresh_lock:
             current = dict(self.models)
+            check = getattr(self.source, "check", None)
+            if check is not None:
+                try:
+                    check()
+                except Exception as exc:  # the source is gone: keep every loaded model, say why
+                    message = f"{type(exc).__name__}: {exc}"
+                    if message != self.source_error:
+                        log.error("model source unavailable, keeping the loaded models: %s", message)
+                    self.source_error = message
+                    for alias in self.aliases:
+                        self.last_error[alias] = message
+                        if self.on_error is not None:
+                            self.on_error(alias, exc)
+                    return changed
+                self.source_error = None
             for alias in self.aliases:
                 try:
                     version = self.source.current_version(alias)
                     held = current.get(alias)
                     if version is None:
+                        self.last_error.pop(alias, None)
                         if held is not None:
                             current.pop(alias)
                             changed.append(alias)
                         continue
                     if held is not None and held.version == version:
+                        self.last_error.pop(alias, None)  # up to date: an earlier failure no longer applies
                         continue
                     loaded_version, model, sha = self.source.load(alias)
                     current[alias] = ServedModel(alias, loaded_version, sha, compile_predictor(model))

@@ -1,4 +1,9 @@
-"""`mlops rollback`, `mlops promote --version N` and `mlops reproduce --version N`: the registry commands."""
+"""`mlops rollback`, `mlops promote --version N` and `mlops reproduce --version N`: the registry commands.
+
+None creates an MLflow store: when it is missing, unreadable or unreachable they raise
+:class:`~mlops_assets.training.tracking.RegistryUnavailable`, which `mlops` reports (naming the file or
+URI) with exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from mlops_assets.project import Project
 from mlops_assets.training import promotion, registry
 from mlops_assets.training.reproduce import reproduce
 from mlops_assets.training.task import ModelTask
-from mlops_assets.training.tracking import TrackingConfig, client_for
+from mlops_assets.training.tracking import TrackingConfig, registry_client
 
 
 def add_rollback_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,19 +34,23 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def rollback_command(args: argparse.Namespace, project: Project) -> int:
-    """Restore the previous champion in one step; 0 on success, 1 when there is nothing to roll back to."""
+    """Restore the previous champion in one step; 0 on success, 1 when there is nothing to roll back to.
+
+    Raises ``RegistryUnavailable`` (nothing created) when the registry is missing or unreadable.
+    """
     tracking = TrackingConfig.for_project(project)
     reason = getattr(args, "reason", None) or "manual rollback (mlops rollback)"
+    client = registry_client(tracking)
     try:
         record = registry.rollback(
-            client_for(tracking),
+            client,
             reason,
             model_name=tracking.model_name,
             history_path=registry.default_history_path(project.paths.root),
         )
     except registry.RegistryError as exc:
         print(f"rollback refused: {exc}")
-        champion = registry.alias_version(client_for(tracking), registry.CHAMPION, tracking.model_name)
+        champion = registry.alias_version(client, registry.CHAMPION, tracking.model_name)
         print(f"champion unchanged: {f'version {champion.version}' if champion else 'none'}")
         return 1
     print(
@@ -54,7 +63,7 @@ def promote_command(args: argparse.Namespace, project: Project) -> int:
     """Promote a version through the promotion policy; 0 when it moved, 1 when the policy refused."""
     tracking = TrackingConfig.for_project(project)
     decision, record = promotion.promote(
-        client_for(tracking),
+        registry_client(tracking),
         tracking.model_name,
         args.version,
         via="mlops promote",

@@ -6,6 +6,7 @@ from mlops_assets.executors import executor_from_env
 from mlops_assets.resources import DataDirResource
 from mlops_assets.training import registry
 from mlops_assets.training.resources import MlflowResource
+from mlops_assets.training.tracking import RegistryUnavailable
 
 RETRAINING_JOB = "retraining_job"
 ROLLBACK_JOB = "rollback_job"
@@ -36,16 +37,16 @@ class RollbackConfig(dg.Config):
 def rollback_champion(
     context: dg.OpExecutionContext, config: RollbackConfig, data: DataDirResource, mlflow: MlflowResource
 ) -> None:
-    """Move `champion` back to `previous-champion` and record the move."""
+    """Move `champion` back to `previous-champion` and record the move (never on a missing store)."""
     try:
         record = registry.rollback(
-            mlflow.client(),
+            mlflow.client(),  # RegistryUnavailable before any client touches a missing store
             config.reason,
             model_name=mlflow.model_name,
             dagster_run_id=context.run_id,
             history_path=registry.default_history_path(data.paths.root),
         )
-    except registry.RegistryError as exc:
+    except (registry.RegistryError, RegistryUnavailable) as exc:
         raise dg.Failure(str(exc)) from exc
     message = (
         f"{record.model_name}: champion restored to version {record.version} "

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops_assets.training.tracking import TrackingConfig, sqlite_path
+from mlops_assets.training.tracking import RegistryUnavailable, TrackingConfig, sqlite_path
 
 #: The first line of every rendered report; a PR-comment job finds its earlier comment by it.
 REPORT_MARKER = "<!-- mlops-model-report -->"
@@ -82,6 +82,8 @@ class RegistryState:
     n_versions: int
     history: list[dict[str, Any]]  # the last alias moves, oldest first
     note: str = ""  # why the registry could not be read, or that it is empty
+    unavailable: str = ""  # set when the store is missing, unreadable or unreachable: why
+    store_missing: bool = False  # the store does not exist at all (a fresh folder, or a lost store)
 
     def version(self, number: int | None) -> VersionInfo | None:
         return self.versions.get(number) if number is not None else None
@@ -194,14 +196,40 @@ class ModelReport:
         return [g.name for g in self.gates if g.status == FAIL]
 
     @property
+    def registry_unavailable(self) -> bool:
+        """The registry cannot be read although something was evaluated or the store exists.
+
+        A missing store with no saved evaluation is a data folder where nothing was trained yet.
+        """
+        reg = self.registry
+        return bool(reg.unavailable) and (self.evaluation is not None or not reg.store_missing)
+
+    @property
     def status(self) -> str:
-        """``passed``, ``failed`` or ``not_evaluated``."""
+        """``passed``, ``failed``, ``not_evaluated`` or ``registry_unavailable``.
+
+        A saved evaluation is never reported as passed while the registry behind it is missing or
+        unreadable: its challenger and champion cannot be confirmed, so a CI gate fails closed.
+        """
+        if self.registry_unavailable:
+            return "registry_unavailable"
         if self.evaluation is None:
             return "not_evaluated"
         return "failed" if self.failed_gates else "passed"
 
     def headline(self) -> str:
         """One sentence: what was judged and the verdict."""
+        if self.registry_unavailable:
+            ev = self.evaluation
+            saved = (
+                f"the saved evaluation of challenger v{ev.challenger_version} cannot be checked against it"
+                if ev is not None
+                else "there is no challenger, champion or quality-gate result to report"
+            )
+            return (
+                f"The MLflow registry is {'missing' if self.registry.store_missing else 'unavailable'}: "
+                f"{self.registry.unavailable}; {saved}, so no quality-gate verdict is given."
+            )
         if self.evaluation is None:
             champion = self.registry.aliases.get("champion")
             where = f"`{self.data_root}`"
@@ -242,6 +270,7 @@ class ModelReport:
                     "versions": {str(k): asdict(v) for k, v in self.registry.versions.items()},
                     "history": self.registry.history,
                     "note": self.registry.note,
+                    "unavailable": self.registry.unavailable or None,
                 },
                 "evaluation": None
                 if ev is None
@@ -414,14 +443,16 @@ def read_registry(
     def empty(note: str) -> RegistryState:
         return RegistryState(uri, name, {}, {}, 0, [], note)
 
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():
-        return empty(f"no MLflow store at {db}")
     from mlflow.exceptions import MlflowException
 
-    from mlops_assets.training.tracking import client_for
+    from mlops_assets.training.tracking import registry_client
 
-    client = client_for(tracking)
+    try:
+        client = registry_client(tracking)
+    except RegistryUnavailable as exc:
+        return RegistryState(
+            uri, name, {}, {}, 0, [], exc.reason, unavailable=exc.reason, store_missing=exc.missing
+        )
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:
@@ -549,8 +580,9 @@ def build_model_report(
     try:
         registry = read_registry(tracking, [v for v in evaluated if v is not None])
     except Exception as exc:  # an unreachable tracking server must not hide the saved reports
+        note = f"registry not readable: {exc}"
         registry = RegistryState(
-            tracking.tracking_uri, tracking.model_name, {}, {}, 0, [], f"registry not readable: {exc}"
+            tracking.tracking_uri, tracking.model_name, {}, {}, 0, [], note, unavailable=note
         )
     comparison, gates, source = [], [], ""
     if evaluation is not None:

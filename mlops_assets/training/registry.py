@@ -187,7 +187,12 @@ def rollback(
     dagster_run_id: str | None = None,
     history_path: str | Path | None = None,
 ) -> PromotionRecord:
-    """Restore the previous champion in one step; raise :class:`RegistryError` when there is none."""
+    """Restore the previous champion in one step; raise :class:`RegistryError` when there is none.
+
+    ``client`` must come from :func:`~mlops_assets.training.tracking.registry_client` (the CLI, the
+    ``rollback_job`` and ``MlflowResource.client`` do so): a client built on a missing SQLite file has
+    already created an empty store, in which there is nothing to roll back to.
+    """
     history_path = Path(history_path) if history_path is not None else default_history_path()
     previous = alias_version(client, PREVIOUS_CHAMPION, model_name)
     if previous is None:

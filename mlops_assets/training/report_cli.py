@@ -1,8 +1,9 @@
 """`mlops report`: the model report of a data folder, with the gate verdicts its Dagster instance recorded.
 
 Exit codes: 0 when the report was written (whatever state the data folder is in); with ``--fail-on-gate``
-1 when the newest evaluation failed a blocking quality gate or when there is no evaluation at all (a CI
-gate fails closed); 2 on a usage error.
+1 when the newest evaluation failed a blocking quality gate, when there is no evaluation at all, or when
+the MLflow registry is missing, unreadable or unreachable (a CI gate fails closed); 2 on a usage error.
+The report never creates an MLflow store; a lost registry is named on stderr and in the headline.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def report_command(args: argparse.Namespace, project) -> int:
         print(f"mlops report: {report.headline()} (written to {output})", file=sys.stderr)
     else:
         sys.stdout.write(text)
+        if report.registry_unavailable:  # not only inside a report a CI job may never show
+            print(f"mlops report: {report.headline()}", file=sys.stderr)
     if getattr(args, "fail_on_gate", False) and report.status != "passed":
         return 1
     return 0

@@ -13,7 +13,7 @@ import pandas as pd
 
 from mlops_assets.training import registry
 from mlops_assets.training.task import ModelTask
-from mlops_assets.training.tracking import TrackingConfig, client_for
+from mlops_assets.training.tracking import TrackingConfig, registry_client
 from mlops_assets.training.train import (
     CODE_VERSION,
     TRAINING_SET_ARTIFACT,
@@ -67,10 +67,13 @@ def reproduce(
     tracking: TrackingConfig,
     tolerance: float = 0.0,
 ) -> ReproductionResult:
-    """Retrain version ``version`` from what its run recorded and return the max |Δ score| on the holdout."""
+    """Retrain version ``version`` from what its run recorded and return the max |Δ score| on the holdout.
+
+    Raises ``RegistryUnavailable`` (and creates nothing) when the MLflow store is missing or unreadable.
+    """
     import mlflow.artifacts
 
-    client = client_for(tracking)
+    client = registry_client(tracking)
     mv = client.get_model_version(tracking.model_name, str(version))
     run = client.get_run(mv.run_id)
     params, tags = run.data.params, run.data.tags

@@ -3,12 +3,17 @@
 import dagster as dg
 
 from mlops_assets.resources import DataDirResource
-from mlops_assets.training.tracking import TrackingConfig, ensure_tracking_store
+from mlops_assets.training.tracking import TrackingConfig
 
 
 class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry. An empty ``tracking_uri`` means ``$MLFLOW_TRACKING_URI`` or
-    ``sqlite:///<data root>/mlflow/mlflow.db`` with artifacts under ``<data root>/mlflow/artifacts``."""
+    ``sqlite:///<data root>/mlflow/mlflow.db`` with artifacts under ``<data root>/mlflow/artifacts``.
+
+    The resource creates no store: training creates it (``train_and_log`` calls
+    ``ensure_tracking_store`` under a file lock, which also serializes a fresh store's migrations);
+    every other step reads an existing one through :meth:`client`.
+    """
 
     data: DataDirResource
     model_name: str
@@ -26,11 +31,7 @@ class MlflowResource(dg.ConfigurableResource):
         )
 
     def client(self):
-        """An ``MlflowClient`` bound to the tracking and registry URI."""
-        from mlops_assets.training.tracking import client_for
+        """An ``MlflowClient`` on the existing store; ``RegistryUnavailable`` (nothing created) without one."""
+        from mlops_assets.training.tracking import registry_client
 
-        return client_for(self.tracking)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        # Schema migrations of a fresh SQLite store race under concurrent first use: create it once, locked.
-        ensure_tracking_store(self.tracking)
+        return registry_client(self.tracking)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from mlops_assets.settings import data_paths
 
@@ -133,7 +136,133 @@ def _no_lock():
 
 
 def client_for(config: TrackingConfig):
-    """An ``MlflowClient`` bound to the config's tracking and registry URI."""
+    """An ``MlflowClient`` bound to the config's tracking and registry URI.
+
+    Constructing a client on a ``sqlite:///`` URI creates the database when it is absent: read paths
+    use :func:`registry_client` instead; only paths that may create the store (training, after
+    :func:`ensure_tracking_store`) use this directly.
+    """
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+
+
+# --------------------------------------------------------------------------- read paths
+
+#: Tables a usable MLflow SQL store holds; without them MLflow would create (migrate) the schema.
+STORE_TABLES = ("alembic_version", "experiments", "runs", "registered_models", "model_versions")
+#: Seconds a tracking server gets to answer ``GET /health`` before it counts as unreachable.
+SERVER_PROBE_TIMEOUT_S = 5.0
+
+
+class RegistryUnavailable(RuntimeError):
+    """The MLflow store a read path needs is missing, unreadable or unreachable; nothing was created.
+
+    ``target`` is the database file, folder or URI; ``missing`` is True when it does not exist at all
+    (a data folder where nothing was trained yet looks the same as one whose store was lost).
+    """
+
+    def __init__(self, target: str, reason: str, *, missing: bool = False) -> None:
+        self.target = target
+        self.reason = reason
+        self.missing = missing
+        super().__init__(f"MLflow registry unavailable: {reason}")
+
+
+def require_registry(tracking_uri: str) -> None:
+    """Raise :class:`RegistryUnavailable` unless the store behind ``tracking_uri`` exists and answers.
+
+    The one check every read path makes before it builds an MLflow client (which would create an absent
+    SQLite database, or migrate an empty one). It opens nothing for writing:
+
+    - ``sqlite:///`` — the file must exist, be readable, be an SQLite database (opened read-only) and
+      hold MLflow's tables; while :func:`ensure_tracking_store` creates the store, this waits for it;
+    - ``http(s)://`` — the tracking server must answer ``GET /health`` (any answer below 500);
+    - another SQLAlchemy URL (``postgresql://``...) — connect and find MLflow's tables;
+    - ``file:`` or a plain path — the folder must exist.
+    """
+    parsed = urlparse(tracking_uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "sqlite":
+        _require_sqlite(sqlite_path(tracking_uri))
+    elif scheme in ("http", "https"):
+        _require_server(tracking_uri)
+    elif scheme in ("", "file"):
+        folder = Path(parsed.path if scheme == "file" else tracking_uri)
+        if not folder.is_dir():
+            raise RegistryUnavailable(str(folder), f"no MLflow file store at {folder}", missing=True)
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        _require_sql_tables(tracking_uri)
+
+
+def registry_client(config: TrackingConfig):
+    """An ``MlflowClient`` for a store that already exists (:func:`require_registry`); never creates one."""
+    require_registry(config.tracking_uri)
+    return client_for(config)
+
+
+def _require_sqlite(db: Path) -> None:
+    lock = db.with_name(db.name + ".lock")
+    try:  # the creator holds this lock while it migrates a fresh store: read only a finished one
+        handle = open(lock)  # noqa: SIM115 - closed below; never created here
+    except OSError:
+        handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+        if not db.exists():
+            raise RegistryUnavailable(
+                str(db), f"no MLflow store at {db} (the file does not exist)", missing=True
+            )
+        if not db.is_file():
+            raise RegistryUnavailable(str(db), f"the MLflow store {db} is not a file")
+        if not os.access(db, os.R_OK):
+            raise RegistryUnavailable(str(db), f"the MLflow store {db} is not readable (permission denied)")
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True, timeout=30)
+            try:
+                tables = {
+                    row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise RegistryUnavailable(str(db), f"the MLflow store {db} is not readable: {exc}") from exc
+        absent = [t for t in STORE_TABLES if t not in tables]
+        if absent:
+            raise RegistryUnavailable(str(db), f"{db} is not an MLflow store (no {', '.join(absent)} table)")
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _require_server(uri: str) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=SERVER_PROBE_TIMEOUT_S) as response:  # noqa: S310 - http(s) only
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RegistryUnavailable(uri, f"the MLflow tracking server {uri} is unreachable ({reason})") from exc
+    if status >= 500:
+        raise RegistryUnavailable(uri, f"the MLflow tracking server {uri} answered HTTP {status} on /health")
+
+
+def _require_sql_tables(uri: str) -> None:
+    import sqlalchemy
+
+    shown = urlparse(uri)._replace(netloc=urlparse(uri).hostname or "").geturl()  # no credentials in messages
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise RegistryUnavailable(
+            shown, f"the MLflow database {shown} is unreachable ({type(exc).__name__})"
+        ) from exc
+    finally:
+        engine.dispose()
+    absent = [t for t in STORE_TABLES if t not in tables]
+    if absent:
+        raise RegistryUnavailable(shown, f"{shown} is not an MLflow store (no {', '.join(absent)} table)")
