@@ -24,10 +24,12 @@ from mlops_assets.training import registry
 from mlops_assets.training.jobs import rollback_job
 from mlops_assets.training.lifecycle import evaluate_challenger
 from mlops_assets.training.resources import MlflowResource
-from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
+from mlops_assets.project import Project
+from mlops_assets.training.task import ModelTask
 from mlops_assets.training.tracking import RegistryUnavailable, TrackingConfig, client_for
-from mlops_assets.training.train import TrainConfig, churn_scores, fit_model, model_inputs, train_and_log
-from mlops_assets_tests.conftest import free_port
+from mlops_assets.training.train import TrainConfig, fit_model, model_inputs, predict_scores, train_and_log
+from mlops_assets_tests.conftest import CHURN_SPEC, free_port
+from mlops_assets_tests.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
 
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 FAULTS = ("deleted", "garbage", "empty", "unreadable", "server")
@@ -59,24 +61,30 @@ def pristine(tmp_path_factory):
                 os.environ[key] = value
 
 
+def _project(root: Path) -> Project:
+    return Project.load(CHURN_SPEC, root)
+
+
+def _task() -> ModelTask:
+    return ModelTask.from_project(Project.load(CHURN_SPEC, "/nonexistent"))
+
+
 def _train_pristine(root: Path) -> tuple[Path, int, int]:
-    tracking = TrackingConfig(
-        tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-        artifact_location=str(root / "mlflow" / "artifacts"),
-    )
+    project = _project(root)
+    tracking = TrackingConfig.for_project(project, tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
     history = registry.default_history_path(root)
+    task = _task()
     config = TrainConfig(model_type="logistic_regression", seed=2)
-    features = {"numeric_features": NUMERIC_FEATURES, "categorical_features": CATEGORICAL_FEATURES}
     frame = synthetic_training_set(300, n_days=8, seed=2)
-    first = train_and_log(frame, config, **features, tracking=tracking, importance_repeats=1)
+    first = train_and_log(frame, task, config, tracking=tracking, importance_repeats=1)
     client = client_for(tracking)
-    registry.promote(client, first.version, "first champion", history_path=history)
+    registry.promote(client, first.version, "first champion", model_name=tracking.model_name, history_path=history)
     changed = frame.iloc[10:].reset_index(drop=True)
-    second = train_and_log(changed, config, **features, tracking=tracking, importance_repeats=1)
+    second = train_and_log(changed, task, config, tracking=tracking, importance_repeats=1)
     evaluate_challenger(
-        second, changed, config, tracking=tracking, reports_dir=data_paths(root).reports, latency_calls=20
+        second, changed, task, config, tracking=tracking, reports_dir=data_paths(root).reports, latency_calls=20
     )
-    registry.promote(client, second.version, "second champion", history_path=history)
+    registry.promote(client, second.version, "second champion", model_name=tracking.model_name, history_path=history)
     return root, first.version, second.version
 
 
@@ -86,6 +94,7 @@ def folder(pristine, tmp_path, monkeypatch):
     root = tmp_path / "data"
     shutil.copytree(pristine[0], root)
     monkeypatch.setenv("MLOPS_DATA_DIR", str(root))
+    monkeypatch.setenv("MLOPS_SPEC", str(CHURN_SPEC))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
 
@@ -179,7 +188,7 @@ def test_rollback_job_fails_naming_the_store_and_creates_nothing(broken):
     data = DataDirResource(root=str(root))
     result = rollback_job.execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"data": data, "mlflow": MlflowResource(data=data)},
+        resources={"data": data, "mlflow": MlflowResource(data=data, model_name="churn-model", experiment_name="churn")},
         raise_on_error=False,
     )
     assert not result.success
@@ -199,7 +208,7 @@ def test_rollback_with_the_registry_intact_still_works(folder, pristine, capsys)
 def test_monitoring_reference_uses_the_same_check(broken):
     root, needle, before = broken
     with pytest.raises(RegistryUnavailable, match="MLflow registry unavailable") as caught:
-        load_champion_reference(root)
+        load_champion_reference(_project(root))
     assert needle in str(caught.value)
     assert caught.value.missing == (not (root / "mlflow" / "mlflow.db").exists())
     assert _listing(root) == before
@@ -220,6 +229,7 @@ def test_an_unreadable_store_is_named_even_where_chmod_cannot_show_it(tmp_path, 
 def test_a_fresh_folder_is_not_a_lost_registry(tmp_path, monkeypatch, capsys):
     """Nothing trained yet: the report says so (not 'registry missing'), and still creates nothing."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLOPS_SPEC", str(CHURN_SPEC))
     root = tmp_path / "data"
     root.mkdir()
     assert main(["report", "--data-dir", str(root), "--no-instance", "--json", "--fail-on-gate"]) == 1
@@ -235,6 +245,7 @@ def test_a_fresh_folder_is_not_a_lost_registry(tmp_path, monkeypatch, capsys):
 
 def _registry_app(root: Path) -> TestClient:
     config = ServingConfig(
+        project=_project(root),
         data_root=root,  # the default model source: this folder's registry
         feature_source=MappingFeatureSource({"C1": _row()}),
         assignments=MemoryAssignments(),
@@ -293,7 +304,7 @@ def test_serving_started_without_a_registry_is_unavailable_and_creates_nothing(f
 def fitted():
     frame = synthetic_training_set(300, seed=9)
     return fit_model(
-        frame, TrainConfig(model_type="logistic_regression"), NUMERIC_FEATURES, CATEGORICAL_FEATURES
+        frame, TrainConfig(model_type="logistic_regression"), _task(), NUMERIC_FEATURES, CATEGORICAL_FEATURES
     )
 
 
@@ -315,6 +326,7 @@ def _app(model, tmp_path: Path, source: InMemoryModelSource | None = None, **con
                 data_root=tmp_path,
                 model_source=source,
                 feature_source=MappingFeatureSource({"C1": _row()}),
+                entity_key="customer_id",
                 assignments=MemoryAssignments(),
                 log_predictions=False,
                 poll_interval_s=0,
@@ -378,7 +390,7 @@ def test_unknown_category_with_warn_is_scored_with_a_warning(fitted, tmp_path, m
         "'platinum' is not a category" in body["warnings"][0]
         and "scored as no category" in body["warnings"][0]
     )
-    expected = churn_scores(fitted, model_inputs(_frame(features), NUMERIC_FEATURES, CATEGORICAL_FEATURES))[0]
+    expected = predict_scores(fitted, model_inputs(_frame(features), NUMERIC_FEATURES, CATEGORICAL_FEATURES))[0]
     assert body["score"] == pytest.approx(expected, abs=1e-9)  # what the pipeline itself gives
 
 

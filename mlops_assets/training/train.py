@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -469,8 +470,14 @@ def train_and_log(
     commit, dirty = git_state(git_root)
     versions = package_versions()
 
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking.tracking_uri)
     mlflow.set_registry_uri(tracking.tracking_uri)
+    for key, value in saved_env.items():  # set_tracking_uri exports the URI to the environment: undo that
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     run_tags = {
         "training_set_hash": training_set_hash,
         "params_hash": p_hash,
