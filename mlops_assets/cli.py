@@ -53,7 +53,14 @@ def _cmd_spec_schema(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     from mlops_assets.spec.infer import init_project
 
-    result = init_project(Path(args.landing), Path(args.output), name=args.name, force=args.force)
+    result = init_project(
+        Path(args.landing),
+        Path(args.output),
+        name=args.name,
+        force=args.force,
+        labels=args.labels,
+        target=args.target,
+    )
     print(result.summary())
     return 0
 
@@ -198,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--name", default=None, help="project name (default: the landing folder's parent name)")
     init.add_argument("--force", action="store_true", help="overwrite an existing spec file")
+    init.add_argument(
+        "--labels",
+        default=None,
+        help="the source folder holding the labels (default: a folder named *label*)",
+    )
+    init.add_argument(
+        "--target", default=None, help="the labels' target column (default: its first numeric column)"
+    )
     init.set_defaults(func=_cmd_init)
 
     simulate = sub.add_parser(

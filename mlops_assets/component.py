@@ -4,7 +4,7 @@ In YAML (``defs/<folder>/defs.yaml`` of a ``dg`` project)::
 
     type: mlops_assets.component.MlopsProject
     attributes:
-      spec: ../../examples/churn/spec.yaml   # relative to this file; empty: $MLOPS_SPEC or [tool.mlops] spec
+      spec: ../../examples/<name>/spec.yaml  # relative to this file; empty: $MLOPS_SPEC or [tool.mlops] spec
       data_dir: ""                           # empty: $MLOPS_DATA_DIR or ./data
 
 In Python: ``build_definitions(Project.load("spec.yaml"))``.

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from mlops_assets.cli import main
 from mlops_assets.monitoring.daily import load_champion_reference
+from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 from mlops_assets.serving.app import MappingFeatureSource, ServingConfig, create_app
 from mlops_assets.serving.models import InMemoryModelSource
@@ -24,7 +25,6 @@ from mlops_assets.training import registry
 from mlops_assets.training.jobs import rollback_job
 from mlops_assets.training.lifecycle import evaluate_challenger
 from mlops_assets.training.resources import MlflowResource
-from mlops_assets.project import Project
 from mlops_assets.training.task import ModelTask
 from mlops_assets.training.tracking import RegistryUnavailable, TrackingConfig, client_for
 from mlops_assets.training.train import TrainConfig, fit_model, model_inputs, predict_scores, train_and_log
@@ -78,13 +78,23 @@ def _train_pristine(root: Path) -> tuple[Path, int, int]:
     frame = synthetic_training_set(300, n_days=8, seed=2)
     first = train_and_log(frame, task, config, tracking=tracking, importance_repeats=1)
     client = client_for(tracking)
-    registry.promote(client, first.version, "first champion", model_name=tracking.model_name, history_path=history)
+    registry.promote(
+        client, first.version, "first champion", model_name=tracking.model_name, history_path=history
+    )
     changed = frame.iloc[10:].reset_index(drop=True)
     second = train_and_log(changed, task, config, tracking=tracking, importance_repeats=1)
     evaluate_challenger(
-        second, changed, task, config, tracking=tracking, reports_dir=data_paths(root).reports, latency_calls=20
+        second,
+        changed,
+        task,
+        config,
+        tracking=tracking,
+        reports_dir=data_paths(root).reports,
+        latency_calls=20,
     )
-    registry.promote(client, second.version, "second champion", model_name=tracking.model_name, history_path=history)
+    registry.promote(
+        client, second.version, "second champion", model_name=tracking.model_name, history_path=history
+    )
     return root, first.version, second.version
 
 
@@ -188,7 +198,10 @@ def test_rollback_job_fails_naming_the_store_and_creates_nothing(broken):
     data = DataDirResource(root=str(root))
     result = rollback_job.execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"data": data, "mlflow": MlflowResource(data=data, model_name="churn-model", experiment_name="churn")},
+        resources={
+            "data": data,
+            "mlflow": MlflowResource(data=data, model_name="churn-model", experiment_name="churn"),
+        },
         raise_on_error=False,
     )
     assert not result.success
@@ -390,7 +403,9 @@ def test_unknown_category_with_warn_is_scored_with_a_warning(fitted, tmp_path, m
         "'platinum' is not a category" in body["warnings"][0]
         and "scored as no category" in body["warnings"][0]
     )
-    expected = predict_scores(fitted, model_inputs(_frame(features), NUMERIC_FEATURES, CATEGORICAL_FEATURES))[0]
+    expected = predict_scores(fitted, model_inputs(_frame(features), NUMERIC_FEATURES, CATEGORICAL_FEATURES))[
+        0
+    ]
     assert body["score"] == pytest.approx(expected, abs=1e-9)  # what the pipeline itself gives
 
 

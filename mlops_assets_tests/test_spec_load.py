@@ -104,7 +104,13 @@ def test_every_problem_is_reported_at_once_with_line_and_key(tmp_path):
 
 
 def test_duplicate_yaml_keys_are_an_error_not_a_silent_overwrite(tmp_path):
-    path = write(tmp_path, GOOD.replace("      clicks_7d: {agg: count, window: 7d}\n", "      clicks_7d: {agg: count, window: 7d}\n      clicks_7d: {agg: count, window: 1d}\n"))
+    path = write(
+        tmp_path,
+        GOOD.replace(
+            "      clicks_7d: {agg: count, window: 7d}\n",
+            "      clicks_7d: {agg: count, window: 7d}\n      clicks_7d: {agg: count, window: 1d}\n",
+        ),
+    )
     with pytest.raises(SpecError, match="duplicate key 'clicks_7d'"):
         load_spec(path)
 
@@ -117,7 +123,10 @@ def test_invalid_yaml_and_missing_file_name_the_file(tmp_path):
 
 
 def test_type_and_aggregation_mismatches_are_named(tmp_path):
-    text = GOOD.replace("      clicks_7d: {agg: count, window: 7d}", "      s: {agg: sum, column: page}\n      d: {agg: days_since, column: ts}\n      l: {agg: latest, column: ts}")
+    text = GOOD.replace(
+        "      clicks_7d: {agg: count, window: 7d}",
+        "      s: {agg: sum, column: page}\n      d: {agg: days_since, column: ts}\n      l: {agg: latest, column: ts}",
+    )
     with pytest.raises(SpecError) as caught:
         load_spec(write(tmp_path, text))
     found = {issue.where: issue.message for issue in caught.value.issues}

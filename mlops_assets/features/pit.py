@@ -219,7 +219,7 @@ def point_in_time_join(
 
 def assert_no_leakage(
     training_set: pd.DataFrame,
-    label_timestamp: str = "label_timestamp",
+    label_time: str = "label_time",
     ttls: dict[str, timedelta | None] | None = None,
 ) -> list[dict]:
     """Violations of point-in-time correctness in a joined set; empty when there are none.
@@ -227,9 +227,9 @@ def assert_no_leakage(
     A violation is a row whose ``<view>__feature_timestamp`` is later than its label timestamp
     (future data leaked into the row) or, when ``ttls`` is given, older than the view's TTL.
     """
-    if label_timestamp not in training_set.columns:
-        raise ValueError(f"training set has no {label_timestamp!r} column")
-    labels = pd.to_datetime(training_set[label_timestamp], utc=True)
+    if label_time not in training_set.columns:
+        raise ValueError(f"training set has no {label_time!r} column")
+    labels = pd.to_datetime(training_set[label_time], utc=True)
     violations: list[dict] = []
     for col in [c for c in training_set.columns if c.endswith(TS_SUFFIX)]:
         view = col[: -len(TS_SUFFIX)]
@@ -246,7 +246,7 @@ def assert_no_leakage(
                         "view": view,
                         "kind": kind,
                         "feature_timestamp": fts.iloc[pos],
-                        "label_timestamp": labels.iloc[pos],
+                        "label_time": labels.iloc[pos],
                     }
                 )
     return violations

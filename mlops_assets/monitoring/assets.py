@@ -170,7 +170,10 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
         except RegistryUnavailable as exc:
             if not exc.missing:
                 raise  # an unreadable or unreachable store fails the run, naming its file or URI
-            champion, missing_store = None, exc.reason  # nothing trained yet (or the store was lost): say which
+            champion, missing_store = (
+                None,
+                exc.reason,
+            )  # nothing trained yet (or the store was lost): say which
         if champion is None:
             why = missing_store or f"{mlflow.model_name!r} has no version with alias 'champion'"
             message = (

@@ -394,14 +394,14 @@ def outcomes_from_log(
     lab = pd.DataFrame(
         {
             "entity_id": labels[key].astype(str).to_numpy(),
-            "label_timestamp": pd.to_datetime(labels[time], utc=True).to_numpy(),
+            "labelled_at": pd.to_datetime(labels[time], utc=True).to_numpy(),
             outcome: labels[outcome].to_numpy(),
         }
     )
-    lab["label_timestamp"] = pd.to_datetime(lab["label_timestamp"], utc=True)
+    lab["labelled_at"] = pd.to_datetime(lab["labelled_at"], utc=True)
     joined = first.merge(lab, on="entity_id", how="inner")
-    joined = joined.loc[joined["label_timestamp"] > joined["assigned_at"]]
-    joined = joined.sort_values(["entity_id", "label_timestamp"], kind="stable").drop_duplicates("entity_id")
+    joined = joined.loc[joined["labelled_at"] > joined["assigned_at"]]
+    joined = joined.sort_values(["entity_id", "labelled_at"], kind="stable").drop_duplicates("entity_id")
     return joined.reset_index(drop=True)
 
 

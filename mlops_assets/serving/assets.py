@@ -170,7 +170,7 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
             max_expected_loss=config.max_expected_loss,
         )
         report = abtest.analyze(
-            outcomes, ab_config, time_column="label_timestamp", guardrails=abtest.guardrail_metrics(log)
+            outcomes, ab_config, time_column="labelled_at", guardrails=abtest.guardrail_metrics(log)
         )
         markdown = report.to_markdown()
         write_file_atomic(markdown.encode(), paths.reports / f"ab_test_report_{experiment}.md")

@@ -399,7 +399,7 @@ class RolloutController:
 
         state = self.state()
         since = (
-            datetime.fromisoformat(state.updated_at) if state.updated_at else datetime(1970, 1, 1, tzinfo=UTC)
+            datetime.fromisoformat(state.changed_at) if state.changed_at else datetime(1970, 1, 1, tzinfo=UTC)
         )
         return self.step(metrics_window(read_since(since, self.data_root, log_directory)), guardrails)
 

@@ -59,7 +59,7 @@ class RolloutState:
     posteriors: Mapping[str, ArmPosterior] = field(default_factory=dict)  # bandit: per arm
     champion_version: str | None = None  # informative: the versions the rollout was started with
     challenger_version: str | None = None
-    updated_at: str = ""
+    changed_at: str = ""
     reason: str = ""
 
     def __post_init__(self) -> None:
@@ -84,8 +84,8 @@ class RolloutState:
         return cls(**data)
 
     def with_(self, **changes: Any) -> RolloutState:
-        """A copy with ``changes`` and a fresh ``updated_at``."""
-        changes.setdefault("updated_at", datetime.now(UTC).isoformat())
+        """A copy with ``changes`` and a fresh ``changed_at``."""
+        changes.setdefault("changed_at", datetime.now(UTC).isoformat())
         return replace(self, **changes)
 
 
@@ -104,7 +104,7 @@ def read_state(path: str | Path) -> RolloutState:
 
 def write_state(state: RolloutState, path: str | Path) -> Path:
     """Write ``state`` atomically (temporary file + rename)."""
-    if not state.updated_at:
+    if not state.changed_at:
         state = state.with_()
     return write_file_atomic(json.dumps(state.to_dict(), indent=2, sort_keys=True).encode(), Path(path))
 

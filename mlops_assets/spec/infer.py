@@ -154,11 +154,13 @@ def infer_source(name: str, folder: Path) -> InferredSource:
     return source
 
 
-def _decide(source: InferredSource, key: str) -> None:
-    """The source's kind and keys once the entity key is known."""
+def _decide(source: InferredSource, key: str, labels: str | None = None) -> None:
+    """The source's kind and keys once the entity key is known (``labels``: the source the user named as labels)."""
     lowered = source.name.lower()
     other_unique = [c for c in source.unique_key if c != key]
-    if any(hint in lowered for hint in ("label", "target", "outcome")):
+    if source.name == labels or (
+        labels is None and any(hint in lowered for hint in ("label", "target", "outcome"))
+    ):
         source.kind, source.unique_key = "labels", []
     elif other_unique:
         source.kind, source.unique_key = "events", other_unique[:1]
@@ -197,7 +199,14 @@ def _features(source: InferredSource) -> dict[str, dict]:
     return features
 
 
-def init_project(landing: Path, output: Path, name: str | None = None, force: bool = False) -> InitResult:
+def init_project(
+    landing: Path,
+    output: Path,
+    name: str | None = None,
+    force: bool = False,
+    labels: str | None = None,
+    target: str | None = None,
+) -> InitResult:
     """Infer a starter spec from ``landing``'s source folders and write it to ``output``."""
     landing = Path(landing)
     if not landing.is_dir():
@@ -224,8 +233,12 @@ def init_project(landing: Path, output: Path, name: str | None = None, force: bo
         raise ValueError(
             "no entity key column (a column named *_id) found in the sources; add one to the files"
         )
+    if labels is not None and labels not in [s.name for s in sources]:
+        raise ValueError(
+            f"--labels {labels!r} is not a source folder of {landing}: {[s.name for s in sources]}"
+        )
     for s in sources:
-        _decide(s, key)
+        _decide(s, key, labels)
     key_type = next(s.columns[key]["type"] for s in sources if key in s.columns)
     entity = re.sub(r"_id$", "", key) or "entity"
     days = sorted({day_of_file(p.name) for s in sources for p in s.files if day_of_file(p.name)})

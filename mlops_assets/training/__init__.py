@@ -1,1 +1,1 @@
-"""Training domain: train, evaluate, gate, register, promote and reproduce the churn model (no Dagster here)."""
+"""Training domain: train, evaluate, gate, register, promote and reproduce the project's model (no Dagster here)."""
