@@ -8,11 +8,15 @@ export UV_LINK_MODE ?= copy
 # compile .pyc files at install: imports stay fast even where PYTHONDONTWRITEBYTECODE is set
 export UV_COMPILE_BYTECODE ?= 1
 PYTEST_ARGS ?=
+# the project spec for demo/ui (empty: [tool.mlops] spec in pyproject.toml, the churn example)
+SPEC ?=
+SPEC_ARG = $(if $(SPEC),--spec $(SPEC))
+export MLOPS_SPEC ?= $(if $(SPEC),$(abspath $(SPEC)))
 # the scale-out integrations are part of the development environment: their tests run in `make test`
 EXTRAS ?= --extra postgres --extra celery
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop
+.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema
 
 env: .venv/.synced
 
@@ -25,7 +29,7 @@ dagster-home: env
 	@$(RUN) python -c "from mlops_assets.instance import ensure_dagster_home; ensure_dagster_home()"
 
 demo: dagster-home
-	$(RUN) mlops demo --fresh
+	$(RUN) mlops demo --fresh $(SPEC_ARG)
 
 test: env services
 	$(RUN) pytest $(PYTEST_ARGS)
@@ -45,12 +49,16 @@ bench: env
 	$(RUN) python -m benchmarks.run_all
 
 lint: env
-	$(RUN) ruff check mlops_assets mlops_assets_tests benchmarks
-	$(RUN) ruff format --check mlops_assets mlops_assets_tests benchmarks
+	$(RUN) ruff check mlops_assets mlops_assets_tests benchmarks examples
+	$(RUN) ruff format --check mlops_assets mlops_assets_tests benchmarks examples
 
 format: env
-	$(RUN) ruff check --fix mlops_assets mlops_assets_tests benchmarks
-	$(RUN) ruff format mlops_assets mlops_assets_tests benchmarks
+	$(RUN) ruff check --fix mlops_assets mlops_assets_tests benchmarks examples
+	$(RUN) ruff format mlops_assets mlops_assets_tests benchmarks examples
+
+# the JSON Schema of spec files, shipped with the package (a test checks it is current)
+schema: env
+	$(RUN) python -m mlops_assets.spec.schema
 
 # PostgreSQL and Redis servers from Debian's packages for the scale-out tests (started by the tests
 # themselves on free loopback ports; the packages' own services are not used).
