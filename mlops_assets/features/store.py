@@ -73,6 +73,7 @@ class FeatureStore:
         self.layouts: dict[str, ViewLayout] = layouts(project.spec)
         self._online: online.OnlineStore | None = None
         self._tiles: dict[tuple[str, str], pa.Table] = {}
+        self._entities: dict[tuple[str, str, str], set] = {}
 
     # ------------------------------------------------------------------ catalog
 
@@ -293,6 +294,21 @@ class FeatureStore:
                 f"the requested features belong to entities with different join keys {sorted(keys)}"
             )
         return keys.pop()
+
+    def entities_of_days(self, source: str, key: str, days: Sequence[str]) -> list[set]:
+        """The distinct ``key`` values of each of the source's day partitions (read once per store, then cached)."""
+        from mlops_assets.features.tiles import source_files
+
+        out = []
+        for day, files in source_files(self.paths, source, days).items():
+            cache_key = (source, key, day)
+            if cache_key not in self._entities:
+                found: set = set()
+                for f in files:
+                    found.update(pc.unique(pq.read_table(f, columns=[key]).column(key)).to_pylist())
+                self._entities[cache_key] = found
+            out.append(self._entities[cache_key])
+        return out
 
     def known_entities(self, view: str, day: str) -> pa.Array:
         """Entities with a row of ``view`` up to the end of ``day``."""

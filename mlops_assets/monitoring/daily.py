@@ -225,8 +225,6 @@ def window_days(day: str, n: int) -> list[str]:
 
 def current_population(store: FeatureStore, day: str) -> list:
     """Entity keys of the spec's monitored population on ``day`` (see the module docstring)."""
-    from mlops_assets.features.tiles import source_files
-
     project = store.project
     population = project.spec.monitoring.population
     key = project.target_entity.join_key
@@ -238,12 +236,9 @@ def current_population(store: FeatureStore, day: str) -> list:
     first = max(end - timedelta(days=window - 1), project.spec.partitions.start)
     days = [(first + timedelta(days=i)).isoformat() for i in range((end - first).days + 1)]
     ids: set = set()
-    import pyarrow.parquet as pq
-
     for source in sources:
-        for files in source_files(project.paths, source, days).values():
-            for f in files:
-                ids.update(pq.read_table(f, columns=[key]).column(key).to_pylist())
+        for day_ids in store.entities_of_days(source, key, days):
+            ids.update(day_ids)
     ids.discard(None)
     return sorted(ids)
 
