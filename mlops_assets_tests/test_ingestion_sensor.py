@@ -1,4 +1,4 @@
-"""The new-data sensor: requests a day once per distinct landing content, and says why it skips."""
+"""The new-data sensor: one run per changed source-day, decided by content hash, and a reason when it skips."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import os
 
 import dagster as dg
 
-from mlops_assets.demo import RANGE_END_TAG, RANGE_START_TAG
-from mlops_assets.ingestion.assets import ingestion_assets
-from mlops_assets.ingestion.sensors import landing_files_sensor
+from mlops_assets.ingestion.assets import build_ingestion_assets
+from mlops_assets.ingestion.sensors import LANDING_SENSOR, build_landing_sensor
+from mlops_assets.partitions import daily_partitions
+from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 from mlops_assets_tests.conftest import events_frame, write_events
 
@@ -17,27 +18,43 @@ DAY = "2026-01-10"
 
 
 class SensorHarness:
-    """Evaluates the sensor tick after tick, carrying the cursor like the daemon does."""
+    """Evaluates the sensor tick after tick, carrying the cursor like the daemon does.
 
-    def __init__(self, paths):
-        self.paths = paths
-        self.cursor = None
+    Each tick builds the sensor from the project as the code location would after a reload, so the
+    partitions (``end: data``) reach the newest landing day.
+    """
+
+    def __init__(self, project: Project, cursor: str | None = None):
+        self.project = project
+        self.cursor = cursor
         self.instance = dg.DagsterInstance.ephemeral()
 
-    def tick(self):
+    def tick(self) -> dg.SensorResult:
+        project = Project(self.project.spec, self.project.paths, self.project.spec_path)
+        sensor = build_landing_sensor(project, daily_partitions(project))
         context = dg.build_sensor_context(
             cursor=self.cursor,
             instance=self.instance,
-            resources={"data": DataDirResource(root=str(self.paths.root))},
+            resources={"data": DataDirResource(root=str(project.paths.root))},
         )
-        result = landing_files_sensor(context)
+        result = sensor(context)
         self.cursor = result.cursor
         return result
 
 
-def test_new_file_same_file_changed_file(data_dir):
-    sensor = SensorHarness(data_dir)
-    path = write_events(data_dir, DAY)
+def _requested(result: dg.SensorResult) -> list[tuple[str, str]]:
+    return sorted((r.asset_selection[0].to_user_string(), r.partition_key) for r in result.run_requests or [])
+
+
+def _write_labels(project: Project, day: str, rows: str = "C1,{day}T10:00:00Z,1\n") -> None:
+    folder = project.landing_dir("raw_labels")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"labels_{day}.csv").write_text("customer_id,label_timestamp,churned\n" + rows.format(day=day))
+
+
+def test_new_file_same_file_changed_file(churn):
+    sensor = SensorHarness(churn)
+    path = write_events(churn.paths, DAY)
 
     first = sensor.tick()
     assert len(first.run_requests) == 1
@@ -45,6 +62,7 @@ def test_new_file_same_file_changed_file(data_dir):
     assert request.partition_key == DAY
     assert request.asset_selection == [dg.AssetKey("raw_events")]
     assert request.tags["mlops/trigger"] == "new_landing_data"
+    assert request.tags["mlops/landing_files"] == path.name
 
     again = sensor.tick()
     assert again.run_requests == []
@@ -54,57 +72,104 @@ def test_new_file_same_file_changed_file(data_dir):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
     assert sensor.tick().run_requests == []
 
-    write_events(data_dir, DAY, events_frame(DAY, n=41))
+    write_events(churn.paths, DAY, events_frame(DAY, n=41))
     changed = sensor.tick()
-    assert len(changed.run_requests) == 1
+    assert _requested(changed) == [("raw_events", DAY)]
     assert changed.run_requests[0].run_key != request.run_key
 
-
-def test_each_table_and_day_gets_its_own_request(data_dir):
-    sensor = SensorHarness(data_dir)
-    write_events(data_dir, "2026-01-10")
-    write_events(data_dir, "2026-01-11")
-    labels = data_dir.landing_dir("raw_labels")
-    labels.mkdir(parents=True)
-    (labels / "labels_2026-01-11.csv").write_text(
-        "customer_id,label_timestamp,churned\nC1,2026-01-11T10:00:00Z,1\n"
+    # a second file for the same day changes the day's content: one more run of that day, naming both files
+    second = write_events(
+        churn.paths, DAY, events_frame(DAY, n=5, prefix="late"), name=f"events_{DAY}_late.parquet"
     )
-    requests = sensor.tick().run_requests
-    assert sorted((r.asset_selection[0].path[-1], r.partition_key) for r in requests) == [
+    added = sensor.tick()
+    assert _requested(added) == [("raw_events", DAY)]
+    assert set(added.run_requests[0].tags["mlops/landing_files"].split(",")) == {path.name, second.name}
+
+
+def test_a_file_rewritten_with_the_same_bytes_is_not_requested_again(churn):
+    sensor = SensorHarness(churn)
+    path = write_events(churn.paths, DAY)
+    sensor.tick()
+    # rewritten with the very same bytes (a producer re-uploading): new mtime, same size and content
+    path.write_bytes(path.read_bytes())
+    assert sensor.tick().run_requests == []
+
+
+def test_a_change_that_keeps_the_file_size_is_requested(churn):
+    sensor = SensorHarness(churn)
+    _write_labels(churn, DAY)
+    path = churn.landing_dir("raw_labels") / f"labels_{DAY}.csv"
+    assert _requested(sensor.tick()) == [("raw_labels", DAY)]
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    _write_labels(churn, DAY, "C1,{day}T10:00:00Z,0\n")  # the label flips: same size, new content
+    os.utime(path, ns=(mtime + 1_000_000_000, mtime + 1_000_000_000))
+    assert path.stat().st_size == size
+    assert _requested(sensor.tick()) == [("raw_labels", DAY)]
+
+
+def test_each_source_and_day_gets_its_own_request_and_only_changed_ones_run_again(churn):
+    sensor = SensorHarness(churn)
+    write_events(churn.paths, "2026-01-10")
+    write_events(churn.paths, "2026-01-11")
+    _write_labels(churn, "2026-01-11")
+    first = sensor.tick()
+    assert _requested(first) == [
         ("raw_events", "2026-01-10"),
         ("raw_events", "2026-01-11"),
         ("raw_labels", "2026-01-11"),
     ]
-    assert len({r.run_key for r in requests}) == 3
+    assert len({r.run_key for r in first.run_requests}) == 3
+
+    # the labels of 2026-01-11 change: that source-day alone is requested, not the events of the same day
+    _write_labels(churn, "2026-01-11", "C1,{day}T10:00:00Z,1\nC2,{day}T11:00:00Z,0\n")
+    assert _requested(sensor.tick()) == [("raw_labels", "2026-01-11")]
+
+    # a new day of one source
+    _write_labels(churn, "2026-01-12")
+    assert _requested(sensor.tick()) == [("raw_labels", "2026-01-12")]
+    assert sensor.tick().run_requests == []
 
 
-def test_already_ingested_days_are_not_requested(data_dir):
-    write_events(data_dir, DAY)
+def test_already_ingested_days_are_not_requested(churn):
+    write_events(churn.paths, DAY)
+    assets = build_ingestion_assets(churn, daily_partitions(churn))
     dg.materialize(
-        ingestion_assets,
-        instance=dg.DagsterInstance.ephemeral(),
-        resources={"data": DataDirResource(root=str(data_dir.root))},
+        assets,
         selection=["raw_events"],
-        tags={RANGE_START_TAG: DAY, RANGE_END_TAG: DAY},
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"data": DataDirResource(root=str(churn.paths.root))},
+        partition_key=DAY,
     )
-    result = SensorHarness(data_dir).tick()  # a fresh cursor, as after `make demo` then `make ui`
+    result = SensorHarness(churn).tick()  # a fresh cursor, as after `make demo` then `make ui`
     assert result.run_requests == []
+    assert "1 table-day(s) already ingested or requested" in result.skip_reason.skip_message
+    # and once the ingested day's files change, it is requested again
+    write_events(churn.paths, DAY, events_frame(DAY, n=3))
+    assert _requested(SensorHarness(churn).tick()) == [("raw_events", DAY)]
 
 
-def test_days_outside_the_partitions_are_skipped_with_a_reason(data_dir):
-    write_events(data_dir, "2019-05-01")
-    result = SensorHarness(data_dir).tick()
+def test_days_outside_the_partitions_are_skipped_with_a_reason(churn):
+    write_events(churn.paths, "2025-05-01")  # before the spec's partitions.start (2026-01-01)
+    result = SensorHarness(churn).tick()
     assert result.run_requests == []
     assert "outside the partitions" in result.skip_reason.skip_message
-    assert "2019-05-01" in result.skip_reason.skip_message
+    assert "2025-05-01" in result.skip_reason.skip_message
 
 
-def test_cursor_is_json_and_survives_a_restart(data_dir):
-    write_events(data_dir, DAY)
-    sensor = SensorHarness(data_dir)
+def test_cursor_is_json_and_survives_a_restart(churn):
+    write_events(churn.paths, DAY)
+    sensor = SensorHarness(churn)
     sensor.tick()
     state = json.loads(sensor.cursor)
-    assert state["requested"] == {f"raw_events:{DAY}": state["requested"][f"raw_events:{DAY}"]}
-    restarted = SensorHarness(data_dir)
-    restarted.cursor = sensor.cursor
+    assert list(state["requested"]) == [f"raw_events:{DAY}"]
+    restarted = SensorHarness(churn, cursor=sensor.cursor)
     assert restarted.tick().run_requests == []
+
+
+def test_the_sensor_watches_every_source_of_the_spec(churn):
+    write_events(churn.paths, DAY)
+    partitions = daily_partitions(churn)
+    sensor = build_landing_sensor(churn, partitions)
+    assert sensor.name == LANDING_SENSOR and sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    watched = sensor.asset_selection.resolve(build_ingestion_assets(churn, partitions))
+    assert {key.to_user_string() for key in watched} == set(churn.spec.sources)

@@ -1,0 +1,68 @@
+"""`mlops demo` end to end on a small churn world: what a user sees printed and finds on disk."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from mlops_assets.demo import DemoConfig, run_demo
+
+START = date(2026, 1, 1)
+DAYS, HISTORY, BEFORE = 62, 50, 2
+INCIDENT_DAY = 10
+
+
+def _day(offset: int) -> str:
+    return (START + timedelta(days=offset)).isoformat()
+
+
+@pytest.mark.slow
+def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(churn, dagster_home, capsys):
+    config = DemoConfig(
+        size=400,
+        days=DAYS,
+        history_days=HISTORY,
+        monitor_days_before=BEFORE,
+        scenarios=(f"quality_incident@day{INCIDENT_DAY}", "covariate_drift@day50"),
+        model_type="logistic_regression",
+    )
+    code = run_demo(churn, config)
+    out = capsys.readouterr().out
+    assert code == 0, out[-5000:]
+    paths = churn.paths
+
+    # every source's history is ingested in one range, then the new days in another
+    for source in churn.spec.sources:
+        assert f"| {source} | {HISTORY} |" in out and f"| {source} | {DAYS - HISTORY} |" in out, source
+    assert len(list(paths.warehouse.glob("raw_events/date=*/part-0.parquet"))) == DAYS
+
+    # the incident is reported and quarantined on its day only, bad file included
+    assert "raw_events null:customer_id" in out and "raw_events file: unreadable parquet file" in out
+    quarantined_days = sorted(p.parent.name for p in paths.quarantine.glob("*/date=*/manifest.json"))
+    assert quarantined_days == [f"date={_day(INCIDENT_DAY)}"]
+    manifest = json.loads(next(paths.quarantine.glob("raw_events/date=*/manifest.json")).read_text())
+    assert manifest["rows_read"] == manifest["rows_kept"] + manifest["rows_quarantined"]
+    assert 0 < manifest["rows_quarantined"] < 0.05 * manifest["rows_read"]
+
+    # the first model passed its gates and is the champion
+    assert "champion: v1" in out
+
+    # the drift report covers the baseline days before the new data and every new day
+    monitored = [_day(HISTORY - BEFORE + i) for i in range(BEFORE + DAYS - HISTORY)]
+    for day in monitored:
+        assert f"| {day} |" in out, day
+    reports = sorted(p.name for p in paths.reports.glob("drift_report_*.md"))
+    assert reports == [f"drift_report_{day}.md" for day in monitored]
+
+    # the champion scored the monitored population of a new day (every customer with an event in the last 90
+    # days, here since the start) and recorded its version
+    day = _day(HISTORY + 5)
+    scored = pd.read_parquet(paths.partition_dir("batch_predictions", day))
+    active = set()
+    for offset in range(HISTORY + 6):
+        active |= set(pd.read_parquet(paths.partition_dir("raw_events", _day(offset)))["customer_id"])
+    assert set(scored["customer_id"]) == active and scored["customer_id"].is_unique
+    assert scored["score"].between(0, 1).all() and (scored["model_version"].astype(str) == "1").all()
