@@ -174,3 +174,30 @@ def redis_broker():
 
     with redis_server() as server:
         yield server
+
+
+# --- feature-store tests: source partitions written straight into the warehouse ------------------------
+
+
+def day_range(first: str, last: str) -> list[str]:
+    """Every day from ``first`` to ``last`` (ISO dates, both included)."""
+    return [d.date().isoformat() for d in pd.date_range(first, last, freq="D")]
+
+
+def write_source_days(project: Project, source: str, rows: pd.DataFrame, days: list[str]) -> None:
+    """Write ``rows`` as the ingested partitions of ``source`` for ``days`` (by the source's timestamp).
+
+    Each day gets a partition in the source's contract schema, rows in timestamp order; a day without
+    rows gets an empty one (a day ingested with no records).
+    """
+    from mlops_assets.storage import write_partition
+
+    contract = project.contract(source)
+    ts = contract.partition_column
+    frame = rows.copy()
+    frame[ts] = pd.to_datetime(frame[ts], utc=True, format="ISO8601")
+    day_of = frame[ts].dt.strftime("%Y-%m-%d")
+    for day in days:
+        part = frame[day_of == day].sort_values(list(contract.sort_by), kind="stable")
+        table = pa.Table.from_pandas(part[contract.column_names], preserve_index=False)
+        write_partition(table.cast(contract.schema), project.paths.partition_dir(source, day))

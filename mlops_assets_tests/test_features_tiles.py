@@ -174,7 +174,8 @@ def check_against_brute_force(store: FeatureStore, records: pd.DataFrame, days: 
             )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(record, min_size=0, max_size=120))
 def test_tiled_aggregates_equal_brute_force(tmp_path_factory, rows):
     root = tmp_path_factory.mktemp("tiles")

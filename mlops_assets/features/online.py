@@ -203,11 +203,12 @@ class OnlineStore:
     ) -> list[dict[str, dict]]:
         """Like :meth:`lookup` for many entities, all read from the same refresh."""
         now_us = _us(now or datetime.now(UTC))
-        out: list[dict[str, dict]] = [{} for _ in entity_ids]
-        for view, (ttl, refreshed, found) in self._snapshot(entity_ids, wanted).items():
+        keys = [str(e) for e in entity_ids]  # stored as text: an int64 key 7 is the row "7"
+        out: list[dict[str, dict]] = [{} for _ in keys]
+        for view, (ttl, refreshed, found) in self._snapshot(keys, wanted).items():
             feats = wanted[view]
             refreshed_at = _from_us(refreshed)
-            for slot, entity in zip(out, entity_ids, strict=True):
+            for slot, entity in zip(out, keys, strict=True):
                 row = found.get(entity)
                 status = _status(row, ttl, now_us)
                 slot[view] = {
@@ -230,9 +231,10 @@ class OnlineStore:
             raise ValueError(
                 f"the requested features belong to entities with different join keys {sorted(keys)}"
             )
-        ids = [str(e) for e in entity_ids]
+        given = list(entity_ids)
+        ids = [str(e) for e in given]  # stored as text; the key column returns the ids as given
         now_us = _us(now or datetime.now(UTC))
-        columns: dict[str, list] = {keys.pop(): ids}
+        columns: dict[str, list] = {keys.pop(): given}
         stamps: dict[int, datetime | None] = {}  # rows of a view mostly share a few timestamps
         for view, (ttl, _refreshed, found) in self._snapshot(ids, wanted).items():
             rows = [found.get(e) for e in ids]

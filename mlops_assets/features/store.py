@@ -8,6 +8,7 @@ tiles when read (:mod:`mlops_assets.features.aggregate`). No Dagster here.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -72,8 +73,13 @@ class FeatureStore:
         self.spec = project.spec
         self.layouts: dict[str, ViewLayout] = layouts(project.spec)
         self._online: online.OnlineStore | None = None
+<<<<<<< HEAD
         self._tiles: dict[tuple[str, str], pa.Table] = {}
         self._entities: dict[tuple[str, str, str], set] = {}
+=======
+        # (view, day) -> (identity of the file read, its rows): a rewritten day is a new file, read again
+        self._tiles: dict[tuple[str, str], tuple[tuple[int, int, int], pa.Table]] = {}
+>>>>>>> port-features
 
     # ------------------------------------------------------------------ catalog
 
@@ -133,9 +139,13 @@ class FeatureStore:
         parts = []
         for day in days:
             key = (layout.name, day)
-            if key not in self._tiles:
-                self._tiles[key] = pq.read_table(files[day]).cast(layout.schema)
-            parts.append(self._tiles[key])
+            st = os.stat(files[day])
+            identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            cached = self._tiles.get(key)
+            if cached is None or cached[0] != identity:
+                cached = (identity, pq.read_table(files[day]).cast(layout.schema))
+                self._tiles[key] = cached
+            parts.append(cached[1])
         return pa.concat_tables(parts) if parts else layout.schema.empty_table()
 
     def _needed_days(

@@ -454,18 +454,29 @@ def materialize_days(
     """Compute and atomically write each day of ``days`` for one view; per-day metadata.
 
     ``start`` is the first partition day of the project (a snapshot view's state before it is empty).
-    Source days that were never ingested are an error naming them (a day ingested with no rows is fine).
+    Source days that were never ingested are an error naming them (a day ingested with no rows is fine);
+    for a snapshot view these include every earlier day from ``start``, since a day's change rows are
+    relative to the latest record of each entity before it.
     """
     days = sorted(set(days))
     for day in days:
         date.fromisoformat(day)
     files_all = source_files(paths, layout.source_name, days)
     missing = [d for d in days if not files_all[d] and d not in ingested_days(paths, layout.source_name, [d])]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    earlier: list[str] = []
+    if layout.kind == "snapshot" and days and days[-1] > start:
+        first, last = date.fromisoformat(start), date.fromisoformat(days[-1])
+        history = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days)]
+        wanted = set(days)
+        before = [d for d in history if d not in wanted]
+        earlier = sorted(set(before) - ingested_days(paths, layout.source_name, before))
+    if missing or earlier:
+        gaps = sorted({*missing, *earlier})
+        shown = ", ".join(gaps[:5]) + (" ..." if len(gaps) > 5 else "")
+        why = " (a snapshot view's day depends on every earlier day of its source)" if earlier else ""
         raise FeatureInputError(
             f"feature view {layout.name}: source {layout.source_name} has no ingested partition for "
-            f"{len(missing)} day(s) ({shown}); materialize {layout.source_name} for them first"
+            f"{len(gaps)} day(s) ({shown}){why}; materialize {layout.source_name} for them first"
         )
     out: dict[str, dict] = {}
     for run in _consecutive_runs(days):
