@@ -73,13 +73,9 @@ class FeatureStore:
         self.spec = project.spec
         self.layouts: dict[str, ViewLayout] = layouts(project.spec)
         self._online: online.OnlineStore | None = None
-<<<<<<< HEAD
-        self._tiles: dict[tuple[str, str], pa.Table] = {}
-        self._entities: dict[tuple[str, str, str], set] = {}
-=======
         # (view, day) -> (identity of the file read, its rows): a rewritten day is a new file, read again
         self._tiles: dict[tuple[str, str], tuple[tuple[int, int, int], pa.Table]] = {}
->>>>>>> port-features
+        self._entities: dict[tuple[str, str, str], set] = {}
 
     # ------------------------------------------------------------------ catalog
 
