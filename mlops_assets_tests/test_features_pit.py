@@ -171,7 +171,7 @@ def test_pit_join_matches_brute_force(features, entities, ttl_hours, use_created
         else:
             assert got_value == value, (pos, entity_rows[pos], got_value, value)
     labelled = result.rename(columns={"event_timestamp": "label_timestamp"})
-    assert assert_no_leakage(labelled, ttls={"fv": ttl}) == []
+    assert assert_no_leakage(labelled, "label_timestamp", ttls={"fv": ttl}) == []
 
 
 def test_two_views_ttl_edges_and_no_history():
@@ -287,13 +287,13 @@ def test_leakage_check_catches_a_leaky_join_and_passes_the_correct_one():
         }
     )
     leaky = _leaky_join(labels, fdf)
-    violations = assert_no_leakage(leaky)
+    violations = assert_no_leakage(leaky, "label_timestamp")
     assert [(v["row"], v["view"], v["kind"]) for v in violations] == [(0, "fv", "feature_after_label")]
     assert violations[0]["feature_timestamp"] == t0 + pd.Timedelta(days=1)
-    assert violations[0]["label_timestamp"] == t0
+    assert violations[0]["label_time"] == t0
 
     correct = point_in_time_join(labels, [FeatureSource("fv", fdf, ["x"])], event_timestamp="label_timestamp")
-    assert assert_no_leakage(correct) == []
+    assert assert_no_leakage(correct, "label_timestamp") == []
     assert correct["x"].tolist() == [1.0, 3.0]
 
 
@@ -309,11 +309,11 @@ def test_leakage_check_flags_rows_older_than_the_ttl_only_when_given_one():
             ],
         }
     )
-    assert assert_no_leakage(frame) == []
-    old = assert_no_leakage(frame, ttls={"fv": timedelta(days=2)})
+    assert assert_no_leakage(frame, "label_timestamp") == []
+    old = assert_no_leakage(frame, "label_timestamp", ttls={"fv": timedelta(days=2)})
     assert [(v["row"], v["kind"]) for v in old] == [
         (1, "feature_older_than_ttl")
     ]  # a null row is no violation
-    assert assert_no_leakage(frame, ttls={"other": timedelta(days=1)}) == []
+    assert assert_no_leakage(frame, "label_timestamp", ttls={"other": timedelta(days=1)}) == []
     with pytest.raises(ValueError, match="label_timestamp"):
-        assert_no_leakage(frame.drop(columns="label_timestamp"))
+        assert_no_leakage(frame.drop(columns="label_timestamp"), "label_timestamp")

@@ -137,7 +137,7 @@ def test_values_as_of_the_midnight_at_or_before_each_time_in_input_order(hand):
         assert values(out, row, PURCHASES) == [0, 0.0, None, None, 0]
         assert values(out, row, ENGAGEMENT + PROFILE) == [None, 0, None, None, None]
         assert out.loc[row, [c for c in out.columns if c.endswith("__feature_timestamp")]].isna().all()
-    assert assert_no_leakage(out.rename(columns={"event_timestamp": "label_timestamp"})) == []
+    assert assert_no_leakage(out.rename(columns={"event_timestamp": "label_timestamp"}), "label_timestamp") == []
 
 
 def test_entity_without_rows_and_views_it_never_appears_in(hand):
@@ -203,7 +203,7 @@ def test_ttl_judges_the_newest_stored_day_against_the_request_time(hand):
     assert out["customer_profile__feature_timestamp"].tolist() == [T("2026-01-11")] * 3
     labelled = out.rename(columns={"event_timestamp": "label_timestamp"})
     ttls = {n: v.view.ttl for n, v in hand.layouts.items()}
-    assert assert_no_leakage(labelled, ttls=ttls) == []
+    assert assert_no_leakage(labelled, "label_timestamp", ttls=ttls) == []
 
 
 def test_default_is_every_feature_and_bad_requests_are_refused(hand):

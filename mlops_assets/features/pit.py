@@ -219,7 +219,7 @@ def point_in_time_join(
 
 def assert_no_leakage(
     training_set: pd.DataFrame,
-    label_time: str = "label_time",
+    label_time: str,
     ttls: dict[str, timedelta | None] | None = None,
 ) -> list[dict]:
     """Violations of point-in-time correctness in a joined set; empty when there are none.
