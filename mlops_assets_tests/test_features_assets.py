@@ -258,7 +258,9 @@ def test_a_views_code_version_changes_exactly_when_its_definition_does(churn):
         return {k for k, v in _versions(project).items() if v != base[k]}
 
     downstream = {"training_set", "online_features"}  # read every view: they follow any view's version
-    assert changed(with_view("support", ttl=timedelta(days=5))) == {"support", *downstream}
+    # the TTL is a read-time rule: the view's stored days stay valid, what reads it changes
+    assert changed(with_view("support", ttl=timedelta(days=5))) == downstream
+    assert changed(with_view("support", description="new words", owner="someone")) == set()
     assert changed(with_view("engagement", filter="event_type = 'login'")) == {"engagement", *downstream}
     features = {**spec.feature_views["support"].features, "tickets_14d": Feature(agg="count", window=14)}
     assert changed(with_view("support", features=features)) == {"support", *downstream}

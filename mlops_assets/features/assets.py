@@ -136,9 +136,9 @@ def build_feature_view_asset(
 
 
 def _versions(project: Project) -> str:
-    return hashlib.sha256("".join(v.version() for v in layouts(project.spec).values()).encode()).hexdigest()[
-        :12
-    ]
+    """What reading the views returns depends on: their stored definitions and their TTLs."""
+    joined = "".join(v.read_version() for v in layouts(project.spec).values())
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
 
 
 def build_training_set_asset(project: Project) -> dg.AssetsDefinition:

@@ -175,9 +175,19 @@ class ViewLayout:
         used = {self.entity_key, self.source.timestamp} | {
             f.column for f in self.view.features.values() if f.column
         }
+        stored = self.view.model_dump(
+            mode="json",
+            exclude={
+                "description": True,
+                "owner": True,
+                "tags": True,
+                "ttl": True,
+                "features": {f: {"description", "tags"} for f in self.view.features},
+            },
+        )  # what is stored and computed: descriptions, owners, tags and the TTL (a read-time rule) are not
         return {
             "layout": LAYOUT_VERSION,
-            "view": self.view.model_dump(mode="json"),
+            "view": stored,
             "source": self.source_name,
             "kind": self.kind,
             "columns": {c: self.source.columns[c].type for c in sorted(used) if c in self.source.columns},
@@ -185,9 +195,14 @@ class ViewLayout:
         }
 
     def version(self) -> str:
-        """Hash of the definition: changes exactly when what this view stores or computes changes."""
+        """Hash of the definition: changes exactly when what this view stores changes."""
         text = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def read_version(self) -> str:
+        """What a read of the view returns depends on: the stored definition and the TTL (applied at read time)."""
+        ttl = None if self.view.ttl is None else self.view.ttl.total_seconds()
+        return hashlib.sha256(f"{self.version()}:{ttl}".encode()).hexdigest()[:16]
 
 
 def layouts(spec: ProjectSpec) -> dict[str, ViewLayout]:
