@@ -192,6 +192,7 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     assert [r.run_key for r in later.run_requests] == [f"drift:{DRIFT_DAY_2}:champion-v{trained.version}"]
 
 
+@pytest.mark.slow  # creating the MLflow store the resource sets up costs most of its 5-9 s
 def test_drift_report_without_champion_says_so(churn, isolated_mlflow_env):
     write_events(churn.paths, NO_DRIFT_DAY)  # a landing day, so that the day is a partition
     asset = build_drift_asset(churn, daily_partitions(churn))

@@ -162,6 +162,8 @@ def test_drift_is_flagged_after_day_x_and_retraining_is_gated(data_dir, isolated
             raise_on_error=False,
         )
         assert not blocked.success
+        failed = {c.check_name for c in blocked.get_asset_check_evaluations() if not c.passed}
+        assert "beats_baseline" in failed, failed
         assert champion_version() == v1
         # ... and with the spec's gates it is promoted exactly when every gate that applies passed
         rerun = dg.materialize(
