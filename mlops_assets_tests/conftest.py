@@ -176,6 +176,7 @@ def redis_broker():
         yield server
 
 
+<<<<<<< HEAD
 # --- feature-store tests: source partitions written straight into the warehouse ------------------------
 
 
@@ -201,3 +202,32 @@ def write_source_days(project: Project, source: str, rows: pd.DataFrame, days: l
         part = frame[day_of == day].sort_values(list(contract.sort_by), kind="stable")
         table = pa.Table.from_pandas(part[contract.column_names], preserve_index=False)
         write_partition(table.cast(contract.schema), project.paths.partition_dir(source, day))
+=======
+# --------------------------------------------------------------------------- monitoring tests (port-monitoring)
+
+
+@pytest.fixture
+def isolated_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MLFLOW_TRACKING_URI during the test (each project uses its data root's store), and none left after it:
+    MLflow exports the URI it is given to the environment."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")  # recorded, so that teardown removes the variable
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+
+def ingest_days(project: Project, sources, days) -> None:
+    """Validate and store (kept rows and quarantine) the landing files of ``sources`` for ``days`` through the
+    ingestion core, without a Dagster run (much cheaper over many days) and without the landing manifests."""
+    from mlops_assets.ingestion.validate import ingest_day, write_day
+
+    for source in sources:
+        contract = project.contract(source)
+        landing = project.landing_dir(source)
+        for day in days:
+            result = ingest_day(contract, landing, day)
+            write_day(
+                result,
+                project.paths.partition_dir(source, day),
+                project.paths.quarantine_dir(source, day),
+                landing,
+            )
+>>>>>>> port-monitoring

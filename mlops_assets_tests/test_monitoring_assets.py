@@ -2,90 +2,56 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from mlops_assets.features.compute import feature_partition_dir, view_schema
-from mlops_assets.features.views import FEATURE_VIEWS
+from mlops_assets.features.store import FeatureStore
 from mlops_assets.monitoring import daily
-from mlops_assets.monitoring.assets import drift_report
-from mlops_assets.monitoring.sensors import drift_retraining_sensor, new_data_automation_sensor
+from mlops_assets.monitoring import definitions as monitoring_definitions
+from mlops_assets.monitoring.assets import build_drift_asset
+from mlops_assets.monitoring.schedules import (
+    DEFAULT_RETRAIN_CRON,
+    RETRAIN_CRON_ENV,
+    build_retraining_schedule,
+)
+from mlops_assets.monitoring.sensors import drift_retraining_sensor
+from mlops_assets.partitions import daily_partitions
+from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
-from mlops_assets.settings import DataPaths
-from mlops_assets.storage import write_partition
+from mlops_assets.storage import read_partition, write_partition
 from mlops_assets.training import registry
 from mlops_assets.training.resources import MlflowResource
-from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
+from mlops_assets.training.task import ModelTask
 from mlops_assets.training.tracking import TrackingConfig, client_for
-from mlops_assets.training.train import TrainConfig, train_and_log
+from mlops_assets.training.train import TrainConfig, TrainResult, train_and_log
+from mlops_assets_tests.conftest import CHURN_SPEC, definitions, ingest_days, write_events
 
-NO_DRIFT_DAY, DRIFT_DAY, DRIFT_DAY_2 = "2026-02-10", "2026-02-12", "2026-02-14"
-
-
-def write_features(paths: DataPaths, day: str, rows: pd.DataFrame) -> None:
-    stamp = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
-    for view in FEATURE_VIEWS:
-        frame = pd.DataFrame({"customer_id": rows["customer_id"], "feature_timestamp": stamp})
-        for f in view.features:
-            frame[f.name] = rows[f.name] if f.name in rows else (0 if f.dtype == "int64" else np.nan)
-            if f.dtype == "int64":
-                frame[f.name] = frame[f.name].fillna(0).astype("int64")
-        write_partition(frame[view_schema(view).names], feature_partition_dir(paths, view.name, day))
+# The small world holds 2026-01-01..2026-02-14; its events from DRIFTED_FROM on are rewritten with drift.
+NO_DRIFT_DAY, DRIFTED_FROM, DRIFT_DAY, DRIFT_DAY_2 = "2026-02-09", "2026-02-10", "2026-02-12", "2026-02-14"
 
 
-def write_day(paths: DataPaths, day: str, rows: pd.DataFrame, labelled: pd.DataFrame) -> None:
-    """The day's population ``rows`` (features as of its end) and a separate cohort ``labelled`` whose labels
-    arrive on the day (joined to the previous day's features, as the training set joins them)."""
-    labelled = labelled.assign(customer_id="L" + labelled["customer_id"])
-    write_features(paths, str(pd.Timestamp(day).date() - pd.Timedelta(days=1)), labelled)
-    write_features(paths, day, rows)
-    labels = pd.DataFrame(
-        {
-            "customer_id": labelled["customer_id"],
-            "label_timestamp": pd.Series(
-                pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12), index=labelled.index
-            ).astype("datetime64[us, UTC]"),
-            "churned": labelled["churned"].astype("int8"),
-        }
-    )
-    write_partition(labels, paths.partition_dir("raw_labels", day))
+def day_range(first: str, last: str) -> list[str]:
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
-def drifted(rows: pd.DataFrame) -> pd.DataFrame:
-    out = rows.copy()
-    out["logins_30d"] = np.floor(out["logins_30d"] * 0.3)
-    out["total_spend_30d"] *= 3.0
-    out["avg_order_value_30d"] *= 3.0
-    out["tickets_30d"] += 3
-    out["days_since_last_login"] = out["days_since_last_login"] * 4 + 5
-    out["plan"] = "basic"
-    return out
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A champion trained on a synthetic training set, a no-drift day and two drifted days."""
-    with pytest.MonkeyPatch.context() as patch:  # mlflow.set_tracking_uri exports the URI; keep it local
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield _world(tmp_path_factory)
-
-
-def _world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("monitoring") / "data"
-    paths = DataPaths(root)
-    tracking = TrackingConfig.for_data_root(root)
-    reference = synthetic_training_set(n_rows=600, n_days=10, seed=1)
+def train_champion(project: Project, model_type: str = "logistic_regression") -> TrainResult:
+    """Build the project's training set, train a model on it and promote it to champion."""
+    store = FeatureStore(project)
+    frame, meta = store.build_training_set()
+    store.write_training_set(frame, meta)
+    task = ModelTask.from_project(project)
+    tracking = TrackingConfig.for_project(project)
     trained = train_and_log(
-        reference,
-        TrainConfig(model_type="logistic_regression"),
-        numeric_features=NUMERIC_FEATURES,
-        categorical_features=CATEGORICAL_FEATURES,
+        frame,
+        task,
+        TrainConfig.from_task(task, model_type=model_type, hyperparameters={}),  # the spec's are for its own
         tracking=tracking,
         importance_repeats=1,
     )
@@ -93,58 +59,110 @@ def _world(tmp_path_factory):
         client_for(tracking),
         trained.version,
         "test champion",
-        history_path=registry.default_history_path(root),
+        model_name=project.model_name,
+        history_path=registry.default_history_path(project.paths.root),
     )
-    current = synthetic_training_set(n_rows=500, n_days=1, seed=7)
-    labelled = synthetic_training_set(n_rows=300, n_days=1, seed=17)
-    write_day(paths, NO_DRIFT_DAY, current, labelled)
-    write_day(paths, DRIFT_DAY, drifted(current), labelled)
-    write_day(paths, DRIFT_DAY_2, drifted(synthetic_training_set(n_rows=500, n_days=1, seed=8)), labelled)
-    return paths, trained
+    return trained
 
 
-def resources(root) -> dict:
-    data = DataDirResource(root=str(root))
-    return {"data": data, "mlflow": MlflowResource(data=data)}
+def inject_event_drift(project: Project, days: list[str]) -> None:
+    """On ``days`` customers log in a tenth as often, pay five times as much per order and open two support
+    tickets a day: the stored raw events of those days are rewritten and the event views recomputed."""
+    rng = np.random.default_rng(0)
+    for day in days:
+        directory = project.paths.partition_dir("raw_events", day)
+        table = read_partition(directory)
+        events = table.to_pandas()
+        logins = events["event_type"] == "login"
+        events = events.loc[~logins | (rng.random(len(events)) < 0.1)].copy()
+        events["amount"] = events["amount"] * 5.0
+        active = events["customer_id"].unique()
+        tickets = pd.DataFrame(
+            {
+                "event_id": [f"{day}-drift-{i}" for i in range(2 * len(active))],
+                "customer_id": np.repeat(active, 2),
+                "event_timestamp": pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12),
+                "event_type": "support_ticket",
+                "amount": np.nan,
+            }
+        )
+        frame = pd.concat([events, tickets], ignore_index=True)
+        write_partition(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), directory)
+    views = [v for v in project.view_names if project.view(v).source == "raw_events"]
+    FeatureStore(project).materialize(days, views)
 
 
-def run_day(paths: DataPaths, day: str, instance: dg.DagsterInstance, **config) -> dg.ExecuteInJobResult:
+def monitored_population(project: Project, day: str) -> int:
+    """Customers with a raw event within the 90 days up to ``day`` (the churn spec's monitored population)."""
+    first = max(date.fromisoformat(day) - timedelta(days=89), date(2026, 1, 1)).isoformat()
+    ids: set[str] = set()
+    for d in day_range(first, day):
+        directory = project.paths.partition_dir("raw_events", d)
+        if directory.exists():
+            ids.update(pd.read_parquet(directory)["customer_id"])
+    return len(ids)
+
+
+def labels_in_window(project: Project, source: str, day: str, window: int = 7) -> int:
+    """Label rows stored in the ``window`` daily partitions of ``source`` up to ``day``."""
+    first = (date.fromisoformat(day) - timedelta(days=window - 1)).isoformat()
+    return sum(
+        len(pd.read_parquet(project.paths.partition_dir(source, d)))
+        for d in day_range(first, day)
+        if project.paths.partition_dir(source, d).exists()
+    )
+
+
+def resources(project: Project) -> dict:
+    data = DataDirResource(root=str(project.paths.root))
+    mlflow = MlflowResource(data=data, model_name=project.model_name, experiment_name=project.name)
+    return {"data": data, "mlflow": mlflow}
+
+
+def run_day(
+    project: Project, asset, day: str, instance: dg.DagsterInstance, **config
+) -> dg.ExecuteInJobResult:
     return dg.materialize(
-        [drift_report],
+        [asset],
         partition_key=day,
-        resources=resources(paths.root),
+        resources=resources(project),
         instance=instance,
         run_config={"ops": {"drift_report": {"config": config}}},
     )
 
 
 @pytest.mark.slow
-def test_drift_report_no_drift_vs_injected_drift_and_retraining_sensor(world):
+def test_drift_report_no_drift_vs_injected_drift_and_retraining_sensor(small_world, isolated_mlflow_env):
+    project = small_world
+    trained = train_champion(project)  # on the world before any drift
+    inject_event_drift(project, day_range(DRIFTED_FROM, DRIFT_DAY_2))
+    asset = build_drift_asset(project, daily_partitions(project))
     with dg.instance_for_test() as instance:  # run-sharded SQLite event log, as under `dagster dev`
-        drift_and_sensor(world, instance)
+        drift_and_sensor(project, asset, trained, instance)
 
 
-def drift_and_sensor(world, instance: dg.DagsterInstance) -> None:
-    paths, trained = world
-
-    calm = run_day(paths, NO_DRIFT_DAY, instance)
+def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg.DagsterInstance) -> None:
+    paths = project.paths
+    calm = run_day(project, asset, NO_DRIFT_DAY, instance, min_labels=50)
     checks = {c.check_name: c for c in calm.get_asset_check_evaluations()}
     assert checks[daily.DATASET_DRIFT_CHECK].passed
-    assert (
-        checks[daily.ESTIMATED_PERFORMANCE_CHECK].passed and checks[daily.REALIZED_PERFORMANCE_CHECK].passed
-    )
+    assert checks[daily.ESTIMATED_PERFORMANCE_CHECK].passed
+    realized = checks[daily.REALIZED_PERFORMANCE_CHECK]
+    assert realized.passed and not realized.metadata["skipped"].value, realized.description
     meta = calm.asset_materializations_for_node("drift_report")[0].metadata
-    assert meta["champion_version"].value == trained.version and meta["dagster/row_count"].value == 500
-    assert meta["realized_labels"].value == 300 and "| feature |" in meta["report"].value
+    assert meta["champion_version"].value == trained.version
+    assert meta["dagster/row_count"].value == monitored_population(project, NO_DRIFT_DAY)
+    assert meta["realized_labels"].value == labels_in_window(project, "raw_labels", NO_DRIFT_DAY) >= 50
+    assert "| feature |" in meta["report"].value
     # the per-feature tests run at alpha / m (Bonferroni) over the champion's m input features
     alpha = checks[daily.FEATURE_DRIFT_CHECK].metadata["details"].value["per_feature_alpha"]
-    assert alpha == pytest.approx(0.05 / (len(NUMERIC_FEATURES) + len(CATEGORICAL_FEATURES)))
+    assert alpha == pytest.approx(0.05 / (len(trained.numeric_features) + len(trained.categorical_features)))
     # sensor: passing checks request nothing
     context = dg.build_sensor_context(instance=instance)
     first = drift_retraining_sensor(context)
     assert not first.run_requests
 
-    bad = run_day(paths, DRIFT_DAY, instance, histograms="drifted")
+    bad = run_day(project, asset, DRIFT_DAY, instance, histograms="drifted")
     checks = {c.check_name: c for c in bad.get_asset_check_evaluations()}
     share = checks[daily.DATASET_DRIFT_CHECK]
     assert not share.passed and share.severity == dg.AssetCheckSeverity.ERROR
@@ -152,10 +170,10 @@ def drift_and_sensor(world, instance: dg.DagsterInstance) -> None:
     assert checks[daily.FEATURE_DRIFT_CHECK].severity == dg.AssetCheckSeverity.WARN
     meta = bad.asset_materializations_for_node("drift_report")[0].metadata
     drifted_features = set(meta["drifted_features"].value)
-    assert {"logins_30d", "total_spend_30d", "tickets_30d", "plan"} <= drifted_features
+    assert {"logins_7d", "tickets_7d", "avg_order_value_30d", "days_since_last_ticket"} <= drifted_features
     assert "data:image/png;base64," in meta["histograms"].value
     saved = sorted(p.name for p in paths.reports.glob(f"drift_report_{DRIFT_DAY}*"))
-    assert f"drift_report_{DRIFT_DAY}.md" in saved and f"drift_report_{DRIFT_DAY}_logins_30d.png" in saved
+    assert f"drift_report_{DRIFT_DAY}.md" in saved and f"drift_report_{DRIFT_DAY}_logins_7d.png" in saved
     alerts = [json.loads(line) for line in (paths.alerts / "alerts.jsonl").read_text().splitlines()]
     assert alerts[-1]["kind"] == "model_degradation" and DRIFT_DAY in alerts[-1]["title"]
 
@@ -169,17 +187,16 @@ def drift_and_sensor(world, instance: dg.DagsterInstance) -> None:
     again = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
     assert not again.run_requests
 
-    run_day(paths, DRIFT_DAY_2, instance, histograms="none")
+    run_day(project, asset, DRIFT_DAY_2, instance, histograms="none")
     later = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
     assert [r.run_key for r in later.run_requests] == [f"drift:{DRIFT_DAY_2}:champion-v{trained.version}"]
 
 
-def test_drift_report_without_champion_says_so(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    paths = DataPaths(tmp_path / "data")
-    current = synthetic_training_set(n_rows=50, n_days=1, seed=3)
-    write_day(paths, NO_DRIFT_DAY, current, current)
-    result = run_day(paths, NO_DRIFT_DAY, dg.DagsterInstance.ephemeral())
+@pytest.mark.slow  # creating the MLflow store the resource sets up costs most of its 5-9 s
+def test_drift_report_without_champion_says_so(churn, isolated_mlflow_env):
+    write_events(churn.paths, NO_DRIFT_DAY)  # a landing day, so that the day is a partition
+    asset = build_drift_asset(churn, daily_partitions(churn))
+    result = run_day(churn, asset, NO_DRIFT_DAY, dg.DagsterInstance.ephemeral())
     meta = result.asset_materializations_for_node("drift_report")[0].metadata
     assert meta["status"].value == "no champion" and "champion" in meta["message"].value
     checks = result.get_asset_check_evaluations()
@@ -188,14 +205,60 @@ def test_drift_report_without_champion_says_so(tmp_path, monkeypatch):
     assert all("no champion" in c.description for c in checks)
 
 
-def test_weekly_schedule_requests_retraining_job_with_tags(monkeypatch):
-    from mlops_assets import definitions as top
-    from mlops_assets.monitoring import schedules
+@pytest.mark.slow
+def test_drift_report_of_a_regression_champion_reports_realized_mae(bikes, isolated_mlflow_env):
+    """The bikes example: realized MAE against the training-time holdout MAE, no CBPE estimate."""
+    from sklearn.metrics import mean_absolute_error
 
-    repo = top.defs.get_repository_def()
+    from examples.bikes.simulator import simulate
+
+    # 40 days: the spec's 28-day warm-up leaves two label days to train on, a week of labels to monitor
+    simulate(bikes.paths.landing, days=40, start="2026-03-01", seed=2, size=15, scenarios=())
+    days = bikes.partition_days()
+    ingest_days(bikes, bikes.spec.sources, days)
+    FeatureStore(bikes).materialize(days)
+    trained = train_champion(bikes, model_type="linear_regression")
+    day = days[-1]
+    asset = build_drift_asset(bikes, daily_partitions(bikes))
+    result = run_day(bikes, asset, day, dg.DagsterInstance.ephemeral(), min_labels=20)
+    assert result.success
+    meta = result.asset_materializations_for_node("drift_report")[0].metadata
+    assert meta["champion_version"].value == trained.version
+    classification = {"estimated_accuracy", "estimated_roc_auc", "realized_accuracy", "realized_roc_auc"}
+    assert not classification & set(meta)
+    assert meta["training_mae"].value == pytest.approx(trained.metrics["holdout_mae"])
+    # the realized MAE is the champion's mean absolute error on the labels observed in the last 7 days,
+    # joined to their features as the training set joins them
+    frame, _ = FeatureStore(bikes).read_training_set()
+    window = set(day_range((date.fromisoformat(day) - timedelta(days=6)).isoformat(), day))
+    rows = frame.loc[frame["observed_at"].dt.strftime("%Y-%m-%d").isin(window)]
+    assert meta["realized_labels"].value == len(rows) == labels_in_window(bikes, "demand", day) >= 20
+    features = [*trained.numeric_features, *trained.categorical_features]
+    expected = mean_absolute_error(rows["trips_next_7d"], trained.model.predict(rows[features]))
+    assert meta["realized_mae"].value == pytest.approx(expected, rel=1e-9)
+    assert "| mae |" in meta["report"].value
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    estimated = checks[daily.ESTIMATED_PERFORMANCE_CHECK]
+    assert estimated.passed and estimated.metadata["skipped"].value
+    realized = checks[daily.REALIZED_PERFORMANCE_CHECK]
+    assert not realized.metadata["skipped"].value
+    assert set(realized.metadata["details"].value["drops"]) == {"mae"}
+
+
+@pytest.fixture(scope="module")
+def churn_defs(tmp_path_factory) -> dg.Definitions:
+    """The churn example's definitions (built once: building them costs seconds), with the default cron."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(RETRAIN_CRON_ENV, raising=False)
+        yield definitions(Project.load(CHURN_SPEC, tmp_path_factory.mktemp("defs") / "data"))
+
+
+def test_weekly_schedule_requests_retraining_job_with_tags(churn_defs, churn, monkeypatch):
+    repo = churn_defs.get_repository_def()
     schedule = repo.get_schedule_def("weekly_retraining_schedule")
     assert schedule.job_name == "retraining_job" and repo.has_job("retraining_job")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == DEFAULT_RETRAIN_CRON
     tick = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
     with dg.instance_for_test() as instance:
         request = schedule.evaluate_tick(
@@ -205,29 +268,30 @@ def test_weekly_schedule_requests_retraining_job_with_tags(monkeypatch):
     assert run.tags["mlops/trigger"] == "schedule" and tick.isoformat() in run.tags["mlops/trigger_reason"]
     assert run.run_key == f"schedule:{tick.isoformat()}"
 
-    monkeypatch.setenv("MLOPS_RETRAIN_CRON", "0 6 * * *")
-    try:
-        assert importlib.reload(schedules).weekly_retraining_schedule.cron_schedule == "0 6 * * *"
-    finally:
-        monkeypatch.delenv("MLOPS_RETRAIN_CRON")
-        importlib.reload(schedules)
-    assert schedules.weekly_retraining_schedule.cron_schedule == schedules.DEFAULT_RETRAIN_CRON
+    # the cron comes from $MLOPS_RETRAIN_CRON when the definitions load
+    assert build_retraining_schedule({RETRAIN_CRON_ENV: "0 6 * * *"}).cron_schedule == "0 6 * * *"
+    assert build_retraining_schedule({}).cron_schedule == DEFAULT_RETRAIN_CRON
+    monkeypatch.setenv(RETRAIN_CRON_ENV, "0 6 * * *")
+    (loaded,) = monitoring_definitions.build_defs(churn, daily_partitions(churn)).schedules
+    assert loaded.cron_schedule == "0 6 * * *"
 
 
-def test_triggers_are_on_by_default_and_targets_do_not_overlap():
-    from mlops_assets import definitions as top
-
-    repo = top.defs.get_repository_def()
-    assert drift_retraining_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert new_data_automation_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert new_data_automation_sensor.run_tags["mlops/trigger"] == "new_data"
+def test_triggers_are_on_by_default_and_targets_do_not_overlap(churn_defs, churn):
+    repo = churn_defs.get_repository_def()
+    drift_sensor = repo.get_sensor_def("drift_retraining_sensor")
+    new_data = repo.get_sensor_def("new_data_automation_sensor")
+    assert drift_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert drift_sensor.job_name == "retraining_job"
+    assert new_data.default_status == dg.DefaultSensorStatus.RUNNING
+    assert new_data.run_tags["mlops/trigger"] == "new_data"
     graph = repo.asset_graph
-    mine = new_data_automation_sensor.asset_selection.resolve(graph)
-    assert {dg.AssetKey("training_set"), dg.AssetKey("drift_report")} <= mine
+    mine = new_data.asset_selection.resolve(graph)
+    views = {dg.AssetKey(v) for v in churn.view_names}
+    assert {dg.AssetKey("training_set"), dg.AssetKey("drift_report"), *views} <= mine
     others = [
         s
         for s in repo.sensor_defs
-        if isinstance(s, dg.AutomationConditionSensorDefinition) and s.name != new_data_automation_sensor.name
+        if isinstance(s, dg.AutomationConditionSensorDefinition) and s.name != new_data.name
     ]
     for sensor in others:
         assert not (sensor.asset_selection.resolve(graph) & mine), sensor.name

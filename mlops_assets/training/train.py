@@ -70,6 +70,8 @@ class TrainConfig:
             "threshold": task.threshold,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["model_type"] != task.estimator and overrides.get("hyperparameters") is None:
+            values["hyperparameters"] = {}  # the spec's hyperparameters are those of its own estimator
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
