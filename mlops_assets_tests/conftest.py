@@ -176,7 +176,6 @@ def redis_broker():
         yield server
 
 
-<<<<<<< HEAD
 # --- feature-store tests: source partitions written straight into the warehouse ------------------------
 
 
@@ -202,8 +201,9 @@ def write_source_days(project: Project, source: str, rows: pd.DataFrame, days: l
         part = frame[day_of == day].sort_values(list(contract.sort_by), kind="stable")
         table = pa.Table.from_pandas(part[contract.column_names], preserve_index=False)
         write_partition(table.cast(contract.schema), project.paths.partition_dir(source, day))
-=======
-# --------------------------------------------------------------------------- monitoring tests (port-monitoring)
+
+
+# --------------------------------------------------------------------------- monitoring tests
 
 
 @pytest.fixture
@@ -230,4 +230,3 @@ def ingest_days(project: Project, sources, days) -> None:
                 project.paths.quarantine_dir(source, day),
                 landing,
             )
->>>>>>> port-monitoring
