@@ -230,3 +230,34 @@ def ingest_days(project: Project, sources, days) -> None:
                 project.paths.quarantine_dir(source, day),
                 landing,
             )
+
+
+# ------------------------------------------------------------------ training, registry and model report tests
+# Creating an MLflow SQLite store runs its schema migrations (seconds): one empty, migrated database per
+# session is copied wherever a test needs a store of its own.
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite database holding no experiment of ours, its schema already migrated."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty_mlflow") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    return path
+
+
+def copy_mlflow_db(template: Path, data_root: Path) -> Path:
+    """Copy the empty store to ``<data_root>/mlflow/mlflow.db`` (the default store of that data folder)."""
+    target = Path(data_root) / "mlflow" / "mlflow.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, target)
+    return target
+
+
+@pytest.fixture
+def mlflow_store(empty_mlflow_db: Path, data_dir: DataPaths, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty MLflow store at the test data folder's default location (no $MLFLOW_TRACKING_URI)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return copy_mlflow_db(empty_mlflow_db, data_dir.root)

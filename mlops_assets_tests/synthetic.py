@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from mlops_assets.training.task import CLASSIFICATION, REGRESSION, ModelTask
+
 PLANS = ("basic", "standard", "premium")
 REGIONS = ("north", "south", "east", "west")
 AGE_GROUPS = ("18-24", "25-34", "35-49", "50+")
@@ -70,3 +72,83 @@ def synthetic_training_set(
         }
     )
     return frame.sort_values(["label_timestamp", "customer_id"]).reset_index(drop=True)
+
+
+REGRESSION_NUMERIC = ["load", "temperature", "lag_signal"]
+REGRESSION_CATEGORICAL = ["zone"]
+ZONE_EFFECT = {"a": 0.0, "b": 6.0, "c": -4.0}
+
+
+def synthetic_regression_set(
+    n_entities: int = 40,
+    n_days: int = 20,
+    seed: int = 0,
+    delay_days: int = 3,
+    start: datetime = datetime(2026, 3, 1, tzinfo=UTC),
+) -> pd.DataFrame:
+    """One row per integer-keyed entity and day: the target is linear in the inputs plus a zone effect, a small
+    entity level and noise; each label becomes known ``delay_days`` after the row's time (column ``observed_at``)."""
+    rng = np.random.default_rng(seed)
+    level = rng.normal(0.0, 1.0, n_entities)
+    zone = rng.choice(list(ZONE_EFFECT), n_entities)
+    rows = []
+    for day in range(n_days):
+        at = start + timedelta(days=day)
+        load = rng.gamma(4.0, 2.5, n_entities)
+        temperature = rng.normal(15.0, 6.0, n_entities)
+        lag_signal = rng.normal(0.0, 1.0, n_entities)
+        target = (
+            20.0
+            + 2.0 * load
+            - 0.8 * temperature
+            + 3.0 * lag_signal
+            + np.vectorize(ZONE_EFFECT.get)(zone)
+            + level
+            + rng.normal(0.0, 1.0, n_entities)
+        )
+        rows.append(
+            pd.DataFrame(
+                {
+                    "station_id": np.arange(n_entities, dtype="int64"),
+                    "as_of": pd.Timestamp(at),
+                    "observed_at": pd.Timestamp(at + timedelta(days=delay_days)),
+                    "demand": target,
+                    "load": load,
+                    "temperature": temperature,
+                    "lag_signal": lag_signal,
+                    "zone": pd.array(zone, dtype="str"),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+#: The model task of :func:`synthetic_training_set` (age group: a sensitive attribute, never an input).
+SYNTHETIC_TASK = ModelTask(
+    kind=CLASSIFICATION,
+    entity="customer_id",
+    time="label_timestamp",
+    label="churned",
+    observed="label_timestamp",
+    model_name="synthetic-churn",
+    experiment="synthetic",
+    sensitive=tuple(SENSITIVE_ATTRIBUTES),
+    segments=("plan", "region", "age_group"),
+    candidates=(*NUMERIC_FEATURES, *CATEGORICAL_FEATURES),
+    categorical=frozenset(CATEGORICAL_FEATURES),
+    metric="roc_auc",
+)
+#: The model task of :func:`synthetic_regression_set` (labels known ``delay_days`` after their time).
+SYNTHETIC_REGRESSION_TASK = ModelTask(
+    kind=REGRESSION,
+    entity="station_id",
+    time="as_of",
+    label="demand",
+    observed="observed_at",
+    model_name="synthetic-demand",
+    experiment="synthetic",
+    segments=("zone",),
+    candidates=(*REGRESSION_NUMERIC, *REGRESSION_CATEGORICAL),
+    categorical=frozenset(REGRESSION_CATEGORICAL),
+    metric="mae",
+)

@@ -323,13 +323,8 @@ def _json_ready(value: Any) -> Any:
 
 
 def bias_score(fairness: Sequence[Mapping[str, Any]], model: str) -> float | None:
-    """Largest demographic-parity / equal-opportunity difference of ``model`` (as the bias gate)."""
-    values = [
-        _number(row.get(key))
-        for row in fairness
-        if row.get("model") == model
-        for key in ("demographic_parity_difference", "equal_opportunity_difference")
-    ]
+    """Largest between-group difference of ``model`` over the sensitive attributes (as the bias gate)."""
+    values = [_number(row.get("score")) for row in fairness if row.get("model") == model]
     values = [v for v in values if v is not None]
     return max(values) if values else None
 
@@ -703,12 +698,16 @@ def render_markdown(report: ModelReport) -> str:
                 "|---|---:|",
             ]
             lines += [f"| {_metric_label(row)} | {fmt(row.challenger)} |" for row in report.comparison]
-        summary = ev.data.get("summary", {})
+        summary, golden = ev.data.get("summary", {}), ev.data.get("golden", [])
+        sanity = (
+            "not applicable (no golden cases)"
+            if not golden
+            else ("holds" if all(g.get("passed") for g in golden) else "FAILS")
+        )
         lines += [
             "",
             f"Coverage: rows {fmt(_number(summary.get('row_coverage')))}, segments "
-            f"{fmt(_number(summary.get('segment_coverage')))}; golden-input sanity "
-            f"{'holds' if summary.get('sanity_passed') else 'FAILS'}.",
+            f"{fmt(_number(summary.get('segment_coverage')))}; golden-input sanity {sanity}.",
             "",
         ]
     lines += ["## Quality gates", ""]

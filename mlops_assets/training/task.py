@@ -180,7 +180,9 @@ def select_inputs(task: ModelTask, train: pd.DataFrame) -> InputSelection:
         if present.empty:
             dropped[name] = "all null on the training rows"
         elif present.astype(str).nunique() == 1 and values.notna().all():
-            dropped[name] = f"constant on the training rows (always {present.iloc[0]!r})"
+            value = present.iloc[0]
+            value = value.item() if isinstance(value, np.generic) else value  # 7.0, not np.float64(7.0)
+            dropped[name] = f"constant on the training rows (always {value!r})"
         else:
             kept.append(name)
     numeric, categorical = task.split_inputs(kept)
