@@ -8,6 +8,7 @@ tiles when read (:mod:`mlops_assets.features.aggregate`). No Dagster here.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -72,7 +73,8 @@ class FeatureStore:
         self.spec = project.spec
         self.layouts: dict[str, ViewLayout] = layouts(project.spec)
         self._online: online.OnlineStore | None = None
-        self._tiles: dict[tuple[str, str], pa.Table] = {}
+        # (view, day) -> (the tile file's inode, mtime and size, the tile)
+        self._tiles: dict[tuple[str, str], tuple[tuple[int, int, int], pa.Table]] = {}
 
     # ------------------------------------------------------------------ catalog
 
@@ -132,9 +134,13 @@ class FeatureStore:
         parts = []
         for day in days:
             key = (layout.name, day)
-            if key not in self._tiles:
-                self._tiles[key] = pq.read_table(files[day]).cast(layout.schema)
-            parts.append(self._tiles[key])
+            # a re-materialized day is a new file (swapped in whole): a long-lived store must not keep the old one
+            st = os.stat(files[day])
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._tiles.get(key)
+            if cached is None or cached[0] != stamp:
+                cached = self._tiles[key] = (stamp, pq.read_table(files[day]).cast(layout.schema))
+            parts.append(cached[1])
         return pa.concat_tables(parts) if parts else layout.schema.empty_table()
 
     def _needed_days(

@@ -120,6 +120,15 @@ class _Categorical:
 # --------------------------------------------------------------------------------------- classifiers
 
 
+def _row_dot(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Each row's dot product with ``coef``, summed the same way whatever the number of rows.
+
+    A BLAS matrix-vector product may add a row's terms in another order for 1 row than for 100, so a
+    row's score would depend on the rows it is scored with; a row-wise reduction does not.
+    """
+    return np.multiply(z, coef).sum(axis=1)
+
+
 class _Logistic:
     def __init__(self, clf: Any) -> None:
         if clf.coef_.shape[0] != 1:
@@ -128,7 +137,7 @@ class _Logistic:
         self.intercept = float(clf.intercept_[0])
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(z @ self.coef + self.intercept)))
+        return 1.0 / (1.0 + np.exp(-(_row_dot(z, self.coef) + self.intercept)))
 
 
 class _Linear:
@@ -144,7 +153,7 @@ class _Linear:
         )
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.coef + self.intercept
+        return _row_dot(z, self.coef) + self.intercept
 
 
 class _HistGradientBoosting:
