@@ -367,3 +367,28 @@ def test_canary_demo_promotes_a_healthy_challenger_and_rolls_back_a_broken_one(w
         printer=lines.append,
     )
     assert [d.action for d in bad] == ["advance", "rollback"] and "error rate" in bad[-1].reason
+
+
+def test_a_feature_source_with_only_get_still_serves(world, tmp_path):
+    """A custom source written for the earlier protocol (``get(entity, features) -> dict | None``) keeps working."""
+    champion, _, rows = world
+
+    class Legacy:
+        def get(self, entity, features):
+            row = rows.get(entity)
+            return None if row is None else {f: row[f] for f in features}
+
+    config = ServingConfig(
+        data_root=tmp_path,
+        model_source=InMemoryModelSource({"champion": ("1", champion)}),
+        feature_source=Legacy(),
+        entity_key="customer_id",
+        assignments=MemoryAssignments(),
+        poll_interval_s=0,
+        log_predictions=False,
+    )
+    with ServingService(config) as service:
+        known, unknown = service.predict("C00002"), service.predict("nobody")
+    assert known.features.status == "fresh" and known.fallback == []
+    assert known.score == pytest.approx(compile_predictor(champion).predict_one(rows["C00002"]), abs=1e-12)
+    assert unknown.features.status == "stale" and unknown.features.views["features"].status == "missing"

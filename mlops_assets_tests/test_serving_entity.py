@@ -231,7 +231,8 @@ def test_as_of_replays_equal_the_batch_point_in_time_scores(app, world, model):
     customers = ["C1", "C2", "C3", "C404"]
     client, _ = app(now=T("2026-02-01"))
     replies = {}
-    days = [CHURN_DAYS[0], CHURN_DAYS[3], CHURN_DAYS[5], CHURN_DAYS[9]]  # first, ticket, plan change, last
+    # C1 files a ticket on 01-05 at 15:00 and changes plan on 01-06 at 08:00; a time reads as of its midnight
+    days = [CHURN_DAYS[4], CHURN_DAYS[5]]
     with client:
         for day in days:
             for at in (T(day) + pd.Timedelta(days=1), T(day) + pd.Timedelta("13h30min")):
@@ -255,6 +256,11 @@ def test_as_of_replays_equal_the_batch_point_in_time_scores(app, world, model):
                 body = replies[(c, at)]
                 assert body["score"] == float(score), (c, at)
                 assert body["features"]["source"] == "offline" and body["as_of"] == at.isoformat()
+    # the replays move with time: as of 01-05 00:00 (01-05 13:30), 01-06 00:00 (and 01-06 13:30, the same
+    # midnight: the ticket), 01-07 00:00 (the plan change) -- three different scores, not one constant
+    c1 = {at: body["score"] for (c, at), body in replies.items() if c == "C1"}
+    assert len(set(c1.values())) == 3
+    assert c1[T("2026-01-06 13:30")] == c1[T("2026-01-06")]
     # batch scoring at a time is the same function of the offline store
     again = score_as_of(store, customers, T("2026-01-06 13:30").to_pydatetime(), served)
     assert list(again["score"]) == [replies[(c, T("2026-01-06 13:30"))]["score"] for c in customers]
@@ -355,6 +361,58 @@ def test_a_re_materialized_day_is_read_afresh_by_a_running_server(app, world, mo
     )
     assert frame["tickets_30d"].iloc[0] == 1  # the late ticket is in the store
     assert after["score"] == _pipeline_score(model, frame) != before["score"]
+
+
+@pytest.mark.slow
+def test_replays_equal_the_batch_predictions_asset_through_the_registry(world, dagster_home, monkeypatch):
+    """The champion registered in MLflow scores the day in batch_predictions; the app (registry source, offline
+    store) replays each entity at that day's end and answers the same float."""
+    import dagster as dg
+
+    from mlops_assets.resources import DataDirResource
+    from mlops_assets.serving.assets import build_serving_assets
+    from mlops_assets.storage import read_partition
+    from mlops_assets.training import registry
+    from mlops_assets.training.tracking import TrackingConfig, client_for, ensure_tracking_store
+    from mlops_assets.training.train import train_and_log
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = TrackingConfig.for_project(world)
+    ensure_tracking_store(tracking)
+    task = ModelTask.from_project(world)
+    frame = synthetic_training_set(400, seed=8)
+    trained = train_and_log(
+        frame, task, TrainConfig(hyperparameters={"max_iter": 30}), tracking=tracking, importance_repeats=1
+    )
+    registry.promote(
+        client_for(tracking),
+        trained.version,
+        "replay test",
+        model_name=tracking.model_name,
+        history_path=registry.default_history_path(world.paths.root),
+    )
+    partitions = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-02-01", timezone="UTC")
+    (batch_asset,) = [
+        a for a in build_serving_assets(world, partitions) if a.key.path == ["batch_predictions"]
+    ]
+    result = dg.materialize(
+        [batch_asset],
+        partition_key="2026-01-06",
+        resources={"data": DataDirResource(root=str(world.paths.root))},
+    )
+    assert result.success
+    batch = read_partition(world.paths.partition_dir("batch_predictions", "2026-01-06")).to_pandas()
+    assert sorted(batch["customer_id"]) == ["C1", "C2", "C3"]  # the monitored population of the day
+    config = ServingConfig(project=world, assignments=MemoryAssignments(), poll_interval_s=0)  # the registry
+    with TestClient(create_app(config)) as client:
+        for customer, score, version in zip(
+            batch["customer_id"], batch["score"], batch["model_version"], strict=True
+        ):
+            body = client.post(
+                "/predict", json={"customer_id": customer, "as_of": "2026-01-07T00:00:00Z"}
+            ).json()
+            assert body["model_version"] == version == str(trained.version)
+            assert body["score"] == score, customer  # bit for bit
 
 
 # --------------------------------------------------------------------------- a regressor through a real server

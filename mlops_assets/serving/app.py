@@ -215,7 +215,12 @@ class FeatureSource(Protocol):
 
 
 class FeatureUnavailable(RuntimeError):
-    """The feature store cannot answer this read (e.g. the offline store lacks the days it needs)."""
+    """The feature store cannot answer this read: the offline store lacks days an ``as_of`` read needs (409), or
+    the online store was built before the views changed (503: the server's store, not the request, is at fault)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OnlineFeatureSource:
@@ -239,7 +244,7 @@ class OnlineFeatureSource:
         try:
             result = self.store.online_store().lookup(str(entity), wanted, at)
         except KeyError as exc:  # the online database predates a view change
-            raise FeatureUnavailable(str(exc.args[0] if exc.args else exc)) from None
+            raise FeatureUnavailable(str(exc.args[0] if exc.args else exc), status=503) from None
         values: dict[str, Any] = {}
         views: dict[str, ViewStatus] = {}
         for view, item in result.items():
@@ -725,7 +730,7 @@ class ServingService:
         except FeatureUnavailable as exc:
             where = f"as of {_iso(as_of)}" if as_of is not None else "now"
             raise ServingError(
-                409, f"the feature store cannot answer for {self.entity_key} {entity!r} {where}: {exc}"
+                exc.status, f"the feature store cannot answer for {self.entity_key} {entity!r} {where}: {exc}"
             ) from None
         except KeyError as exc:  # the model takes features the project's views do not define
             raise ServingError(

@@ -319,15 +319,15 @@ class Predictor:
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """The score of each row through the pipeline itself (the batch path)."""
-        inputs = pd.DataFrame(index=frame.index)
+        columns = {}
         for col in self.features:
             values = frame[col] if col in frame else pd.Series(None, index=frame.index, dtype=object)
             if col in self.numeric:
-                inputs[col] = pd.to_numeric(values, errors="coerce").astype("float64")
+                columns[col] = pd.to_numeric(values, errors="coerce").astype("float64")
             else:
                 values = values.astype(object)
-                inputs[col] = values.where(values.notna(), np.nan)
-        return estimator_scores(self.model, inputs)
+                columns[col] = values.where(values.notna(), np.nan)
+        return estimator_scores(self.model, pd.DataFrame(columns, index=frame.index, columns=self.features))
 
 
 def _split_columns(pre: Any) -> tuple[list[Any], list[str], list[str]]:
