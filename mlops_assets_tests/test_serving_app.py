@@ -141,7 +141,7 @@ class _Broken:
         raise RuntimeError("injected failure")
 
 
-def test_a_failing_challenger_is_answered_by_the_champion_and_says_so(serve, world):
+def test_a_failing_challenger_is_answered_by_the_champion_and_says_so(serve, world, tmp_path):
     champion, _, rows = world
     client, _ = serve(
         RolloutState(mode="canary", challenger_share=1.0, experiment="e"), challenger_model=_Broken()
@@ -153,8 +153,11 @@ def test_a_failing_challenger_is_answered_by_the_champion_and_says_so(serve, wor
     assert fallback == {
         "kind": "model",
         "used": "champion",
-        "reason": "challenger v2 failed: RuntimeError: injected failure",
+        "reason": "challenger v2 failed (RuntimeError)",  # the message itself stays in the log
     }
+    logged = plog.read_day(datetime.now(UTC).date(), tmp_path)
+    assert list(logged["arm"]) == ["challenger", "champion"] and list(logged["status"]) == ["error", "ok"]
+    assert logged["error"].iloc[0] == "RuntimeError: injected failure"
     expected = predict_scores(
         champion, model_inputs(_frame(rows["C00003"]), NUMERIC_FEATURES, CATEGORICAL_FEATURES)
     )

@@ -835,8 +835,8 @@ class ServingService:
             except ServingError:
                 raise
             except Exception as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-                failed = failed or (arm, model.version, failure)
+                failure = f"{type(exc).__name__}: {exc}"  # logged in full; the caller sees the type only
+                failed = failed or (arm, model.version, type(exc).__name__)
                 self.record(
                     rid,
                     entity_id,
@@ -854,7 +854,7 @@ class ServingService:
             raise ServingError(503, f"model {arm} failed to score: {failure.split(':')[0]}")
         if failed is not None:
             fallback.append(
-                {"kind": "model", "used": arm, "reason": f"{failed[0]} v{failed[1]} failed: {failed[2]}"}
+                {"kind": "model", "used": arm, "reason": f"{failed[0]} v{failed[1]} failed ({failed[2]})"}
             )
         stale = self._stale_fallback(lookup)
         if stale is not None:
