@@ -135,12 +135,12 @@ class FeatureStore:
         parts = []
         for day in days:
             key = (layout.name, day)
+            # a re-materialized day is a new file (swapped in whole): a long-lived store must not keep the old one
             st = os.stat(files[day])
-            identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
+            identity = (st.st_ino, st.st_mtime_ns, st.st_size)
             cached = self._tiles.get(key)
             if cached is None or cached[0] != identity:
-                cached = (identity, pq.read_table(files[day]).cast(layout.schema))
-                self._tiles[key] = cached
+                cached = self._tiles[key] = (identity, pq.read_table(files[day]).cast(layout.schema))
             parts.append(cached[1])
         return pa.concat_tables(parts) if parts else layout.schema.empty_table()
 
