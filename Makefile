@@ -45,12 +45,12 @@ bench: env
 	$(RUN) python -m benchmarks.run_all
 
 lint: env
-	$(RUN) ruff check mlops_assets mlops_assets_tests benchmarks
-	$(RUN) ruff format --check mlops_assets mlops_assets_tests benchmarks
+	$(RUN) ruff check mlops_assets mlops_assets_tests benchmarks examples
+	$(RUN) ruff format --check mlops_assets mlops_assets_tests benchmarks examples
 
 format: env
-	$(RUN) ruff check --fix mlops_assets mlops_assets_tests benchmarks
-	$(RUN) ruff format mlops_assets mlops_assets_tests benchmarks
+	$(RUN) ruff check --fix mlops_assets mlops_assets_tests benchmarks examples
+	$(RUN) ruff format mlops_assets mlops_assets_tests benchmarks examples
 
 # PostgreSQL and Redis servers from Debian's packages for the scale-out tests (started by the tests
 # themselves on free loopback ports; the packages' own services are not used).
