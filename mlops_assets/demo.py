@@ -1,5 +1,16 @@
 """`make demo`: an example project's lifecycle on its simulated data, in one process against the local Dagster
-instance. The example names its simulator in its spec (``demo:``); nothing here knows its domain."""
+instance, told the way the UI shows it afterwards.
+
+Every run is a named job of the code location (``ingestion_job``, ``feature_views_job``, ``retraining_job``,
+``batch_scoring_job``, ``drift_report_job``, ``serving_report_job``) tagged with the demo phase and what triggered it.
+The backfills of the simulated history and of the new days are launched by the demo, as a person launches a
+backfill; every other decision is a tick of the code location's own sensors, evaluated through the Dagster daemon's
+code path (:mod:`mlops_assets.daemon_ticks`) and recorded in the instance: the landing sensor finding nothing new,
+the online store refreshed by its automation condition, the drift alarm requesting retraining, each canary step
+judged on the serving app's prediction log, the prediction log becoming partitions with the A/B report. The
+retrained challenger reaches traffic through a canary (``$MLOPS_ROLLOUT=canary``), served by the real serving app
+on 127.0.0.1 on the registry's champion and challenger. The example names its simulator in its spec (``demo:``);
+nothing here knows its domain."""
 
 from __future__ import annotations
 
@@ -11,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 
@@ -79,14 +91,36 @@ def _say(message: str) -> None:
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+PHASE_TAG = "mlops/demo_phase"
+TRIGGER_TAG = "mlops/trigger"
+
+
+def run_job(
+    defs: dg.Definitions,
+    job: str,
+    instance: dg.DagsterInstance,
+    *,
+    phase: str,
+    trigger: str,
+    first: str | None = None,
+    last: str | None = None,
+    run_config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One in-process run of a named job (over a partition range when ``first``/``last`` are given; the daily
+    assets have single-run backfill policies), tagged with the demo phase and its trigger."""
+    tags = {PHASE_TAG: phase, TRIGGER_TAG: trigger}
+    if first is not None:
+        tags |= {RANGE_START_TAG: first, RANGE_END_TAG: last or first}
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, tags=tags, run_config={**QUIET, **(run_config or {})}, raise_on_error=False
+    )
 
 
 def materialize_range(
     defs: dg.Definitions, selection: list[str], first: str, last: str, instance: dg.DagsterInstance
 ) -> dg.ExecuteInProcessResult:
-    """One in-process run over a partition range (assets have single-run backfill policies)."""
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
+    """One in-process run of the implicit asset job over a partition range (for scripts and tests)."""
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
         asset_selection=[dg.AssetKey(k) for k in selection],
         tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
@@ -95,39 +129,54 @@ def materialize_range(
     )
 
 
-def materialize(
-    defs: dg.Definitions, selection: list[str], instance: dg.DagsterInstance, run_config: dict | None = None
-) -> dg.ExecuteInProcessResult:
-    """One in-process run of unpartitioned assets."""
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey(k) for k in selection],
-        run_config={**QUIET, **(run_config or {})},
-        raise_on_error=False,
-    )
+class RunEvents:
+    """A run's events read back from the instance, with the part of ``ExecuteInProcessResult``'s API the summaries
+    use (for runs a sensor launched)."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str) -> None:
+        self.run_id = run_id
+        run = instance.get_run_by_id(run_id)
+        self.job_name = run.job_name if run else "?"
+        self.success = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        self._mats = [
+            e.asset_materialization
+            for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        ]
+        self._checks = [
+            e.asset_check_evaluation
+            for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        ]
+
+    def asset_materializations_for_node(self, name: str) -> list[dg.AssetMaterialization]:
+        return [m for m in self._mats if m.asset_key == dg.AssetKey(name)]
+
+    def get_asset_check_evaluations(self):
+        return list(self._checks)
 
 
-def _step(name: str, result: dg.ExecuteInProcessResult, started: float) -> bool:
+def _step(name: str, result, started: float) -> bool:
     verdict = "succeeded" if result.success else "FAILED"
-    _say(f"{name}: run {result.run_id[:8]} {verdict} in {time.monotonic() - started:.1f}s")
+    job = getattr(result, "job_name", None) or getattr(getattr(result, "job_def", None), "name", "")
+    _say(f"{name}: {job} run {result.run_id[:8]} {verdict} in {time.monotonic() - started:.1f}s")
     return result.success
 
 
-def features_summary(result: dg.ExecuteInProcessResult) -> str:
-    [mat] = result.asset_materializations_for_node("training_set")
-    meta = mat.metadata
-    [online] = result.asset_materializations_for_node("online_features")
-    rate = meta["label_rate"].value if "label_rate" in meta else meta["label_mean"].value
-    name = "label rate" if "label_rate" in meta else "label mean"
-    return (
-        f"training set: {meta['dagster/row_count'].value:,} label rows, {name} {rate:.4g}, "
-        f"{meta['time_min'].value} .. {meta['time_max'].value}\n"
-        f"online store:\n{online.metadata['views'].value}"
-    )
+def features_summary(result) -> str:
+    lines = []
+    for mat in result.asset_materializations_for_node("training_set"):
+        meta = mat.metadata
+        rate = meta["label_rate"].value if "label_rate" in meta else meta["label_mean"].value
+        name = "label rate" if "label_rate" in meta else "label mean"
+        lines.append(
+            f"training set: {meta['dagster/row_count'].value:,} label rows, {name} {rate:.4g}, "
+            f"{meta['time_min'].value} .. {meta['time_max'].value}"
+        )
+    for online in result.asset_materializations_for_node("online_features"):
+        lines.append(f"online store:\n{online.metadata['views'].value}")
+    return "\n".join(lines)
 
 
-def ingestion_summary(paths: DataPaths, result: dg.ExecuteInProcessResult, sources: list[str]) -> str:
+def ingestion_summary(paths: DataPaths, result, sources: list[str]) -> str:
     lines = [
         "| table | days | rows read | rows kept | rows quarantined | files quarantined |",
         "|---|---:|---:|---:|---:|---:|",
@@ -155,7 +204,7 @@ def ingestion_summary(paths: DataPaths, result: dg.ExecuteInProcessResult, sourc
     return "\n".join(lines)
 
 
-def training_summary(result: dg.ExecuteInProcessResult) -> str:
+def training_summary(result) -> str:
     lines = []
     for mat in result.asset_materializations_for_node("candidate_model"):
         meta = mat.metadata
@@ -169,10 +218,13 @@ def training_summary(result: dg.ExecuteInProcessResult) -> str:
             f"champion: v{meta['champion_version'].value} (previous: {meta['previous_champion'].value})"
         )
         lines.append(f"  {meta['reason'].value}")
+    for mat in result.asset_materializations_for_node("rollout_state"):
+        meta = mat.metadata
+        lines.append(f"rollout: {meta['action'].value} ({meta['mode'].value}): {meta['reason'].value}")
     return "\n".join(lines)
 
 
-def drift_summary(result: dg.ExecuteInProcessResult) -> str:
+def drift_summary(result) -> str:
     """One line per day: drift share, drifted features, estimated and realized accuracy."""
     lines = [
         "| day | drift share | drifted features | est. accuracy | realized accuracy or MAE (labels) |",
@@ -203,42 +255,38 @@ def drift_summary(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(lines)
 
 
-def request_drift_retraining(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-    """Evaluate the drift sensor once, as the daemon would, and return its run requests."""
-    sensor = defs.resolve_sensor_def("drift_retraining_sensor")
-    result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
-    return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else list(result or [])
+RUN_LOG = "demo-runs.log"
 
 
-def run_canary(project: Project, last: str, max_entities: int = 10_000) -> None:
-    """Canary of the new champion against the previous one on simulated traffic through the real app."""
+def tick(daemon, name: str):
+    """One recorded tick of a sensor of the code location, printed; the event logs of the runs it launches go to
+    ``<DAGSTER_HOME>/demo-runs.log`` (they are in the instance too: every run's page in the UI shows them)."""
+    import contextlib
+
+    with open(Path(daemon.instance.root_directory) / RUN_LOG, "a") as log, contextlib.redirect_stderr(log):
+        result = daemon.tick(name)
+    _say(f"  tick {result.describe()}")
+    return result
+
+
+def launched_runs(instance: dg.DagsterInstance, result) -> list[RunEvents]:
+    """The runs a tick launched (each executed before the tick returned)."""
+    return [RunEvents(instance, run_id) for run_id in result.run_ids]
+
+
+def population_rows(project: Project, last: str, max_entities: int) -> tuple[list, dict]:
+    """The monitored population on ``last`` and its online feature rows as of the day's end (the canary's traffic)."""
     import math
     from datetime import UTC, datetime
 
     from mlops_assets.featurestore import FeatureStore
     from mlops_assets.monitoring.daily import current_population
-    from mlops_assets.serving.demo import canary_demo
-    from mlops_assets.serving.rollout import Guardrails
-    from mlops_assets.training import registry
-    from mlops_assets.training.task import ModelTask
-    from mlops_assets.training.tracking import TrackingConfig, client_for
-    from mlops_assets.training.train import model_inputs, predict_scores, registered_result, time_split
 
-    tracking = TrackingConfig.for_project(project)
-    client = client_for(tracking)
-    champion = registry.load_model_by_alias(client, registry.CHAMPION, model_name=tracking.model_name)
-    previous = registry.alias_version(client, registry.PREVIOUS_CHAMPION, tracking.model_name)
-    if previous is None:
-        _say("no previous champion to run a canary against")
-        return
-    baseline = registry.load_model_version(client, previous.version, model_name=tracking.model_name)
     store = FeatureStore(project)
-    task = ModelTask.from_project(project)
+    key = project.target_entity.join_key
     now = date.fromisoformat(last) + timedelta(days=1)
-    # the traffic comes from the monitored population: the entities the model scores
     ids = current_population(store, last)[:max_entities]
     columns = store.get_online_features_dict(ids, now=datetime(now.year, now.month, now.day, tzinfo=UTC))
-    key = task.entity
     names = [c for c in columns if c != key and "__" not in c]
     rows = {
         str(eid): {
@@ -247,47 +295,81 @@ def run_canary(project: Project, last: str, max_entities: int = 10_000) -> None:
         }
         for i, eid in enumerate(columns[key])
     }
-    # the new champion's reference score distribution: its scores on its own evaluation holdout
-    trained = registered_result(client, tracking.model_name, champion.version)
-    params = client.get_run(trained.run_id).data.params
-    training_set, _ = store.read_training_set()
-    _, holdout = time_split(
-        task.trainable(training_set), float(params.get("holdout_fraction", 0.2)), task.time, task.entity
-    )
-    reference = predict_scores(
-        champion.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features)
-    )
+    return list(rows), rows
+
+
+def run_canary(
+    project: Project,
+    daemon,
+    instance: dg.DagsterInstance,
+    last: str,
+    *,
+    requests_per_round: int = 400,
+    max_rounds: int = 80,
+    max_entities: int = 10_000,
+    seed: int = 0,
+) -> str:
+    """Simulated users call the real serving app (the registry's champion and challenger, routed by the rollout
+    state) while the canary sensor judges each step on the prediction log; then the serving-log sensor stores the
+    log as a prediction_log partition with the A/B report. Returns the rollout's final mode."""
+    import numpy as np
+
+    from mlops_assets.serving.app import MappingFeatureSource, ServingConfig, create_app
+    from mlops_assets.serving.demo import LocalServer, send_traffic
+    from mlops_assets.serving.rollout import RolloutController
+    from mlops_assets.serving.routing import MemoryAssignments
+
+    controller = RolloutController(project.paths.root)
+    state = controller.state()
+    if state.mode != "canary":
+        _say(f"no canary to run (rollout mode {state.mode}: {state.reason or 'nothing started'})")
+        return state.mode
+    key = project.target_entity.join_key
+    ids, rows = population_rows(project, last, max_entities)
     _say(
-        f"canary: v{champion.version} (new) against v{baseline.version} (previous) on {len(rows)} entities of the "
-        f"monitored population; score guardrails against v{champion.version}'s {len(reference):,} holdout scores "
-        f"(mean {reference.mean():.3f})"
+        f"canary of v{state.challenger_version} against champion v{state.champion_version} "
+        f"(experiment {state.experiment}): simulated users call the serving app for {len(ids)} entities of the "
+        "monitored population; canary_rollout_sensor judges each step on the prediction log"
     )
-    decisions = canary_demo(
-        project.paths.serving / "canary-demo",
-        baseline.model,
-        champion.model,
-        rows,
-        key=key,
-        printer=lambda m: _say("  " + m),
-        challenger_reference_scores=reference,
-        # PSI over 10 bins on ~100 scores is mostly noise on a skewed score distribution: judge 300
-        # scores per step, from every entity (at 5% the challenger sees only 1 in 20 of them)
-        requests_per_step=500,
-        max_batches_per_step=60,
-        guardrails=Guardrails(
-            min_requests=min(300, 3 * len(rows)),
-            min_error_requests=10,
-            min_distribution_samples=min(300, 3 * len(rows)),
-        ),
+    config = ServingConfig(
+        project=project,
+        feature_source=MappingFeatureSource(rows),
+        assignments=MemoryAssignments(),
+        poll_interval_s=0.5,
     )
-    if decisions and decisions[-1].action == "rollback":
-        record = registry.rollback(
-            client,
-            f"canary guardrail broke: {decisions[-1].reason}",
-            model_name=tracking.model_name,
-            history_path=registry.default_history_path(project.paths.root),
-        )
-        _say(f"registry rolled back: champion is v{record.version} again ({record.reason})")
+    rng = np.random.default_rng(seed)
+    sent: dict[str, int] = {}
+    with LocalServer(create_app(config)) as server:
+        _say(f"serving app on {server.url} (POST /predict, GET /metrics, GET /health)")
+        for _ in range(max_rounds):
+            step = controller.state()
+            for arm, n in send_traffic(server, key, ids, requests_per_round, rng).items():
+                sent[arm] = sent.get(arm, 0) + n
+            result = daemon.tick("canary_rollout_sensor")
+            after = controller.state()
+            if result.status == "SUCCESS" or after.mode != "canary" or after.step != step.step:
+                latest = instance.get_latest_materialization_event(dg.AssetKey("rollout_state"))
+                meta = latest.asset_materialization.metadata if latest else {}
+                _say(
+                    f"  step {step.step + 1} ({step.challenger_share:.0%} of entities on v{step.challenger_version}): "
+                    f"{meta['action'].value if 'action' in meta else result.status}: "
+                    f"{meta['reason'].value if 'reason' in meta else result.skip_reason} -> now {after.mode}"
+                    + (f" {after.challenger_share:.0%}" if after.mode == "canary" else "")
+                )
+                if "promotion" in meta and meta["promotion"].value != "not requested":
+                    _say(f"  {meta['promotion'].value}")
+            if after.mode != "canary":
+                break
+        else:
+            _say(f"the canary did not finish within {max_rounds} rounds of {requests_per_round} requests")
+    _say(f"requests answered by arm: {sent}")
+    for run in launched_runs(instance, tick(daemon, "serving_log_sensor")):
+        _say(f"  {run.job_name} run {run.run_id[:8]} {'succeeded' if run.success else 'FAILED'}")
+        for mat in run.asset_materializations_for_node("prediction_log"):
+            _say(f"  prediction_log {mat.partition}: {mat.metadata['dagster/row_count'].value} records")
+        for mat in run.asset_materializations_for_node("ab_test_report"):
+            _say(f"  ab_test_report: {mat.metadata['decision'].value}: {mat.metadata['reason'].value}")
+    return controller.state().mode
 
 
 def _day(start: str, offset: int) -> str:
@@ -312,7 +394,14 @@ def fresh_data(paths: DataPaths) -> None:
 
 def run_demo(project: Project, config: DemoConfig) -> int:
     """Simulate the example's world and run the lifecycle in phases; print what happened. Returns an exit code."""
-    from mlops_assets.component import build_definitions
+    from mlops_assets.daemon_ticks import (
+        LocalDaemon,
+        demo_instance,
+        project_environment,
+        restore_environment,
+        set_environment,
+    )
+    from mlops_assets.project import project_root
 
     demo = project.spec.demo
     if demo is None:
@@ -338,94 +427,137 @@ def run_demo(project: Project, config: DemoConfig) -> int:
     simulate = load_simulator(project)
     summary = simulate(paths.landing, days=days, start=start, seed=seed, size=size, scenarios=scenarios)
     _say(f"simulated in {time.monotonic() - started:.1f}s: {summary}")
-    project = Project(
-        project.spec, paths, project.spec_path
-    )  # partitions end where the new landing data ends
-    defs = build_definitions(project)
+    # the code location is loaded as the daemon loads it, on this project: partitions end where the landing data ends,
+    # steps run in the run's process, sensors may tick every second, a gated challenger goes through a canary
+    environment = {
+        **project_environment(project.spec_path, paths.root),
+        "MLOPS_SENSOR_INTERVAL_S": "1",
+        "MLOPS_ROLLOUT": "canary" if config.canary else "direct",
+        "MLOPS_EXECUTOR": "in_process",
+    }
+    saved = set_environment(environment)
+    import logging
+
+    logging.getLogger("dagster.daemon").setLevel(logging.WARNING)  # the daemon's own chatter
+    try:
+        with demo_instance(home) as instance, LocalDaemon(instance, project_root()) as daemon:
+            return _phases(project, config, instance, daemon, days, history_days, started)
+    finally:
+        restore_environment(saved)
+
+
+def _phases(
+    project: Project, config: DemoConfig, instance, daemon, days: int, history_days: int, started
+) -> int:
+    import importlib
+
+    defs = importlib.import_module("mlops_assets.definitions").defs  # the definitions the daemon ticks
+    paths = project.paths
+    start = project.spec.partitions.start.isoformat()
     first, last = start, _day(start, days - 1)
     history_end = _day(start, history_days - 1)
-    sources, views = list(project.spec.sources), project.view_names
+    sources = list(project.spec.sources)
     training_run_config = (
         {"ops": {"candidate_model": {"config": {"model_type": config.model_type}}}}
         if config.model_type
         else None
     )
-    with dg.DagsterInstance.get() as instance:
 
-        def ingest_and_features(a: str, b: str) -> bool:
-            t0 = time.monotonic()
-            _say(f"ingesting {a}..{b} (one run, single-run backfill)")
-            result = materialize_range(defs, sources, a, b, instance)
-            ok = _step("ingestion", result, t0)
-            print(ingestion_summary(paths, result, sources), flush=True)
-            if not ok:
-                _say("a blocking gate failed: see the run in the UI (make ui)")
-                return False
-            t0 = time.monotonic()
-            _say(f"computing feature views {views} for {a}..{b} (one run)")
-            return _step("feature views", materialize_range(defs, views, a, b, instance), t0)
+    def ingest_and_features(a: str, b: str, phase: str, trigger: str) -> bool:
+        t0 = time.monotonic()
+        _say(f"ingesting {a}..{b} (ingestion_job, one run: single-run backfill)")
+        result = run_job(defs, "ingestion_job", instance, phase=phase, trigger=trigger, first=a, last=b)
+        ok = _step("ingestion", result, t0)
+        print(ingestion_summary(paths, result, sources), flush=True)
+        if not ok:
+            _say("a blocking gate failed: see the run in the UI (make ui)")
+            return False
+        t0 = time.monotonic()
+        _say(f"computing feature views {project.view_names} for {a}..{b} (feature_views_job, one run)")
+        result = run_job(defs, "feature_views_job", instance, phase=phase, trigger=trigger, first=a, last=b)
+        if not _step("feature views", result, t0):
+            return False
+        if b == last:  # every landing file is ingested now: the landing sensor finds nothing to request
+            tick(daemon, "landing_files_sensor")
+        t0 = time.monotonic()
+        refreshed = launched_runs(instance, tick(daemon, "features_automation_sensor"))
+        for run in refreshed:
+            _step("online store refresh (automation condition)", run, t0)
+            print(features_summary(run), flush=True)
+        return True
 
-        _say(f"== phase 1: history {first}..{history_end}: ingest, features, train, gate, promote")
-        if not ingest_and_features(first, history_end):
-            return 1
-        t0 = time.monotonic()
-        result = materialize(defs, ["training_set", "online_features"], instance)
-        if not _step("training set + online store", result, t0):
-            return 1
-        print(features_summary(result), flush=True)
-        t0 = time.monotonic()
-        result = materialize(
-            defs, ["candidate_model", "evaluation_report", "promotion"], instance, training_run_config
+    # an automation condition reacts to what changed since its sensor's previous tick: a first tick sets the baseline
+    tick(daemon, "features_automation_sensor")
+    phase = "1-history"
+    _say(f"== phase 1: history {first}..{history_end}: backfill, features, train, gate, promote")
+    if not ingest_and_features(first, history_end, phase, "backfill"):
+        return 1
+    t0 = time.monotonic()
+    result = run_job(
+        defs, "retraining_job", instance, phase=phase, trigger="initial", run_config=training_run_config
+    )
+    print(features_summary(result), flush=True)
+    print(training_summary(result), flush=True)
+    if not _step("train + evaluate + promote", result, t0):
+        _say("a quality gate stopped the promotion: see evaluation_report's checks in the UI")
+        return 1
+    tick(daemon, "first_champion_sensor")  # a champion exists now: the bootstrap sensor stands down
+
+    if history_end >= last:
+        _say(f"done in {time.monotonic() - started:.1f}s; explore it with `make ui`")
+        return 0
+    new_first = _day(history_end, 1)
+    phase = "2-new-data"
+    _say(f"== phase 2: new data {new_first}..{last} arrives; score it and monitor it against the champion")
+    if not ingest_and_features(new_first, last, phase, "new_landing_data"):
+        return 1
+    t0 = time.monotonic()
+    result = run_job(
+        defs,
+        "batch_scoring_job",
+        instance,
+        phase=phase,
+        trigger="new_landing_data",
+        first=new_first,
+        last=last,
+    )
+    if _step(f"batch scoring {new_first}..{last} by the champion", result, t0):
+        scored = [
+            m.metadata["dagster/row_count"].value
+            for m in result.asset_materializations_for_node("batch_predictions")
+        ]
+        _say(f"scored {sum(scored):,} entity-days ({min(scored):,}..{max(scored):,} a day)")
+    monitor_first = _day(history_end, 1 - config.monitor_days_before)
+    t0 = time.monotonic()
+    result = run_job(
+        defs,
+        "drift_report_job",
+        instance,
+        phase=phase,
+        trigger="new_landing_data",
+        first=monitor_first,
+        last=last,
+    )
+    _step(f"drift report {monitor_first}..{last}", result, t0)
+    print(drift_summary(result), flush=True)
+
+    _say("== phase 3: retraining triggered by the drift sensor")
+    t0 = time.monotonic()
+    alarm = tick(daemon, "drift_retraining_sensor")
+    retrained = launched_runs(instance, alarm)
+    if not retrained:
+        _say("the drift sensor requested no retraining (no ERROR check failed)")
+    for run in retrained:
+        _say(
+            f"drift_retraining_sensor launched {run.job_name}: {instance.get_run_by_id(run.run_id).tags.get('mlops/trigger_reason', '')}"
         )
-        print(training_summary(result), flush=True)
-        if not _step("train + evaluate + promote", result, t0):
-            _say("a quality gate stopped the promotion: see evaluation_report's checks in the UI")
-            return 1
-
-        if history_end < last:
-            new_first = _day(history_end, 1)
-            _say(f"== phase 2: new data {new_first}..{last} arrives; monitor it against the champion")
-            if not ingest_and_features(new_first, last):
-                return 1
-            t0 = time.monotonic()
-            _step("online store refresh", materialize(defs, ["online_features"], instance), t0)
-            t0 = time.monotonic()
-            result = materialize_range(defs, ["batch_predictions"], new_first, last, instance)
-            if _step(f"batch scoring {new_first}..{last} by the champion", result, t0):
-                scored = [
-                    m.metadata["dagster/row_count"].value
-                    for m in result.asset_materializations_for_node("batch_predictions")
-                ]
-                _say(f"scored {sum(scored):,} entity-days ({min(scored):,}..{max(scored):,} a day)")
-            monitor_first = _day(history_end, 1 - config.monitor_days_before)
-            t0 = time.monotonic()
-            result = materialize_range(defs, ["drift_report"], monitor_first, last, instance)
-            _step(f"drift report {monitor_first}..{last}", result, t0)
-            print(drift_summary(result), flush=True)
-
-            _say("== phase 3: retraining triggered by the drift sensor")
-            requests = request_drift_retraining(defs, instance)
-            if not requests:
-                _say("the drift sensor requested no retraining (no ERROR check failed)")
-            for request in requests[:1]:
-                _say(
-                    f"drift_retraining_sensor requested retraining_job: {request.tags.get('mlops/trigger_reason', '')}"
-                )
-                t0 = time.monotonic()
-                result = defs.resolve_job_def("retraining_job").execute_in_process(
-                    instance=instance,
-                    tags=request.tags,
-                    run_config={**QUIET, **(request.run_config or {})},
-                    raise_on_error=False,
-                )
-                print(training_summary(result), flush=True)
-                promoted = _step("retraining", result, t0) and any(
-                    m.metadata["moved"].value for m in result.asset_materializations_for_node("promotion")
-                )
-                if promoted and config.canary:
-                    _say("== phase 4: canary rollout of the new champion on simulated traffic")
-                    run_canary(project, last)
-                elif not promoted:
-                    _say("the retrained model did not pass every gate: the champion stays")
+        print(training_summary(run), flush=True)
+        if not _step("retraining", run, t0):
+            _say("the retrained model did not pass every gate: the champion stays")
+            for alert in launched_runs(instance, tick(daemon, "quality_gate_alert_sensor")):
+                _say(f"  {alert.job_name} {alert.run_id[:8]}")
+    if retrained and retrained[-1].success and config.canary:
+        _say("== phase 4: canary rollout of the retrained challenger on simulated traffic")
+        run_canary(project, daemon, instance, last)
     _say(f"done in {time.monotonic() - started:.1f}s; explore it with `make ui`")
     return 0

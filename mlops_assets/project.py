@@ -2,7 +2,8 @@
 
 The spec is found, in order: an explicit path, ``$MLOPS_SPEC``, then ``[tool.mlops] spec`` in the
 ``pyproject.toml`` of the working directory (or a parent). The data folder: an explicit path,
-``$MLOPS_DATA_DIR``, then ``data/`` beside that ``pyproject.toml``.
+``$MLOPS_DATA_DIR``, then ``data/`` beside that ``pyproject.toml``. ``$MLOPS_PARTITIONS_END`` (a day) overrides the
+spec's ``partitions.end`` (a live replay declares the days it is about to land before their files exist).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mlops_assets.settings import DataPaths, data_paths
 from mlops_assets.spec.model import Entity, FeatureView, ProjectSpec, Source
 
 SPEC_ENV = "MLOPS_SPEC"
+PARTITIONS_END_ENV = "MLOPS_PARTITIONS_END"
 
 
 class ProjectConfigError(ValueError):
@@ -119,7 +121,16 @@ class Project:
     # ------------------------------------------------------------------ partitions
 
     def partitions_end(self) -> date | None:
-        """The last daily partition: the spec's day, the last landing day ("data"), or None ("open")."""
+        """The last daily partition: ``$MLOPS_PARTITIONS_END``, else the spec's day, the last landing day ("data"),
+        or None ("open")."""
+        override = os.environ.get(PARTITIONS_END_ENV, "").strip()
+        if override:
+            try:
+                return date.fromisoformat(override)
+            except ValueError:
+                raise ProjectConfigError(
+                    f"${PARTITIONS_END_ENV} must be a day (YYYY-MM-DD), got {override!r}"
+                ) from None
         end = self.spec.partitions.end
         if end == "open":
             return None

@@ -5,6 +5,7 @@ import time
 
 import dagster as dg
 
+from mlops_assets.automation import ARRIVING_DAYS, ONLINE_FRESHNESS, ONLINE_REFRESH
 from mlops_assets.features.layout import ViewLayout, layouts
 from mlops_assets.features.pit import assert_no_leakage
 from mlops_assets.features.store import FeatureStore
@@ -86,6 +87,7 @@ def build_feature_view_asset(
         owners=[f"team:{view.owner}"] if view.owner else None,
         tags={t: "" for t in view.tags},
         kinds={"duckdb", "parquet"},
+        automation_condition=ARRIVING_DAYS,
         metadata={
             "dagster/column_schema": view_column_schema(layout),
             "entity": view.entity,
@@ -221,7 +223,8 @@ def build_online_asset(project: Project) -> dg.AssetsDefinition:
         deps=project.view_names,
         code_version=f"online-v{ONLINE_LOGIC_VERSION}-{_versions(project)}",
         kinds={"sqlite"},
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=ONLINE_REFRESH,
+        freshness_policy=ONLINE_FRESHNESS,
         metadata={"path": "online/online_store.db"},
     )
     def online_features(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:

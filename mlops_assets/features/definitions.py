@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from mlops_assets.automation import sensor_interval
 from mlops_assets.features.assets import build_feature_assets
 from mlops_assets.project import Project
 
@@ -17,6 +18,7 @@ def build_defs(project: Project, partitions: dg.PartitionsDefinition) -> dg.Defi
                 "features_automation_sensor",
                 target=dg.AssetSelection.assets("online_features"),
                 default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=sensor_interval(30),
                 description="Refreshes the online store when new feature partitions land.",
             )
         )

@@ -152,6 +152,26 @@ class OnlineStore:
             self._con, self._inode = con, inode
         return self._con
 
+    def views(self) -> dict[str, dict]:
+        """Per view of the live refresh: ``refreshed_at`` and ``feature_time`` (UTC datetimes, None without data),
+        ``rows`` and ``ttl_seconds``; empty when there is no online store yet."""
+        with self._lock:
+            con = self._connection()
+            if con is None:
+                return {}
+            rows = con.execute(
+                "SELECT view, ttl_seconds, refreshed_at_us, feature_time_us, rows FROM _views"
+            ).fetchall()
+        return {
+            view: {
+                "ttl_seconds": ttl,
+                "refreshed_at": _from_us(refreshed),
+                "feature_time": _from_us(feature_time),
+                "rows": count,
+            }
+            for view, ttl, refreshed, feature_time, count in rows
+        }
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:

@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 
+from mlops_assets.automation import SOURCE_FRESHNESS
 from mlops_assets.ingestion.report import files_markdown, range_summary_markdown, reasons_markdown
 from mlops_assets.ingestion.schema import TableContract
 from mlops_assets.ingestion.validate import DayResult, ingest_day, write_day
@@ -140,6 +141,7 @@ def build_ingestion_asset(
         kinds={"parquet", "pandas"},
         owners=[f"team:{source.owner}"] if source.owner else None,
         tags={"mlops/source_kind": source.kind},
+        freshness_policy=SOURCE_FRESHNESS,
         metadata={
             "dagster/column_schema": column_schema(contract),
             "kind": source.kind,

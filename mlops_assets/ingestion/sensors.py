@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from mlops_assets.automation import sensor_interval
 from mlops_assets.ingestion.landing import LandingScan, scan_landing
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
@@ -19,7 +20,7 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
         name=LANDING_SENSOR,
         description="Watches the landing folders; requests ingestion of a day when its files' content is new.",
         asset_selection=dg.AssetSelection.assets(*[c.name for c in contracts]),
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=sensor_interval(30),
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def landing_files_sensor(context: dg.SensorEvaluationContext, data: DataDirResource) -> dg.SensorResult:

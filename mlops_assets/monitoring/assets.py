@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from mlops_assets.automation import MONITORING_FRESHNESS, arriving_days
 from mlops_assets.features.store import FeatureStore
 from mlops_assets.monitoring.checks import DRIFT_ASSET, check_results, drift_check_specs
 from mlops_assets.monitoring.daily import (
@@ -18,6 +19,7 @@ from mlops_assets.monitoring.daily import (
     skipped_verdicts,
 )
 from mlops_assets.monitoring.report import render_markdown
+from mlops_assets.observability import write_drift_textfile
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
 from mlops_assets.storage import combine_hashes
@@ -149,7 +151,8 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             ),
             dg.AssetDep("promotion"),
         ],
-        automation_condition=DAILY_REFRESH,
+        automation_condition=arriving_days(ignore=("promotion",)),
+        freshness_policy=MONITORING_FRESHNESS,
         check_specs=drift_check_specs(),
     )
     def drift_report(
@@ -223,6 +226,10 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
                 f"({result.realized_note})"
             )
 
+        # the latest day's numbers for Prometheus (re-exported by the serving app's /metrics)
+        write_drift_textfile(
+            current.paths, days[-1], champion.version, results[-1].report, results[-1].summary()
+        )
         verdicts = judge(results, settings)
         alert = degradation_alert(verdicts, champion.version, days, context.run_id) if config.alert else None
         if alert is not None:

@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 
+from mlops_assets.automation import sensor_interval
 from mlops_assets.monitoring.assets import DAILY_REFRESH
 from mlops_assets.monitoring.checks import DRIFT_ASSET
 from mlops_assets.monitoring.daily import ERROR_CHECKS
@@ -76,7 +77,7 @@ def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
 @dg.sensor(
     name="drift_retraining_sensor",
     job_name=RETRAINING_JOB,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests retraining_job once per drift_report run whose ERROR checks failed (dataset drift "
     "share, estimated or realized performance drop); the run key is the report's days and the champion judged.",
@@ -112,6 +113,7 @@ def build_new_data_sensor(project: Project) -> dg.AutomationConditionSensorDefin
         default_condition=DAILY_REFRESH,
         use_user_code_server=True,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=sensor_interval(30),
         run_tags={
             "mlops/trigger": "new_data",
             "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "

@@ -100,6 +100,8 @@ UNKNOWN_CATEGORY_POLICIES = ("reject", "warn")
 STALE_FEATURES_ENV = "MLOPS_STALE_FEATURES"
 STALE_FEATURES_POLICIES = ("serve", "409", "422")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Scores: tenths of a probability, then wider bins for a regression target's values.
+SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 FRESH, EXPIRED, MISSING = "fresh", "expired", "missing"
 
 FeatureValue = StrictFloat | StrictInt | StrictStr | None
@@ -446,6 +448,18 @@ class _Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.scores = Histogram(
+            "mlops_serving_score",
+            "Scores returned to live requests (and computed in shadow), by arm and model version",
+            ["arm", "model_version"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.extra: list = []  # collectors read at scrape time (online-store freshness, drift report)
+
+    def add_collector(self, collector) -> None:
+        self.extra.append(collector)
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
@@ -453,6 +467,8 @@ class _Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            for collector in self.extra:
+                registry.register(collector)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -592,6 +608,15 @@ class ServingService:
         )
         self._limits = None
         self._worker = threading.local()
+        from mlops_assets.observability import MonitoringCollector
+
+        online = (
+            self.features.store.online_store() if isinstance(self.features, OnlineFeatureSource) else None
+        )
+        self.metrics.add_collector(
+            MonitoringCollector(data_paths(root) if root is not None else None, online)
+        )
+        self._online = online
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -673,6 +698,8 @@ class ServingService:
                 self.metrics.errors.labels(arm, version, "shadow" if shadow else "predict").inc()
             else:
                 self.metrics.latency.labels(arm, version).observe(latency_s)
+                if score is not None and math.isfinite(score):
+                    self.metrics.scores.labels(arm, version).observe(score)
         if self.logger is not None:
             self.logger.write(
                 PredictionRecord(
@@ -986,6 +1013,41 @@ class ServingService:
         classifier = hasattr(pred.model, "predict_proba")
         return Invocation(mlflow_protocol.predictions(scores, classifier), scores, model.version, warnings)
 
+    def feature_health(self) -> dict[str, Any]:
+        """The online store's views judged at the request clock: feature time, refresh time, age and TTL; the views
+        whose values are older than their TTL are named in ``stale_views`` (a stale store is reported, not silent)."""
+        if self._online is None:
+            return {}
+        now = self.config.clock()
+        views, stale = {}, []
+        try:
+            stored = self._online.views()
+        except Exception as exc:  # an unreadable store is reported here; lookups answer 503 for it
+            return {
+                "online_store": {"status": "unreadable", "error": f"{type(exc).__name__}: {exc}"},
+                "stale_views": [],
+            }
+        for view, item in sorted(stored.items()):
+            feature_time, ttl = item["feature_time"], item["ttl_seconds"]
+            age = (now - feature_time).total_seconds() if feature_time is not None else None
+            status = MISSING if feature_time is None else EXPIRED if ttl is not None and age > ttl else FRESH
+            if status != FRESH:
+                stale.append(view)
+            views[view] = {
+                "status": status,
+                "feature_time": _iso(feature_time),
+                "refreshed_at": _iso(item["refreshed_at"]),
+                "age_seconds": None if age is None else round(age, 1),
+                "ttl_seconds": ttl,
+                "entities": item["rows"],
+            }
+        if not views:
+            return {"online_store": {"status": "missing", "views": {}}, "stale_views": []}
+        return {
+            "online_store": {"status": "stale" if stale else "fresh", "views": views},
+            "stale_views": stale,
+        }
+
     def health(self) -> tuple[int, dict[str, Any]]:
         """``GET /health``: its status code and body."""
         models = {
@@ -1012,6 +1074,7 @@ class ServingService:
             "model_errors": dict(self.models.last_error),
             "rollout_state_error": self.state.last_error,
             "stale_features": self.config.stale_features,
+            **self.feature_health(),
         }
         return (200 if ok else 503), body
 

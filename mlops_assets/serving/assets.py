@@ -19,36 +19,150 @@ from mlops_assets.storage import (
     write_partition,
 )
 
-#: The rollout state file, shown as an external asset; the rollout sensor records observations of it.
-rollout_state = dg.AssetSpec(
-    "rollout_state",
+#: The serving app's own log: JSON-lines files it appends per process and UTC day. It serves the registry's
+#: champion and challenger (moved by promotion), routes by the rollout state and reads the online store.
+serving_log = dg.AssetSpec(
+    "serving_log",
     group_name="serving",
-    kinds={"json"},
-    description="Routing mode, challenger share and experiment the serving app routes by "
-    "(data/serving/rollout_state.json); every rollout transition is observed here with its reason.",
+    deps=["promotion", "rollout_state", "online_features"],
+    kinds={"fastapi", "json"},
+    description="The serving app's prediction log as it writes it (data/serving/prediction_log/date=<day>/"
+    "<host>-<pid>.jsonl): one line per scored request and arm. Written outside Dagster; the serving-log "
+    "sensor observes it and materializes the day's prediction_log partition.",
 )
+
+#: The days the serving app logged requests on (wall-clock days, added by the serving-log sensor).
+PREDICTION_LOG_DAYS = "prediction_log_days"
+
+
+def rollout_state_metadata(state) -> dict:
+    """The rollout state as Dagster metadata."""
+    return {
+        "mode": state.mode,
+        "challenger_share": float(state.challenger_share),
+        "step": int(state.step) + 1 if state.mode == "canary" else 0,
+        "experiment": state.experiment,
+        "champion_version": state.champion_version or "none",
+        "challenger_version": state.challenger_version or "none",
+        "changed_at": state.changed_at or "never",
+        "reason": state.reason or "",
+    }
+
+
+def rollout_history_markdown(history: pd.DataFrame, tail: int = 12) -> str:
+    """The last rollout transitions as a markdown table."""
+    lines = ["| at | action | mode | share | experiment | reason |", "|---|---|---|---:|---|---|"]
+    for row in history.tail(tail).itertuples():
+        reason = str(row.reason).replace("|", "/")[:200]
+        lines.append(
+            f"| {row.at:%Y-%m-%d %H:%M:%S} | {row.action} | {row.from_mode} -> {row.to_mode} | "
+            f"{row.to_share:.0%} | {row.experiment} | {reason} |"
+        )
+    return "\n".join(lines)
+
+
+class RolloutConfig(dg.Config):
+    """Run config of rollout_state: ``direct`` or ``canary`` (empty: ``$MLOPS_ROLLOUT``, else direct)."""
+
+    rollout: str = ""
+
+
+def build_rollout_state_asset(project: Project) -> dg.AssetsDefinition:
+    """The rollout state the serving app routes by, written by the rollout controller."""
+    from mlops_assets.training.resources import MlflowResource
+
+    @dg.asset(
+        name="rollout_state",
+        group_name="serving",
+        deps=["promotion"],
+        code_version="rollout-state-1",
+        kinds={"json"},
+        description="Routing mode, challenger share and experiment the serving app routes by "
+        "(data/serving/rollout_state.json). In canary mode ($MLOPS_ROLLOUT=canary) a challenger that passed its "
+        "gates against the champion starts a canary here; the canary sensor records each step on this asset and "
+        "promotes the challenger when the canary completes.",
+    )
+    def rollout_state(
+        context: dg.AssetExecutionContext,
+        config: RolloutConfig,
+        data: DataDirResource,
+        mlflow: MlflowResource,
+    ) -> dg.MaterializeResult:
+        from mlops_assets.serving.canary import begin_canary, rollout_mode
+        from mlops_assets.serving.rollout import RolloutController
+
+        current = runtime_project(project, data)
+        step = begin_canary(current, mlflow.client(), mlflow.model_name, rollout_mode(config.rollout))
+        context.log.info(f"rollout {step.action}: {step.reason}")
+        history = RolloutController(current.paths.root).history()
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(f"{step.state.mode}-{step.state.experiment}-{step.state.changed_at}"),
+            metadata={
+                "action": step.action,
+                **rollout_state_metadata(step.state),
+                "reason": step.reason,
+                "reference_scores": step.reference_scores,
+                "history": dg.MetadataValue.md(rollout_history_markdown(history)),
+            },
+        )
+
+    return rollout_state
+
+
+def _round4(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def log_day_metadata(served: pd.DataFrame) -> dict:
+    """Requests per experiment and arm, model versions and p99 latency per arm of a day's served requests."""
+    if served.empty:
+        return {}
+    by_experiment = {
+        str(experiment): group["arm"].value_counts().to_dict()
+        for experiment, group in served.groupby(served["experiment"].fillna("none"))
+    }
+    versions = {
+        str(arm): sorted({str(v) for v in group["model_version"].dropna()})
+        for arm, group in served.groupby("arm")
+    }
+    ok = served.loc[served["status"] == "ok"]
+    p99 = {str(arm): _round4(float(group["latency_ms"].quantile(0.99))) for arm, group in ok.groupby("arm")}
+    return {
+        "requests_by_experiment": dg.MetadataValue.json(by_experiment),
+        "model_versions": dg.MetadataValue.json(versions),
+        "p99_latency_ms": dg.MetadataValue.json(p99),
+    }
 
 
 def _version(hashes: list[str]) -> str:
     return hashes[0] if len(hashes) == 1 else combine_hashes(hashes)
 
 
-def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """prediction_log, batch_predictions and ab_test_report of the project."""
+def build_serving_assets(
+    project: Project,
+    partitions: dg.PartitionsDefinition,
+    log_partitions: dg.PartitionsDefinition | None = None,
+) -> list[dg.AssetsDefinition]:
+    """prediction_log (partitioned by ``log_partitions``, default ``partitions``), batch_predictions and
+    ab_test_report of the project."""
     target = project.spec.target
     key = project.target_entity.join_key
     better_high = target.higher_is_better
 
     @dg.asset(
         group_name="serving",
-        partitions_def=partitions,
+        partitions_def=log_partitions or partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=["serving_log"],
         code_version="prediction-log-1",
         kinds={"parquet", "pandas"},
         description="Every prediction the serving app logged on the day (all workers), as a warehouse partition.",
     )
     def prediction_log(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        from mlops_assets.serving.rollout import RolloutController
+
         paths = runtime_project(project, data).paths
+        history = RolloutController(paths.root).history()
         hashes = []
         for day in context.partition_keys:
             frame = read_day(day, paths.root)
@@ -58,8 +172,12 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
                 {
                     "dagster/row_count": len(frame),
                     "requests_by_arm": dg.MetadataValue.json(served["arm"].value_counts().to_dict()),
-                    "error_rate": float((served["status"] != "ok").mean()) if len(served) else 0.0,
+                    "error_rate": _round4(float((served["status"] != "ok").mean()) if len(served) else 0.0),
                     "shadow_rows": int(frame["shadow"].sum()),
+                    **log_day_metadata(served),
+                    "rollout_steps": dg.MetadataValue.md(
+                        rollout_history_markdown(history.loc[history["at"].dt.strftime("%Y-%m-%d") == day])
+                    ),
                 },
                 partition_key=day,
             )
@@ -143,24 +261,41 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
     def ab_test_report(
         context: dg.AssetExecutionContext, config: ABReportConfig, data: DataDirResource
     ) -> dg.MaterializeResult:
+        from mlops_assets.serving.rollout import RolloutController
+
         paths = runtime_project(project, data).paths
         experiment = config.experiment or read_state(state_path(paths.root)).experiment
+        history = RolloutController(paths.root).history()
+        steps = {
+            "rollout_steps": dg.MetadataValue.md(
+                rollout_history_markdown(history.loc[history["experiment"] == experiment])
+            )
+        }
         log = _all_partitions(paths.table_dir("prediction_log"))
         labels = _all_partitions(paths.table_dir(target.source))
         if log.empty or labels.empty:
             return dg.MaterializeResult(
-                metadata={"decision": "continue", "reason": "no predictions or labels yet"}
+                metadata={
+                    "experiment": experiment,
+                    "decision": "continue",
+                    "reason": "no predictions or labels yet",
+                    **steps,
+                }
             )
         log = log.loc[log["experiment"] == experiment]
         outcomes = abtest.outcomes_from_log(
             log, labels, experiment, key=key, time=project.target_timestamp, outcome=target.column
         )
         if outcomes["arm"].nunique() < 2:
+            served = log.loc[~log["shadow"].astype(bool)]
             return dg.MaterializeResult(
                 metadata={
                     "experiment": experiment,
                     "decision": "continue",
-                    "reason": "both arms need realized labels",
+                    "reason": f"both arms need realized {target.column} labels after their requests "
+                    f"({len(outcomes)} realized so far)",
+                    "requests_by_arm": dg.MetadataValue.json(served["arm"].value_counts().to_dict()),
+                    **steps,
                 }
             )
         ab_config = abtest.ABConfig(
@@ -185,6 +320,7 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
                 "prob_b_better": report.bayes.prob_b_better,
                 "required_n_per_arm": report.required_n_per_arm,
                 "report": dg.MetadataValue.md(markdown),
+                **steps,
             }
         )
 

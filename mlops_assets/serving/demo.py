@@ -155,3 +155,14 @@ def canary_demo(
     if decisions and decisions[-1].promote:
         printer("rollout complete: promote the challenger to champion")
     return decisions
+
+
+def send_traffic(
+    server: LocalServer, key: str, entities: Sequence[Any], requests: int, rng: np.random.Generator
+) -> dict[str, int]:
+    """``requests`` POST /predict calls for entities drawn at random; how many each arm answered."""
+    answered: dict[str, int] = {}
+    for entity in rng.choice(np.asarray(list(entities), dtype=object), requests):
+        arm = server.predict(key, entity).get("arm", "none")
+        answered[arm] = answered.get(arm, 0) + 1
+    return answered

@@ -10,6 +10,7 @@ import pandas as pd
 from mlops_assets.features.store import FeatureStore
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
+from mlops_assets.serving.canary import rollout_mode
 from mlops_assets.storage import combine_hashes, frame_hash
 from mlops_assets.training import promotion as policy
 from mlops_assets.training import registry
@@ -68,6 +69,7 @@ class PromotionConfig(dg.Config):
     """Run config of promotion."""
 
     allow_rolled_back: bool = False  # re-promote a version that was rolled back since its last promotion
+    rollout: str = ""  # direct, or canary: a champion is replaced only by a completed canary ($MLOPS_ROLLOUT)
 
 
 def _round(value: Any) -> Any:
@@ -75,6 +77,13 @@ def _round(value: Any) -> Any:
     if isinstance(value, float):
         return float(f"{value:.4g}") if math.isfinite(value) else None
     return value
+
+
+def _links(client, model_name: str, version: int | None, run_id: str | None = None) -> dict:
+    """``MetadataValue.url`` links to the MLflow UI's run and model version (when ``$MLOPS_MLFLOW_UI_URL`` is set)."""
+    from mlops_assets.training.tracking import mlflow_links
+
+    return {k: dg.MetadataValue.url(v) for k, v in mlflow_links(client, model_name, version, run_id).items()}
 
 
 def metrics_markdown(task: str, metrics: dict[str, float]) -> str:
@@ -198,6 +207,7 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
             "holdout_start": result.holdout_start.isoformat() if result.holdout_start else "",
             "training_set_hash": result.training_set_hash,
             "model_sha256": result.model_sha256,
+            **_links(mlflow.client(), mlflow.model_name, result.version, result.run_id),
         }
         return dg.MaterializeResult(
             data_version=dg.DataVersion(model_data_version(result)), metadata=metadata
@@ -286,6 +296,7 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
             **{name: dg.MetadataValue.md(image_markdown(path, name)) for name, path in plots.items()},
             "report_path": dg.MetadataValue.path(str(paths["markdown"])),
             "report_json_path": dg.MetadataValue.path(str(paths["json"])),
+            **_links(client, mlflow.model_name, version, trained.run_id),
         }
         yield dg.MaterializeResult(
             asset_key=EVALUATION_ASSET,
@@ -323,22 +334,36 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         version = int(evaluation.asset_materialization.metadata["challenger_version"].value)
         client = mlflow.client()
         history_path = registry.default_history_path(current.paths.root)
-        decision, record = policy.promote(
-            client,
-            mlflow.model_name,
-            version,
-            via="promotion asset",
-            history_path=history_path,
-            dagster_run_id=context.run_id,
-            allow_rolled_back=config.allow_rolled_back,
-        )
+        before = registry.alias_version(client, registry.CHAMPION, mlflow.model_name)
+        canary = rollout_mode(config.rollout) == "canary" and before is not None
+        if canary:  # a champion is replaced only through a completed canary (rollout_state starts it)
+            decision, record = (
+                policy.decide(client, mlflow.model_name, version, allow_rolled_back=config.allow_rolled_back),
+                None,
+            )
+        else:
+            decision, record = policy.promote(
+                client,
+                mlflow.model_name,
+                version,
+                via="promotion asset",
+                history_path=history_path,
+                dagster_run_id=context.run_id,
+                allow_rolled_back=config.allow_rolled_back,
+            )
         if not decision.promote and decision.blocked_by and decision.blocked_by[0] not in ("rolled_back",):
             raise dg.Failure(decision.reason)
+        reason = decision.reason
+        if canary and decision.promote:
+            reason += (
+                f"; rollout mode canary: v{version} goes to a canary against champion v{before.version} first "
+                "(rollout_state), and the completed canary promotes it"
+            )
         champion = registry.alias_version(client, registry.CHAMPION, mlflow.model_name)
         previous = registry.alias_version(client, registry.PREVIOUS_CHAMPION, mlflow.model_name)
         history = registry.read_promotion_history(history_path)
         history = history[history["model_name"] == mlflow.model_name]
-        context.log.info(decision.reason)
+        context.log.info(reason)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(
                 f"champion-{champion.version}" if champion is not None else "no-champion"
@@ -348,8 +373,10 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
                 "previous_champion": int(previous.version) if previous is not None else "none",
                 "evaluated_version": version,
                 "moved": record is not None,
-                "reason": decision.reason,
+                "rollout": "canary" if canary else "direct",
+                "reason": reason,
                 "promotion_history": dg.MetadataValue.md(history_markdown(history)),
+                **_links(client, mlflow.model_name, int(champion.version) if champion is not None else None),
             },
         )
 

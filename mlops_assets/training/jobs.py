@@ -12,14 +12,15 @@ RETRAINING_JOB = "retraining_job"
 ROLLBACK_JOB = "rollback_job"
 
 
-def build_retraining_job():
+def build_retraining_job(rollout: bool = True):
+    """The retraining chain; with ``rollout`` it ends with the rollout state (a canary of the challenger in canary mode)."""
+    assets = ["training_set", "candidate_model", "evaluation_report", "promotion"]
     return dg.define_asset_job(
         RETRAINING_JOB,
-        selection=dg.AssetSelection.assets(
-            "training_set", "candidate_model", "evaluation_report", "promotion"
-        ),
+        selection=dg.AssetSelection.assets(*assets, *(["rollout_state"] if rollout else [])),
         description="Rebuild the training set, train (or reuse) the challenger, evaluate it against the champion "
-        "and promote it through the promotion policy.",
+        "and promote it through the promotion policy (in canary mode: start a canary of it, which promotes it when "
+        "it completes).",
         # A linear chain gains nothing from a process per step; each step process costs seconds of imports
         # (measured: 17 s in process vs 44 s multiprocess for the same run on 2 shared cores). An executor
         # chosen by MLOPS_EXECUTOR (e.g. celery on a cluster) applies here too.

@@ -14,6 +14,8 @@ No Dagster here.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,70 @@ def record_gate_verdicts(
         *[f"| {g.name} | {g.status} | {g.message.replace('|', '/')[:300]} |" for g in gates],
     ]
     client.update_model_version(model_name, str(version), description="\n".join(lines)[:5000])
+    log_evaluation_to_run(client, model_name, version, gates, champion_version, origin, summary)
+
+
+def log_evaluation_to_run(
+    client,
+    model_name: str,
+    version: int,
+    gates: Sequence,
+    champion_version: int | None,
+    origin: str,
+    summary: Mapping[str, Any] | None = None,
+) -> None:
+    """The evaluation on the version's MLflow run: a ``gate.<name>`` tag per verdict, the report's numbers as
+    ``evaluation_<name>`` metrics, and ``evaluation/gates.json`` (every verdict with its value and threshold)."""
+    run_id = client.get_model_version(model_name, str(version)).run_id
+    if not run_id:
+        return
+    for gate in gates:
+        client.set_tag(run_id, f"gate.{gate.name}", gate.status)
+    client.set_tag(
+        run_id, "evaluation.against", str(champion_version) if champion_version is not None else "none"
+    )
+    client.set_tag(run_id, "evaluation.origin", origin[:250])
+    client.set_tag(run_id, "evaluation.failed", ",".join(g.name for g in gates if not g.passed) or "none")
+    numbers = {
+        f"evaluation_{k}": float(v)
+        for k, v in (summary or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    numbers |= {
+        f"gate_{g.name}_measured": float(g.measured)
+        for g in gates
+        if isinstance(g.measured, int | float)
+        and not isinstance(g.measured, bool)
+        and math.isfinite(g.measured)
+    }
+    if numbers:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in sorted(numbers.items())])
+    payload = {
+        "champion_version": champion_version,
+        "origin": origin,
+        "gates": [
+            {
+                "name": g.name,
+                "status": g.status,
+                "measured": g.measured,
+                "threshold": g.threshold,
+                "message": g.message,
+            }
+            for g in gates
+        ],
+        "summary": dict(summary or {}),
+    }
+    # numpy numbers and other odd values as plain JSON
+    client.log_dict(run_id, json.loads(json.dumps(payload, default=_plain)), "evaluation/gates.json")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
 
 
 def rolled_back_since_promotion(tags: Mapping[str, str]) -> str | None:

@@ -266,3 +266,41 @@ def _require_sql_tables(uri: str) -> None:
     absent = [t for t in STORE_TABLES if t not in tables]
     if absent:
         raise RegistryUnavailable(shown, f"{shown} is not an MLflow store (no {', '.join(absent)} table)")
+
+
+# ------------------------------------------------------------------ links to the MLflow UI
+
+MLFLOW_UI_ENV = "MLOPS_MLFLOW_UI_URL"
+
+
+def mlflow_ui_url(environ: dict[str, str] | None = None) -> str | None:
+    """The MLflow UI's base URL (``$MLOPS_MLFLOW_UI_URL``, e.g. http://127.0.0.1:5000 from ``make mlflow-ui``)."""
+    value = ((os.environ if environ is None else environ).get(MLFLOW_UI_ENV) or "").strip().rstrip("/")
+    return value or None
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI."""
+    return f"{base}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
+
+
+def model_version_url(base: str, model_name: str, version: int | str) -> str:
+    """A registered model version's page in the MLflow UI."""
+    return f"{base}/#/models/{quote(model_name)}/versions/{quote(str(version))}"
+
+
+def mlflow_links(
+    client, model_name: str, version: int | str | None, run_id: str | None = None
+) -> dict[str, str]:
+    """``{"mlflow_run": url, "mlflow_model_version": url}`` when an MLflow UI URL is configured, else empty."""
+    base = mlflow_ui_url()
+    if base is None:
+        return {}
+    links = {}
+    if version is not None:
+        links["mlflow_model_version"] = model_version_url(base, model_name, version)
+        if run_id is None:
+            run_id = client.get_model_version(model_name, str(version)).run_id
+    if run_id:
+        links["mlflow_run"] = run_url(base, client.get_run(run_id).info.experiment_id, run_id)
+    return links

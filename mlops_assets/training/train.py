@@ -492,7 +492,10 @@ def train_and_log(
         "task": task.kind,
         **{f"package.{name}": version for name, version in versions.items()},
     }
-    run_name = f"{model_name}-train-{training_set_hash[:8]}"
+    last_label = pd.Timestamp(training_set[task.time].max())
+    run_name = (
+        f"candidate_model-{last_label:%Y-%m-%d}-{training_set_hash[:8]}"  # asset, data up to, training set
+    )
     with (
         mlflow.start_run(experiment_id=experiment_id, tags=run_tags, run_name=run_name) as run,
         tempfile.TemporaryDirectory(prefix="mlops-train-") as tmp_text,
