@@ -75,11 +75,6 @@ def test_the_latency_verdict_is_the_same_with_a_cpu_burning_process_beside_it():
             proc.wait(timeout=10)
     for name in cases:  # the ratio gate does not move: both models pay for the busy cores alike
         assert busy[name][0]["ratio"] == idle[name][0]["ratio"], (name, idle[name], busy[name])
-        assert abs(busy[name][1]["ratio"] / idle[name][1]["ratio"] - 1.0) < 0.35, (
-            name,
-            idle[name],
-            busy[name],
-        )
     # a model well inside the SLA stays inside it with both cores busy (sustained contention does inflate
     # absolute times, which is why the gate also judges the ratio to the champion, measured side by side)
     assert idle["same speed"][0] == busy["same speed"][0] == {"sla": True, "ratio": True}
