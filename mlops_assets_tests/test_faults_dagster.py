@@ -149,11 +149,13 @@ def _disagreeing(payload: dict, asset: str) -> dict[str, str]:
     return {d["day"]: d["kind"] for d in payload["assets"][asset]["disagreements"]}
 
 
-def _sensor_tick(project: Project, instance: dg.DagsterInstance) -> dg.SensorResult:
+def _sensor_tick(
+    project: Project, instance: dg.DagsterInstance, cursor: str | None = None
+) -> dg.SensorResult:
     project = Project(project.spec, project.paths, project.spec_path)
     sensor = build_landing_sensor(project, daily_partitions(project))
     context = dg.build_sensor_context(
-        instance=instance, resources={"data": DataDirResource(root=str(project.paths.root))}
+        instance=instance, cursor=cursor, resources={"data": DataDirResource(root=str(project.paths.root))}
     )
     return sensor(context)
 
@@ -247,6 +249,26 @@ def test_agreeing_inputs_are_not_read_and_only_a_changed_file_is_hashed(churn, i
     result = _run_or_fail(churn, ["engagement"], DAYS, instance)
     assert not result.success
     assert _listed(_failure_text(result)) == {"raw_events 2026-01-01: partition_changed"}
+
+
+def test_the_sensor_hashes_a_partition_whose_files_were_touched_once_not_every_tick(
+    churn, instance, monkeypatch
+):
+    for day in DAYS:
+        _events(churn.paths, day, "v1")
+    assert _run(churn, ["raw_events"], DAYS, instance).success
+    for day in DAYS:  # as a copy without modification times would leave them
+        part = churn.paths.partition_dir("raw_events", day) / "part-0.parquet"
+        os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))
+    import mlops_assets.ingestion.manifest as manifest
+
+    reads = []
+    real = manifest.read_partition
+    monkeypatch.setattr(manifest, "read_partition", lambda folder: reads.append(folder) or real(folder))
+    first = _sensor_tick(churn, instance)
+    assert not first.run_requests and len(reads) == len(DAYS)  # hashed, found equal: nothing to re-ingest
+    second = _sensor_tick(churn, instance, first.cursor)
+    assert not second.run_requests and len(reads) == len(DAYS)  # remembered in the cursor
 
 
 def test_inputs_written_under_another_dagster_instance_are_checked_on_disk_only(churn, instance, capsys):
@@ -362,10 +384,10 @@ def test_a_full_disk_in_the_middle_of_a_range_leaves_disk_manifests_and_event_lo
         rng = np.random.default_rng(7)
 
         def big(day: str) -> pd.DataFrame:  # poorly compressible: ~100 KB of Parquet a day
-            frame = events_frame(day, n=3000, prefix=f"v2-{day}")
-            frame["event_id"] = [f"{day}-{x:016x}" for x in rng.integers(0, 2**62, 3000)]
+            frame = events_frame(day, n=2800, prefix=f"v2-{day}")  # 30 s apart: all inside the day
+            frame["event_id"] = [f"{day}-{x:016x}" for x in rng.integers(0, 2**62, 2800)]
             frame["event_type"] = "purchase"
-            frame["amount"] = rng.random(3000) * 1000
+            frame["amount"] = rng.random(2800) * 1000
             return frame
 
         with dg.DagsterInstance.get() as instance:
@@ -411,9 +433,12 @@ def test_a_full_disk_in_the_middle_of_a_range_leaves_disk_manifests_and_event_lo
             assert _run(project, ["raw_events"], days, instance).success
             state = _state(project, instance, "raw_events", days)
             assert {d: s[0] for d, s in state.items()} == expected
+            rows = {d: r.asset_materialization.metadata for d, r in _recorded(instance, "raw_events").items()}
+            assert all(rows[d]["rows_kept"].value == rows[d]["rows_read"].value == 2800 for d in days)
             assert_disk_and_event_log_agree(project, instance, "raw_events", days)
             print(
-                f"full disk ({history}): run failed on {failed_day} (day {days.index(failed_day) + 1} of 20)"
+                f"full disk ({history}): run failed on {failed_day} (day {days.index(failed_day) + 1} of 20), "
+                f"{restored} day(s) restored"
             )
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)

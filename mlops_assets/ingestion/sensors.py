@@ -15,7 +15,12 @@ LANDING_SENSOR = "landing_files_sensor"
 
 
 def reconcile_requests(
-    instance: dg.DagsterInstance, paths, contracts, skip: set[tuple[str, str]], valid_days: set[str]
+    instance: dg.DagsterInstance,
+    paths,  # noqa: ANN001 - DataPaths
+    contracts,  # noqa: ANN001 - the project's contracts
+    skip: set[tuple[str, str]],
+    valid_days: set[str],
+    verified: dict[str, list] | None = None,
 ) -> tuple[list[dg.RunRequest], list[str]]:
     """One run per source-day whose manifest or partition disagrees with the event log, and notes.
 
@@ -25,7 +30,7 @@ def reconcile_requests(
     running = in_progress_runs(instance)
     requests, waiting, unverified = [], [], 0
     for contract in contracts:
-        report = source_agreement(instance, paths, contract.name)
+        report = source_agreement(instance, paths, contract.name, verified=verified)
         unverified += len(report.unverified)
         for d in report.disagreements:
             if (d.asset, d.day) in skip or d.day not in valid_days:
@@ -92,8 +97,13 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
             for change in scan.changes
         ]
         changed = {(c.table, c.day) for c in scan.changes}
-        repairs, notes = reconcile_requests(context.instance, data.paths, contracts, changed, valid_days)
-        new_cursor = json.dumps({"files": scan.file_cache, "requested": scan.requested}, sort_keys=True)
+        verified = cursor.get("verified", {})
+        repairs, notes = reconcile_requests(
+            context.instance, data.paths, contracts, changed, valid_days, verified
+        )
+        new_cursor = json.dumps(
+            {"files": scan.file_cache, "requested": scan.requested, "verified": verified}, sort_keys=True
+        )
         if not run_requests and not repairs:
             return dg.SensorResult(skip_reason="; ".join([scan.skip_reason(), *notes]), cursor=new_cursor)
         if run_requests:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,7 @@ class DayResult:
         warnings += [f"landing folder: {note}" for note in self.landing_notes]
         return warnings
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         """Hash of the kept rows, equal to the hash of the partition read back (see ``manifest.content_hash``)."""
         from mlops_assets.ingestion.manifest import content_hash
