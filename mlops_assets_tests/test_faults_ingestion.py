@@ -236,6 +236,17 @@ def test_integers_are_kept_exactly_or_rejected_never_wrapped_around(tmp_path):
     reasons = dict(zip(result.quarantined["id"], result.quarantined[REASON_COLUMN], strict=True))
     assert reasons == {"over": "invalid_type:n", "sci": "invalid_type:n", "fraction": "invalid_type:n"}
 
+    path.unlink()  # a Parquet file with an unsigned 64-bit column: 2**64 - 1 does not fit in int64
+    stamp = pd.Timestamp(f"{DAY} 01:00", tz="UTC")
+    table = pa.table(
+        {"id": ["u_max", "u_small"], "at": [stamp, stamp], "n": pa.array([2**64 - 1, 5], pa.uint64())}
+    )
+    pq.write_table(table, folder / f"counts_{DAY}.parquet")
+    result = ingest_day(contract, folder, DAY)
+    assert result.rows_read == physical_records(folder / f"counts_{DAY}.parquet") == 2
+    assert result.kept.to_pydict()["n"] == [5]
+    assert result.quarantined[REASON_COLUMN].tolist() == ["invalid_type:n"]
+
 
 # ------------------------------------------------------------------------------------------- keys across days
 

@@ -350,10 +350,16 @@ def _to_float(series: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
 
 def _to_int64(series: pd.Series) -> pd.Series:
     """Integers exactly as written (null where a value is not an integer that fits in int64)."""
-    if pd.api.types.is_integer_dtype(series.dtype):
-        return series.astype("Int64")
+    integers = pd.api.types.is_integer_dtype(series.dtype)
+    if integers:
+        try:
+            return series.astype("Int64")
+        except (OverflowError, TypeError, ValueError):  # e.g. uint64 beyond int64: judged value by value
+            pass
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
-    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+    if not integers and (
+        pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
+    ):
         floats = series.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
         rest = np.ones(len(series), dtype=bool)
         candidates = pd.Series(floats, index=series.index)
