@@ -318,6 +318,12 @@ def _drop_state(paths: DataPaths, view: str) -> None:
         (state_dir(paths, view) / STATE_META).unlink()
 
 
+def drop_state(paths: DataPaths, view: str) -> None:
+    """Forget the view's state (a cache: the next read that needs it rebuilds it from the stored days)."""
+    with _state_lock(paths, view):
+        _drop_state(paths, view)
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
