@@ -8,7 +8,9 @@ tiles when read (:mod:`mlops_assets.features.aggregate`). No Dagster here.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -129,12 +131,13 @@ class FeatureStore:
 
     def _read_days(self, layout: ViewLayout, days: list[str]) -> pa.Table:
         files = view_files(self.paths, layout.name, days)
-        parts = []
-        for day in days:
-            key = (layout.name, day)
-            if key not in self._tiles:
-                self._tiles[key] = pq.read_table(files[day]).cast(layout.schema)
-            parts.append(self._tiles[key])
+        unread = [day for day in days if (layout.name, day) not in self._tiles]
+        # many small files: read a few at a time (Parquet decoding releases the GIL)
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            tables = pool.map(lambda day: pq.read_table(files[day], use_threads=False), unread)
+            for day, table in zip(unread, tables, strict=True):
+                self._tiles[(layout.name, day)] = table.cast(layout.schema)
+        parts = [self._tiles[(layout.name, day)] for day in days]
         return pa.concat_tables(parts) if parts else layout.schema.empty_table()
 
     def _needed_days(
