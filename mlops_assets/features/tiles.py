@@ -298,7 +298,7 @@ def read_state(paths: DataPaths, layout: ViewLayout) -> tuple[str | None, pa.Tab
         return None, None, {}
     if meta.get("version") != layout.version() or not (folder / STATE_FILE).is_file():
         return None, None, {}
-    table = pq.read_table(folder / STATE_FILE)
+    table = canonical_table(pq.read_table(folder / STATE_FILE))  # hashed in the form it was written in
     if table_hash(table) != meta.get("content_hash"):
         return None, None, {}
     return meta["day"], table, meta
