@@ -16,7 +16,7 @@ export MLOPS_SPEC ?= $(if $(SPEC),$(abspath $(SPEC)))
 EXTRAS ?= --extra postgres --extra celery
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema
+.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema observability-tools mlflow-ui
 
 env: .venv/.synced
 
@@ -31,7 +31,7 @@ dagster-home: env
 demo: dagster-home
 	$(RUN) mlops demo --fresh $(SPEC_ARG)
 
-test: env services
+test: env services observability-tools
 	$(RUN) pytest $(PYTEST_ARGS)
 
 test-fast: env
@@ -62,6 +62,18 @@ schema: env
 
 # PostgreSQL and Redis servers from Debian's packages for the scale-out tests (started by the tests
 # themselves on free loopback ports; the packages' own services are not used).
+# promtool (Debian's `prometheus` package) checks deploy/prometheus/ in mlops_assets_tests/test_observability.py
+observability-tools:
+	@command -v promtool >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus)
+
+# the MLflow UI on the local store (127.0.0.1:$(MLFLOW_PORT)); Dagster metadata links to it when
+# MLOPS_MLFLOW_UI_URL=http://127.0.0.1:$(MLFLOW_PORT) is set for the demo and the UI
+MLFLOW_PORT ?= 5000
+MLFLOW_DATA ?= $(or $(MLOPS_DATA_DIR),$(CURDIR)/data)/mlflow
+mlflow-ui: env
+	@mkdir -p $(MLFLOW_DATA)
+	$(RUN) mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(MLFLOW_DATA)/mlflow.db --default-artifact-root $(MLFLOW_DATA)/artifacts
+
 services:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then :; \
 	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server; fi
