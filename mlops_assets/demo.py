@@ -47,6 +47,7 @@ class DemoConfig:
     model_type: str | None = None  # another estimator than the spec's
     monitor_days_before: int = 5  # drift days shown before the new data, as a baseline
     canary: bool = True
+    serving_port: int | None = None  # the canary's serving app on 127.0.0.1 (None: a free port)
 
 
 def load_simulator(project: Project):
@@ -308,6 +309,7 @@ def run_canary(
     max_rounds: int = 80,
     max_entities: int = 10_000,
     seed: int = 0,
+    port: int | None = None,
 ) -> str:
     """Simulated users call the real serving app (the registry's champion and challenger, routed by the rollout
     state) while the canary sensor judges each step on the prediction log; then the serving-log sensor stores the
@@ -339,7 +341,7 @@ def run_canary(
     )
     rng = np.random.default_rng(seed)
     sent: dict[str, int] = {}
-    with LocalServer(create_app(config)) as server:
+    with LocalServer(create_app(config), port=port) as server:
         _say(f"serving app on {server.url} (POST /predict, GET /metrics, GET /health)")
         for _ in range(max_rounds):
             step = controller.state()
@@ -484,6 +486,10 @@ def _phases(
         for run in refreshed:
             _step("online store refresh (automation condition)", run, t0)
             print(features_summary(run), flush=True)
+        if refreshed:
+            # the daemon's next tick sees the refresh as handled; a tick that saw it together with the next days'
+            # updates would drop those updates (Dagster resets `since_last_handled` when both arrive in one tick)
+            tick(daemon, "features_automation_sensor")
         return True
 
     # an automation condition reacts to what changed since its sensor's previous tick: a first tick sets the baseline
@@ -558,6 +564,6 @@ def _phases(
                 _say(f"  {alert.job_name} {alert.run_id[:8]}")
     if retrained and retrained[-1].success and config.canary:
         _say("== phase 4: canary rollout of the retrained challenger on simulated traffic")
-        run_canary(project, daemon, instance, last)
+        run_canary(project, daemon, instance, last, port=config.serving_port)
     _say(f"done in {time.monotonic() - started:.1f}s; explore it with `make ui`")
     return 0

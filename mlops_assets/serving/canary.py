@@ -2,7 +2,7 @@
 
 ``$MLOPS_ROLLOUT`` (or a run's config) picks the mode. In canary mode, a challenger that passed its quality gates
 against the current champion is not promoted by the promotion step: :func:`begin_canary` starts a canary of it
-(5% of entities, then 25%, 50%, 100%) with its holdout scores as the score reference, the canary sensor judges each
+(5% of entities, then 25%, 50%, 100%) with its offline scores on the current population as the score reference, the canary sensor judges each
 step on the prediction log, and the completed canary promotes it through the promotion policy. Without a champion
 there is nothing to compare with: the first model is promoted directly in either mode. No Dagster here.
 """
@@ -37,23 +37,42 @@ def experiment_name(version: int | str) -> str:
     return f"canary-v{version}"
 
 
+def reference_day(project: Project) -> str | None:
+    """The newest day every feature view has stored (the day the serving app's online values are as of)."""
+    from mlops_assets.features.tiles import stored_days
+
+    newest = [stored_days(project.paths, view) for view in project.view_names]
+    return min(days[-1] for days in newest) if newest and all(newest) else None
+
+
 def challenger_reference_scores(project: Project, client, model_name: str, version: int) -> np.ndarray:
-    """The version's scores on its own evaluation holdout of the stored training set (the canary's score reference)."""
+    """The scores the canary's live traffic should have: the version's scores on the monitored population of the
+    newest stored day, from the offline store as of that day's end (what the online store serves). A live score
+    distribution away from it means the served inputs differ from the offline ones (training/serving skew, a stale
+    or broken online store), not that the population changed since training. Without a population (no events
+    source), the version's scores on its own evaluation holdout of the stored training set."""
     from mlops_assets.featurestore import FeatureStore
+    from mlops_assets.monitoring.daily import current_population
     from mlops_assets.training import registry
     from mlops_assets.training.task import ModelTask
     from mlops_assets.training.train import model_inputs, predict_scores, registered_result, time_split
 
-    task = ModelTask.from_project(project)
     loaded = registry.load_model_version(client, version, model_name=model_name)
     trained = registered_result(client, model_name, version)
-    params = client.get_run(trained.run_id).data.params
-    training_set, _ = FeatureStore(project).read_training_set()
-    _, holdout = time_split(
-        task.trainable(training_set), float(params.get("holdout_fraction", 0.2)), task.time, task.entity
-    )
+    store = FeatureStore(project)
+    day = reference_day(project)
+    ids = current_population(store, day) if day is not None else []
+    if ids:
+        frame = store.features_at(day, ids)
+    else:
+        task = ModelTask.from_project(project)
+        params = client.get_run(trained.run_id).data.params
+        training_set, _ = store.read_training_set()
+        _, frame = time_split(
+            task.trainable(training_set), float(params.get("holdout_fraction", 0.2)), task.time, task.entity
+        )
     return predict_scores(
-        loaded.model, model_inputs(holdout, trained.numeric_features, trained.categorical_features)
+        loaded.model, model_inputs(frame, trained.numeric_features, trained.categorical_features)
     )
 
 
@@ -105,7 +124,7 @@ def begin_canary(project: Project, client, model_name: str, mode: str) -> Rollou
     scores = challenger_reference_scores(project, client, model_name, version)
     reason = (
         f"canary of v{version} against champion v{champion.version}: {decision.reason}; score guardrails against "
-        f"its {len(scores):,} holdout scores (mean {float(np.mean(scores)):.3f}){replaced}"
+        f"its {len(scores):,} offline scores (mean {float(np.mean(scores)):.3f}){replaced}"
     )
     started = controller.start_canary(
         experiment_name(version),

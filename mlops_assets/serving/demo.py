@@ -30,14 +30,17 @@ class FailingModel:
 
 
 class LocalServer:
-    """The serving app under uvicorn in a background thread on a free 127.0.0.1 port."""
+    """The serving app under uvicorn in a background thread on 127.0.0.1 (``port``, or a free one)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int | None = None) -> None:
         import uvicorn
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        if port:
+            self.port = int(port)
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = sock.getsockname()[1]
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
         )
