@@ -230,3 +230,38 @@ def test_training_metadata_links_to_the_mlflow_run_and_model_version(demo: Demo)
                     assert linked_version == int(version)
         [*_, first] = instance.fetch_materializations(dg.AssetKey("promotion"), limit=10).records
         assert first.asset_materialization.metadata["mlflow_model_version"].url.endswith("/versions/1")
+
+
+@pytest.mark.slow
+def test_gate_verdicts_reach_the_mlflow_run_and_the_version_description(demo: Demo):
+    """The evaluation_report's checks as Dagster recorded them are the gate tags on the evaluated version's MLflow
+    run, its ``evaluation/gates.json`` artifact and its registry description."""
+    assert demo.code == 0, demo.out[-4000:]
+    from mlops_assets.training.tracking import TrackingConfig, client_for
+
+    client = client_for(TrackingConfig.for_project(demo.project))
+    name = demo.project.model_name
+    with demo.instance() as instance:
+        [*_, first] = instance.fetch_materializations(dg.AssetKey("evaluation_report"), limit=10).records
+        run_id = first.run_id
+        checks = {
+            e.asset_check_evaluation.check_name: e.asset_check_evaluation
+            for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+            if e.asset_check_evaluation.asset_key == dg.AssetKey("evaluation_report")
+        }
+    assert checks, "the evaluation run recorded no gate"
+    version = client.get_model_version(name, "1")
+    run = client.get_run(version.run_id)
+    for check_name, evaluation in checks.items():
+        tag = run.data.tags[f"gate.{check_name}"]
+        assert (tag == "pass") == evaluation.passed, (check_name, tag, evaluation.passed)
+    assert run.data.tags["evaluation.against"] == "none"
+    assert any(k.startswith("gate_") and k.endswith("_measured") for k in run.data.metrics)
+    assert "every applicable quality gate passed" in version.description
+    for check_name in checks:
+        assert f"| {check_name} |" in version.description
+    local = client.download_artifacts(version.run_id, "evaluation/gates.json")
+    import json
+
+    gates = {g["name"]: g for g in json.loads(Path(local).read_text())["gates"]}
+    assert set(checks) <= set(gates)
