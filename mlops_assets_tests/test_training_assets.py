@@ -328,7 +328,8 @@ def test_definitions_wire_the_training_jobs_sensors_and_blocking_gates(churn):
     defs = definitions(churn)
     job = defs.resolve_job_def("retraining_job")
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
-    assert keys == {"training_set", "candidate_model", "evaluation_report", "promotion"}
+    # ... ending with the rollout state: in canary mode ($MLOPS_ROLLOUT=canary) a gated challenger starts a canary there
+    assert keys == {"training_set", "candidate_model", "evaluation_report", "promotion", "rollout_state"}
     graph = job.asset_layer.asset_graph
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {("evaluation_report", g) for g in GATE_NAMES} | {
