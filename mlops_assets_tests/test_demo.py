@@ -57,12 +57,13 @@ def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(churn, dagster_home
     reports = sorted(p.name for p in paths.reports.glob("drift_report_*.md"))
     assert reports == [f"drift_report_{day}.md" for day in monitored]
 
-    # the champion scored the monitored population of a new day (every customer with an event in the last 90
-    # days, here since the start) and recorded its version
+    # the champion scored the monitored population of a new day: every customer with an event in the
+    # spec's window (active_within days up to and including the day), read back from the raw partitions
+    window = churn.spec.monitoring.population.active_within
     day = _day(HISTORY + 5)
     scored = pd.read_parquet(paths.partition_dir("batch_predictions", day))
     active = set()
-    for offset in range(HISTORY + 6):
+    for offset in range(HISTORY + 6 - window, HISTORY + 6):
         active |= set(pd.read_parquet(paths.partition_dir("raw_events", _day(offset)))["customer_id"])
     assert set(scored["customer_id"]) == active and scored["customer_id"].is_unique
     assert scored["score"].between(0, 1).all() and (scored["model_version"].astype(str) == "1").all()
