@@ -1,15 +1,12 @@
 """Serving domain assets: the daily prediction log, daily batch predictions, the A/B report, the rollout state."""
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
-from mlops_assets.serving import abtest
-from mlops_assets.serving.batch import features_as_of, score_entities
-from mlops_assets.serving.prediction_log import read_day
 from mlops_assets.serving.routing import read_state, state_path
 from mlops_assets.storage import (
     combine_hashes,
@@ -18,6 +15,9 @@ from mlops_assets.storage import (
     write_file_atomic,
     write_partition,
 )
+
+if TYPE_CHECKING:  # scoring, the log and the A/B statistics load in the run, not with the definitions
+    import pandas as pd
 
 #: The rollout state file, shown as an external asset; the rollout sensor records observations of it.
 rollout_state = dg.AssetSpec(
@@ -48,6 +48,8 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
         description="Every prediction the serving app logged on the day (all workers), as a warehouse partition.",
     )
     def prediction_log(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        from mlops_assets.serving.prediction_log import read_day
+
         paths = runtime_project(project, data).paths
         hashes = []
         for day in context.partition_keys:
@@ -77,8 +79,11 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
         "challenger's in shadow mode), from features as of the day's end, with the model version.",
     )
     def batch_predictions(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        import pandas as pd
+
         from mlops_assets.featurestore import FeatureStore
         from mlops_assets.monitoring.daily import current_population
+        from mlops_assets.serving.batch import features_as_of, score_entities
         from mlops_assets.serving.models import ModelManager, RegistryModelSource
         from mlops_assets.training.tracking import default_tracking_uri
 
@@ -124,7 +129,9 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
         alpha: float = 0.05
         max_expected_loss: float = 0.002
 
-    def _all_partitions(table_dir) -> pd.DataFrame:
+    def _all_partitions(table_dir) -> "pd.DataFrame":
+        import pandas as pd
+
         frames = [
             read_partition(d).to_pandas()
             for d in sorted(table_dir.glob("date=*"))
@@ -143,6 +150,8 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
     def ab_test_report(
         context: dg.AssetExecutionContext, config: ABReportConfig, data: DataDirResource
     ) -> dg.MaterializeResult:
+        from mlops_assets.serving import abtest
+
         paths = runtime_project(project, data).paths
         experiment = config.experiment or read_state(state_path(paths.root)).experiment
         log = _all_partitions(paths.table_dir("prediction_log"))

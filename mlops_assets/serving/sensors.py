@@ -5,7 +5,6 @@ import dagster as dg
 
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
-from mlops_assets.serving.rollout import Guardrails, RolloutController
 
 
 def build_canary_sensor(project: Project) -> dg.SensorDefinition:
@@ -18,6 +17,8 @@ def build_canary_sensor(project: Project) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def canary_rollout_sensor(context: dg.SensorEvaluationContext, data: DataDirResource) -> dg.SensorResult:
+        from mlops_assets.serving.rollout import Guardrails, RolloutController
+
         current = runtime_project(project, data)
         controller = RolloutController(current.paths.root)
         state = controller.state()
