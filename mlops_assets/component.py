@@ -22,7 +22,7 @@ from mlops_assets.project import Project
 def build_definitions(project: Project) -> dg.Definitions:
     """Every definition of a project: one asset per source and per feature view, the training set, the online
     store, the model plane and monitoring (when the spec has a target and a model), their sensors and jobs."""
-    from mlops_assets.executors import executor_from_env
+    from mlops_assets.executors import default_executor
     from mlops_assets.features import definitions as features
     from mlops_assets.ingestion import definitions as ingestion
     from mlops_assets.monitoring import definitions as monitoring
@@ -45,7 +45,7 @@ def build_definitions(project: Project) -> dg.Definitions:
         training.build_defs(project),
         monitoring.build_defs(project, partitions),
         serving.build_defs(project, partitions),
-        dg.Definitions(resources=resources, executor=executor_from_env()),
+        dg.Definitions(resources=resources, executor=default_executor()),
     )
 
 

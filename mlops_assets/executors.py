@@ -1,8 +1,11 @@
 """Which executor runs the steps of a run, chosen by configuration (``MLOPS_EXECUTOR``), never by code edits.
 
-- unset: Dagster's multiprocess executor (one process per step), except the linear retraining chain,
-  which runs in process on a laptop;
-- ``multiprocess``: one process per step for every job;
+- unset: Dagster's multiprocess executor (one process per step) with the ``forkserver`` start method: each step
+  forks from a server process that imported the code location once, instead of importing it again (measured
+  in ``benchmarks/results/import.md``); the linear retraining chain runs in process on a laptop;
+- ``multiprocess``: one process per step for every job (forkserver);
+- ``multiprocess_spawn``: one freshly spawned interpreter per step (Dagster's own default), for code that is
+  not safe to fork;
 - ``in_process``: every step in the run's own process;
 - ``celery``: steps are sent to Celery workers (``make workers``) through the broker in
   ``MLOPS_CELERY_BROKER`` (default ``redis://127.0.0.1:6379/0``), results in ``MLOPS_CELERY_BACKEND``;
@@ -19,7 +22,7 @@ import dagster as dg
 EXECUTOR_ENV = "MLOPS_EXECUTOR"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_BACKEND = "redis://127.0.0.1:6379/1"
-CHOICES = ("multiprocess", "in_process", "celery", "k8s")
+CHOICES = ("multiprocess", "multiprocess_spawn", "in_process", "celery", "k8s")
 
 
 def _missing_extra(kind: str, extra: str) -> dg.DagsterInvariantViolationError:
@@ -36,6 +39,17 @@ def celery_broker_config() -> dict[str, str]:
     }
 
 
+def forkserver_executor() -> dg.ExecutorDefinition:
+    """The multiprocess executor forking each step from a forkserver that preloaded the run's code location (the
+    module the job was loaded from); ``DAGSTER_MULTIPROCESS_EXECUTOR_MAX_CONCURRENT`` still bounds the steps."""
+    return dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}}, name="multiprocess")
+
+
+def default_executor(environ: dict[str, str] | None = None) -> dg.ExecutorDefinition:
+    """The executor of the project's jobs: the one ``MLOPS_EXECUTOR`` names, else :func:`forkserver_executor`."""
+    return executor_from_env(environ) or forkserver_executor()
+
+
 def executor_from_env(environ: dict[str, str] | None = None) -> dg.ExecutorDefinition | None:
     """The executor named by ``MLOPS_EXECUTOR``; ``None`` when unset (each job keeps its own default)."""
     env = os.environ if environ is None else environ
@@ -43,6 +57,8 @@ def executor_from_env(environ: dict[str, str] | None = None) -> dg.ExecutorDefin
     if kind == "":
         return None
     if kind == "multiprocess":
+        return forkserver_executor()
+    if kind == "multiprocess_spawn":
         return dg.multiprocess_executor
     if kind == "in_process":
         return dg.in_process_executor

@@ -140,7 +140,7 @@ class Project:
 
     def landing_days(self) -> set[date]:
         """Every day named by a landing file of any source (from file names only: cheap)."""
-        from mlops_assets.ingestion.validate import list_landing_files
+        from mlops_assets.ingestion.files import list_landing_files
 
         days = set()
         for name in self.spec.sources:

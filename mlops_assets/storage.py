@@ -73,10 +73,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pandas is not imported with the Dagster definitions (pyarrow converts frames itself)
+    import pandas as pd
 
 PART_FILE = "part-0.parquet"
 
@@ -492,7 +495,7 @@ def remove_directory(directory: Path) -> bool:
 
 def write_partition(table: pa.Table | pd.DataFrame, directory: Path, filename: str = PART_FILE) -> Path:
     """Replace ``directory`` with one holding ``filename`` (Parquet), atomically."""
-    if isinstance(table, pd.DataFrame):
+    if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_directory(directory) as staging:
         with pq.ParquetWriter(staging / filename, table.schema, compression="zstd") as writer:

@@ -26,7 +26,12 @@ def test_unset_keeps_each_jobs_default():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("multiprocess", "multiprocess"), ("in_process", "in_process"), ("In-Process", "in_process")],
+    [
+        ("multiprocess", "multiprocess"),
+        ("multiprocess_spawn", "multiprocess"),
+        ("in_process", "in_process"),
+        ("In-Process", "in_process"),
+    ],
 )
 def test_core_executors_by_name(value, expected):
     assert executor_from_env({"MLOPS_EXECUTOR": value}).name == expected
@@ -41,7 +46,9 @@ def _resolved(env: dict[str, str], data_root: Path) -> dict:
         "out = {}\n"
         "for name in ('ingestion_job', 'retraining_job'):\n"
         "    job = defs.resolve_job_def(name)\n"
-        "    out[name] = [job.executor_def.name, dg.validate_run_config(job, {}).get('execution')]\n"
+        "    schema = job.executor_def.config_schema\n"
+        "    baked = schema.resolve_config({}).value if hasattr(schema, 'resolve_config') else None\n"
+        "    out[name] = [job.executor_def.name, dg.validate_run_config(job, {}).get('execution'), baked]\n"
         "print(json.dumps(out))\n"
     )
     env = (
@@ -58,17 +65,21 @@ def _resolved(env: dict[str, str], data_root: Path) -> dict:
 
 @pytest.mark.slow
 def test_jobs_follow_the_environment(tmp_path):
-    # unset: per-step processes for asset jobs, the linear retraining chain in process
+    # unset: per-step processes forked from a forkserver for asset jobs, the linear retraining chain in process
     default = _resolved({}, tmp_path)
-    assert default["ingestion_job"][0] == "multi_or_in_process_executor"
+    assert default["ingestion_job"][0] == "multiprocess"
+    assert "forkserver" in default["ingestion_job"][2]["config"]["start_method"]
     assert default["retraining_job"][0] == "in_process"
+    # spawn on request: Dagster's own start method, nothing preloaded
+    spawn = _resolved({"MLOPS_EXECUTOR": "multiprocess_spawn"}, tmp_path)["ingestion_job"]
+    assert spawn[0] == "multiprocess" and "forkserver" not in json.dumps(spawn[1:])
     # celery: every job, with the broker from the environment in the resolved run config (so runs
     # launched by sensors, schedules and backfills need no run config)
     celery = _resolved(
         {"MLOPS_EXECUTOR": "celery", "MLOPS_CELERY_BROKER": "redis://127.0.0.1:7777/0"}, tmp_path
     )
     for name in ("ingestion_job", "retraining_job"):
-        executor, execution = celery[name]
+        executor, execution, _ = celery[name]
         assert executor == "celery"
         assert execution["celery"]["broker"] == "redis://127.0.0.1:7777/0"
         assert execution["celery"]["backend"] == "redis://127.0.0.1:6379/1"
@@ -82,5 +93,5 @@ def test_missing_extra_names_the_install_command():
 
 
 def test_unknown_executor_lists_the_choices():
-    with pytest.raises(dg.DagsterInvariantViolationError, match="multiprocess, in_process, celery, k8s"):
+    with pytest.raises(dg.DagsterInvariantViolationError, match="multiprocess, multiprocess_spawn, in_process, celery, k8s"):
         executor_from_env({"MLOPS_EXECUTOR": "spark"})

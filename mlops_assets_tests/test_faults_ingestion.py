@@ -9,6 +9,9 @@ its Parquet footer, never through the ingestion code.
 
 from __future__ import annotations
 
+import csv
+import io
+
 import json
 import math
 import os
@@ -131,15 +134,24 @@ def test_blank_lines_and_a_final_line_without_a_newline_are_counted_as_records_o
     assert result.rows_read == 3 and result.rows_kept == 3
 
 
-def test_a_quoted_field_holding_a_line_break_is_two_records_each_accounted_for(churn):
-    """A record is one physical line: a field cannot continue on the next line, so both halves are quarantined."""
+def test_a_quoted_field_holding_a_line_break_is_one_record_and_a_quote_that_never_closes_costs_one_line(
+    churn,
+):
+    """RFC 4180: a quoted field may hold a line break. Records are counted by the csv module, independently."""
     landing = churn.landing_dir("raw_events")
     landing.mkdir(parents=True)
     path = landing / f"events_{DAY}.csv"
-    path.write_text(f'{HEADER}\n{_good_line(1)}\ne2,C2,{DAY}T01:00:00Z,"purch\nase",3.0\n{_good_line(3)}\n')
-    result = _ingest(churn, expected_records=physical_records(path))
-    assert result.rows_read == 4 and result.rows_kept == 2
-    assert result.quarantined_by_reason == {"malformed_csv_line": 2}
+    text = (
+        f'{HEADER}\n{_good_line(1)}\n"e2\nb",C2,{DAY}T01:00:00Z,purchase,3.0\n{_good_line(3)}\n'
+        f'e4,C4,{DAY}T01:00:00Z,"purchase,4.0\n{_good_line(5)}\n{_good_line(6)}\n'
+    )
+    path.write_text(text)
+    expected = len(list(csv.reader(io.StringIO(text.split("e4,")[0])))) - 1 + 3  # e4 alone, then e5 and e6
+    result = _ingest(churn, expected_records=expected)
+    assert result.rows_read == 6 and result.rows_kept == 5
+    assert "e2\nb" in result.kept.column("event_id").to_pylist()  # the line break kept inside the field
+    bad = result.quarantined.set_index("_line_number")
+    assert list(bad.index) == [6] and "unterminated quote" in bad.loc[6, "_parse_error"]
 
 
 # ------------------------------------------------------------------------------------------- numbers

@@ -9,15 +9,6 @@ import dagster as dg
 from mlops_assets.agreement import require_inputs
 from mlops_assets.automation import ARRIVING_DAYS, ONLINE_FRESHNESS, ONLINE_REFRESH
 from mlops_assets.features.layout import ViewLayout, layouts
-from mlops_assets.features.pit import assert_no_leakage
-from mlops_assets.features.store import FeatureStore
-from mlops_assets.features.tiles import (
-    FeatureInputError,
-    drop_state,
-    materialize_days,
-    partition_path,
-    stored_days,
-)
 from mlops_assets.ingestion.manifest import manifest_days, partition_fingerprint
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
@@ -107,6 +98,8 @@ def build_feature_view_asset(
         },
     )
     def _view(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        from mlops_assets.features.tiles import partition_path
+
         paths = runtime_project(project, data).paths
         days = list(context.partition_keys)
         started = time.monotonic()
@@ -165,6 +158,8 @@ def _materialize_or_restore(
 ) -> dict[str, dict]:
     """Write the view's days; if that fails, put back every day already written (and drop the view's state,
     a cache rebuilt from the tiles), so nothing the run did not record stays on disk."""
+    from mlops_assets.features.tiles import FeatureInputError, drop_state, materialize_days, partition_path
+
     rollback = Rollback()
     try:
         for day in days:
@@ -197,6 +192,8 @@ def require_store_inputs(
 ) -> None:
     """Fail unless every stored day (up to ``until``) of the given sources and of every view agrees with
     the materializations Dagster recorded (see :func:`mlops_assets.agreement.require_inputs`)."""
+    from mlops_assets.features.tiles import partition_path, stored_days
+
     paths = project.paths
     source_days = {
         s: [d for d in manifest_days(paths, s) if until is None or d <= until] for s in dict.fromkeys(sources)
@@ -240,6 +237,10 @@ def build_training_set_asset(project: Project) -> dg.AssetsDefinition:
         ],
     )
     def training_set(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        from mlops_assets.features.pit import assert_no_leakage
+        from mlops_assets.features.store import FeatureStore
+        from mlops_assets.features.tiles import FeatureInputError
+
         current = runtime_project(project, data)
         require_store_inputs(context, current, [target.source], None, "training_set")
         store = FeatureStore(current)
@@ -304,6 +305,8 @@ def build_online_asset(project: Project) -> dg.AssetsDefinition:
         metadata={"path": "online/online_store.db"},
     )
     def online_features(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        from mlops_assets.features.store import FeatureStore
+
         store = FeatureStore(runtime_project(project, data))
         meta = store.refresh_online()
         lines = ["| view | entities | feature time |", "|---|---:|---|"]

@@ -1,18 +1,20 @@
 """Daily ingestion assets: one per source of the project spec, with blocking schema and quarantine-rate gates."""
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mlops_assets.automation import SOURCE_FRESHNESS
 from mlops_assets.ingestion.manifest import Manifest, ingestion_lock, partition_fingerprint, write_manifest
-from mlops_assets.ingestion.report import files_markdown, range_summary_markdown, reasons_markdown
 from mlops_assets.ingestion.schema import TableContract
-from mlops_assets.ingestion.validate import DayResult, KeyIndex, ingest_day, write_day
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 from mlops_assets.settings import DataPaths
 from mlops_assets.storage import Rollback, combine_hashes
+
+if TYPE_CHECKING:  # validation (pandas) loads in the run, not with the definitions
+    from mlops_assets.ingestion.validate import DayResult
 
 INGESTION_LOGIC_VERSION = "3"
 SCHEMA_CHECK = "schema_valid"
@@ -47,8 +49,10 @@ def column_schema(contract: TableContract) -> dg.TableSchema:
     )
 
 
-def day_metadata(result: DayResult) -> dict:
+def day_metadata(result: "DayResult") -> dict:
     """Per-partition metadata: row conservation, reasons, files and hashes."""
+    from mlops_assets.ingestion.report import files_markdown, reasons_markdown
+
     return {
         "dagster/row_count": result.rows_kept,
         "rows_read": result.rows_read,
@@ -63,7 +67,7 @@ def day_metadata(result: DayResult) -> dict:
     }
 
 
-def schema_check_result(results: list[DayResult]) -> dg.AssetCheckResult:
+def schema_check_result(results: "list[DayResult]") -> dg.AssetCheckResult:
     errors = [f"{r.day}: {e}" for r in results for e in r.schema_errors]
     warnings = [f"{r.day}: {w}" for r in results for w in r.schema_warnings]
     metadata = {
@@ -92,7 +96,7 @@ def schema_check_result(results: list[DayResult]) -> dg.AssetCheckResult:
     )
 
 
-def quarantine_check_result(results: list[DayResult], max_rate: float) -> dg.AssetCheckResult:
+def quarantine_check_result(results: "list[DayResult]", max_rate: float) -> dg.AssetCheckResult:
     over = [r for r in results if r.quarantine_rate > max_rate]
     worst = max(results, key=lambda r: r.quarantine_rate)
     metadata = {
@@ -166,6 +170,8 @@ def build_ingestion_asset(
         ],
     )
     def _ingest(context: dg.AssetExecutionContext, config: IngestionConfig, data: DataDirResource):
+        from mlops_assets.ingestion.report import range_summary_markdown
+
         paths = data.paths
         days = list(context.partition_keys)
         with ingestion_lock(paths, contract.name):
@@ -191,7 +197,9 @@ def build_ingestion_asset(
 
 def _ingest_days(
     context: dg.AssetExecutionContext, contract: TableContract, paths: DataPaths, days: list[str]
-) -> list[DayResult]:
+) -> "list[DayResult]":
+    from mlops_assets.ingestion.validate import KeyIndex, ingest_day, write_day
+
     """Ingest each day, recording its metadata; if a day fails, every day already written is restored to
     its previous content (partition, quarantine and manifest), so nothing is left that the run did not record."""
     landing_dir = paths.landing_dir(contract.landing_folder)

@@ -8,7 +8,6 @@ import dagster as dg
 
 from mlops_assets.agreement import in_progress_runs, source_agreement
 from mlops_assets.automation import sensor_interval
-from mlops_assets.ingestion.landing import LandingScan, scan_landing
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 
@@ -78,7 +77,9 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
     def landing_files_sensor(context: dg.SensorEvaluationContext, data: DataDirResource) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
         valid_days = set(partitions.get_partition_keys())
-        scan: LandingScan = scan_landing(
+        from mlops_assets.ingestion.landing import scan_landing
+
+        scan = scan_landing(
             data.paths,
             contracts,
             file_cache=cursor.get("files", {}),

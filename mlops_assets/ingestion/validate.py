@@ -7,7 +7,6 @@ cannot be read at all is copied to the quarantine whole, with its reason.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import hashlib
 import io
 import json
@@ -25,12 +24,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlops_assets.ingestion.files import (  # noqa: F401 - re-exported: the landing folder's files
+    IngestionError,
+    LandingFile,
+    day_of_file,
+    files_for_day,
+    list_landing_files,
+    parse_day,
+    scan_landing_dir,
+)
 from mlops_assets.ingestion.schema import ColumnSpec, TableContract
 from mlops_assets.storage import atomic_directory, remove_directory, write_partition
 
 SUPPORTED_SUFFIXES = (".parquet", ".csv")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-DAY_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 REASON_COLUMN = "_reason"
 SOURCE_COLUMN = "_source_file"
@@ -40,10 +47,6 @@ RAW_LINE_COLUMN = "_raw_line"
 ERROR_COLUMN = "_parse_error"  # why a CSV line could not be parsed
 QUARANTINE_ROWS_FILE = "rows.parquet"
 QUARANTINE_MANIFEST = "manifest.json"
-
-
-class IngestionError(ValueError):
-    """Bad arguments to ingestion (not bad data: bad data is quarantined)."""
 
 
 @dataclass
@@ -146,75 +149,6 @@ class DayResult:
             )
 
 
-@dataclass(frozen=True)
-class LandingFile:
-    path: Path
-    day: str
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def parse_day(day: str) -> date:
-    """Parse an ISO day, with a clear error."""
-    try:
-        return date.fromisoformat(day)
-    except (TypeError, ValueError) as exc:
-        raise IngestionError(f"expected a day as YYYY-MM-DD, got {day!r}") from exc
-
-
-def day_of_file(name: str) -> str | None:
-    """The partition day a landing file belongs to: the first valid YYYY-MM-DD in its name."""
-    for match in DAY_IN_NAME.finditer(name):
-        try:
-            date.fromisoformat(match.group(1))
-        except ValueError:
-            continue
-        return match.group(1)
-    return None
-
-
-def list_landing_files(landing_dir: Path, pattern: str = "*") -> list[LandingFile]:
-    """Every candidate landing file in a table's landing folder (not recursive, no dotfiles)."""
-    return scan_landing_dir(landing_dir, pattern)[0]
-
-
-def scan_landing_dir(landing_dir: Path, pattern: str = "*") -> tuple[list[LandingFile], list[str]]:
-    """(landing files with a day in their name, notes on every other entry that is not one).
-
-    Hidden names (a writer's temporary file) are skipped silently; anything else that is not a
-    dated file matching ``pattern`` is named in a note, so nothing in the folder goes unmentioned.
-    """
-    landing_dir = Path(landing_dir)
-    if not landing_dir.is_dir():
-        return [], []
-    found, notes = [], []
-    for path in sorted(landing_dir.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if not fnmatch.fnmatchcase(path.name, pattern):
-            notes.append(f"{path.name}: ignored, its name does not match the source's pattern {pattern!r}")
-            continue
-        day = day_of_file(path.name)
-        if path.is_dir() and not path.is_symlink():
-            notes.append(f"{path.name}: a folder, not a landing file; ignored")
-            continue
-        if day is None:
-            notes.append(f"{path.name}: ignored, its name holds no day as YYYY-MM-DD (the day it belongs to)")
-            continue
-        if not path.is_file() and not path.is_symlink():
-            notes.append(f"{path.name}: not a regular file; ignored")
-            continue
-        found.append(LandingFile(path, day))
-    return found, notes
-
-
-def files_for_day(landing_dir: Path, day: str, pattern: str = "*") -> list[LandingFile]:
-    parse_day(day)
-    return [f for f in list_landing_files(landing_dir, pattern) if f.day == day]
-
-
 def file_problem(path: Path, file_format: str = "auto") -> str | None:
     """Why a landing file cannot be accepted by its name or kind, or None."""
     name = path.name
@@ -263,11 +197,7 @@ def _split_lines(text: str) -> list[str]:
 
 
 def _parse_line(line: str) -> list[str]:
-    """The fields of one CSV line; an opening quote that the line does not close is an error.
-
-    A quoted field never continues on the next line: a record is one physical line, so an
-    unterminated quote costs that line alone instead of swallowing the lines after it.
-    """
+    """The fields of one CSV line; an opening quote that the line does not close is an error."""
     if '"' not in line:
         return line.split(",")
     try:
@@ -278,8 +208,32 @@ def _parse_line(line: str) -> list[str]:
     return next(csv.reader((line,)))  # a stray quote inside a field is kept as text, as before
 
 
+#: A quoted field may hold line breaks (RFC 4180); it must close within this many lines to be one record.
+MAX_RECORD_LINES = 100
+
+
+def _continued_record(lines: list[str], start: int, width: int) -> tuple[list[str], int] | None:
+    """The record that a line opening a quoted field starts, when the quote closes on a following line
+    (within ``MAX_RECORD_LINES``) and the joined text is exactly one record of ``width`` fields; with the
+    number of lines it spans. ``None`` otherwise: then the opening line alone is malformed."""
+    text = lines[start]
+    for end in range(start + 1, min(start + MAX_RECORD_LINES, len(lines))):
+        text += "\n" + lines[end]
+        if text.count('"') % 2:
+            continue  # the quoted field is still open
+        try:
+            records = list(csv.reader(io.StringIO(text), strict=True))
+        except csv.Error:
+            return None
+        if len(records) == 1 and len(records[0]) == width:
+            return records[0], end - start + 1
+        return None
+    return None
+
+
 def _read_csv(data: bytes, encoding: str = "utf-8") -> tuple[pd.DataFrame, list[tuple[int, str, str]]]:
-    """Read a CSV as strings, one record per physical line after the header (blank lines skipped).
+    """Read a CSV as strings, one record per line after the header (blank lines skipped); a quoted field
+    may hold line breaks when it closes (see ``_continued_record``), else its opening line is malformed alone.
 
     Lines that cannot be parsed or have the wrong number of fields are returned separately as
     (line number, the whole line, what is wrong).
@@ -302,14 +256,21 @@ def _read_csv(data: bytes, encoding: str = "utf-8") -> tuple[pd.DataFrame, list[
     if not any(header):
         raise ValueError("CSV header is empty")
     rows, bad = [], []
-    for number, line in enumerate(lines[1:], start=2):
+    index = 1
+    while index < len(lines):
+        line, number = lines[index], index + 1
+        index += 1
         if not line.strip():
             continue  # a blank line holds no record
         try:
             row = _parse_line(line)
         except ValueError as exc:
-            bad.append((number, line, str(exc)))
-            continue
+            continued = _continued_record(lines, number - 1, len(header))
+            if continued is None:
+                bad.append((number, line, str(exc)))
+                continue
+            row, span = continued
+            index += span - 1
         if len(row) != len(header):
             bad.append((number, line, f"{len(row)} fields, the header has {len(header)}"))
             continue

@@ -1,15 +1,12 @@
 """Serving domain assets: the daily prediction log, daily batch predictions, the A/B report, the rollout state."""
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
-from mlops_assets.serving import abtest
-from mlops_assets.serving.batch import features_as_of, score_entities
-from mlops_assets.serving.prediction_log import read_day
 from mlops_assets.serving.routing import read_state, state_path
 from mlops_assets.storage import (
     combine_hashes,
@@ -18,6 +15,9 @@ from mlops_assets.storage import (
     write_file_atomic,
     write_partition,
 )
+
+if TYPE_CHECKING:  # scoring, the log and the A/B statistics load in the run, not with the definitions
+    import pandas as pd
 
 #: The serving app's own log: JSON-lines files it appends per process and UTC day. It serves the registry's
 #: champion and challenger (moved by promotion), routes by the rollout state and reads the online store.
@@ -49,7 +49,7 @@ def rollout_state_metadata(state) -> dict:
     }
 
 
-def rollout_history_markdown(history: pd.DataFrame, tail: int = 12) -> str:
+def rollout_history_markdown(history: "pd.DataFrame", tail: int = 12) -> str:
     """The last rollout transitions as a markdown table."""
     lines = ["| at | action | mode | share | experiment | reason |", "|---|---|---|---:|---|---|"]
     for row in history.tail(tail).itertuples():
@@ -113,7 +113,7 @@ def _round4(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def log_day_metadata(served: pd.DataFrame) -> dict:
+def log_day_metadata(served: "pd.DataFrame") -> dict:
     """Requests per experiment and arm, model versions and p99 latency per arm of a day's served requests."""
     if served.empty:
         return {}
@@ -159,6 +159,7 @@ def build_serving_assets(
         description="Every prediction the serving app logged on the day (all workers), as a warehouse partition.",
     )
     def prediction_log(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        from mlops_assets.serving.prediction_log import read_day
         from mlops_assets.serving.rollout import RolloutController
 
         paths = runtime_project(project, data).paths
@@ -195,8 +196,11 @@ def build_serving_assets(
         "challenger's in shadow mode), from features as of the day's end, with the model version.",
     )
     def batch_predictions(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
+        import pandas as pd
+
         from mlops_assets.featurestore import FeatureStore
         from mlops_assets.monitoring.daily import current_population
+        from mlops_assets.serving.batch import features_as_of, score_entities
         from mlops_assets.serving.models import ModelManager, RegistryModelSource
         from mlops_assets.training.tracking import default_tracking_uri
 
@@ -242,7 +246,9 @@ def build_serving_assets(
         alpha: float = 0.05
         max_expected_loss: float = 0.002
 
-    def _all_partitions(table_dir) -> pd.DataFrame:
+    def _all_partitions(table_dir) -> "pd.DataFrame":
+        import pandas as pd
+
         frames = [
             read_partition(d).to_pandas()
             for d in sorted(table_dir.glob("date=*"))
@@ -261,6 +267,7 @@ def build_serving_assets(
     def ab_test_report(
         context: dg.AssetExecutionContext, config: ABReportConfig, data: DataDirResource
     ) -> dg.MaterializeResult:
+        from mlops_assets.serving import abtest
         from mlops_assets.serving.rollout import RolloutController
 
         paths = runtime_project(project, data).paths

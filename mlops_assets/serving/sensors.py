@@ -11,7 +11,6 @@ import dagster as dg
 from mlops_assets.automation import sensor_interval
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
-from mlops_assets.serving.rollout import Guardrails, RolloutController
 
 SERVING_REPORT_JOB = "serving_report_job"
 
@@ -28,6 +27,7 @@ def build_canary_sensor(project: Project) -> dg.SensorDefinition:
     )
     def canary_rollout_sensor(context: dg.SensorEvaluationContext, data: DataDirResource) -> dg.SensorResult:
         from mlops_assets.serving.assets import rollout_state_metadata
+        from mlops_assets.serving.rollout import Guardrails, RolloutController
 
         current = runtime_project(project, data)
         controller = RolloutController(current.paths.root)

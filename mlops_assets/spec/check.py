@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,6 +46,30 @@ def duck_type(column_type: str) -> str:
     return _DUCK_TYPES[column_type]
 
 
+class _Binder:
+    """One in-memory DuckDB connection for the filters of a spec check (each connect costs ~30 ms); closed when
+    the check ends, so no DuckDB thread outlives it into a forked process."""
+
+    lock = threading.Lock()
+    con = None
+
+    @classmethod
+    def execute(cls, sql: str) -> None:
+        import duckdb
+
+        with cls.lock:
+            if cls.con is None:
+                cls.con = duckdb.connect()
+            cls.con.execute(sql).fetchall()
+
+    @classmethod
+    def close(cls) -> None:
+        with cls.lock:
+            if cls.con is not None:
+                cls.con.close()
+                cls.con = None
+
+
 def filter_problem(source: Source, condition: str) -> str | None:
     """Why ``condition`` is not a valid filter over ``source``'s columns (DuckDB binds it), or None."""
     import duckdb
@@ -53,11 +78,7 @@ def filter_problem(source: Source, condition: str) -> str | None:
         f"CAST(NULL AS {duck_type(c.type)}) AS {quote(name)}" for name, c in source.columns.items()
     )
     try:
-        con = duckdb.connect()
-        try:
-            con.execute(f"SELECT count(*) FROM (SELECT {columns}) AS t WHERE ({condition})").fetchall()
-        finally:
-            con.close()
+        _Binder.execute(f"SELECT count(*) FROM (SELECT {columns}) AS t WHERE ({condition})")
     except duckdb.Error as exc:
         text = str(exc).splitlines()[0]
         return f"filter {condition!r} is not a valid condition on this source's columns: {text}"
@@ -361,8 +382,14 @@ def check_project(spec: ProjectSpec, filters: bool = True) -> list[Issue]:
                 )
             )
         folders[folder] = name
-    for vname, view in spec.feature_views.items():
-        issues += _check_view(spec, vname, view, filters)
+    try:
+        view_issues = [
+            i for vname, view in spec.feature_views.items() for i in _check_view(spec, vname, view, filters)
+        ]
+    finally:
+        _Binder.close()
+    issues += view_issues
+    for vname in spec.feature_views:
         if vname in spec.sources:
             issues.append(
                 Issue(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mlops_assets.ingestion.validate import day_of_file
+from mlops_assets.ingestion.files import day_of_file
 
 _TIME_HINT = re.compile(r"(time|timestamp|_at$|^ts$|date)", re.I)
 

@@ -2,18 +2,13 @@
 
 import base64
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 
-from mlops_assets.features.store import FeatureStore
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
-from mlops_assets.serving.canary import rollout_mode
-from mlops_assets.storage import combine_hashes, frame_hash
-from mlops_assets.training import promotion as policy
-from mlops_assets.training import registry
+from mlops_assets.storage import combine_hashes
 from mlops_assets.training.checks import (
     EVALUATION_ASSET,
     gate_check_results,
@@ -21,19 +16,16 @@ from mlops_assets.training.checks import (
     training_data_findings,
     training_data_gate,
 )
-from mlops_assets.training.evaluate import fmt
 from mlops_assets.training.gates import GATE_NAMES
-from mlops_assets.training.lifecycle import evaluate_challenger
-from mlops_assets.training.metrics import metric_names
 from mlops_assets.training.resources import MlflowResource
-from mlops_assets.training.task import ModelTask
-from mlops_assets.training.train import (
-    CODE_VERSION,
-    TrainConfig,
-    TrainResult,
-    registered_result,
-    train_and_log,
-)
+from mlops_assets.training.task import CODE_VERSION, ModelTask
+
+if (
+    TYPE_CHECKING
+):  # the modules that train and evaluate load inside the asset bodies, not with the definitions
+    import pandas as pd
+
+    from mlops_assets.training.train import TrainConfig, TrainResult
 
 EVALUATION_LOGIC_VERSION = "2"
 PROMOTION_LOGIC_VERSION = "2"
@@ -49,7 +41,9 @@ class TrainingConfig(dg.Config):
     use_cache: bool = True
     importance_repeats: int = 5
 
-    def train_config(self, task: ModelTask) -> TrainConfig:
+    def train_config(self, task: ModelTask) -> "TrainConfig":
+        from mlops_assets.training.train import TrainConfig
+
         return TrainConfig.from_task(
             task,
             model_type=self.model_type or None,
@@ -88,6 +82,9 @@ def _links(client, model_name: str, version: int | None, run_id: str | None = No
 
 def metrics_markdown(task: str, metrics: dict[str, float]) -> str:
     """Holdout, train and baseline metrics of a run side by side."""
+    from mlops_assets.training.evaluate import fmt
+    from mlops_assets.training.metrics import metric_names
+
     baselines = sorted({k.split("_")[1] for k in metrics if k.startswith("baseline_")})
     lines = ["| metric | holdout | train | " + " | ".join(f"baseline {b}" for b in baselines) + " |"]
     lines.append("|---" * (3 + len(baselines)) + "|")
@@ -101,7 +98,7 @@ def metrics_markdown(task: str, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def cache_reason(result: TrainResult, use_cache: bool) -> str:
+def cache_reason(result: "TrainResult", use_cache: bool) -> str:
     inputs = f"training set {result.training_set_hash[:12]}, params {result.params_hash[:12]}, code {result.code_version}"
     if result.cached:
         return f"reused version {result.version} (run {result.run_id[:8]}): it was trained from the same {inputs}"
@@ -110,7 +107,7 @@ def cache_reason(result: TrainResult, use_cache: bool) -> str:
     return f"trained: no registered version came from the same {inputs}"
 
 
-def model_data_version(result: TrainResult) -> str:
+def model_data_version(result: "TrainResult") -> str:
     return combine_hashes([result.training_set_hash, result.params_hash, result.code_version])
 
 
@@ -128,6 +125,8 @@ def image_markdown(path, title: str) -> str:
 
 
 def gates_markdown(gates) -> str:
+    from mlops_assets.training.evaluate import fmt
+
     lines = ["| gate | result | measured | threshold | detail |", "|---|---|---:|---:|---|"]
     for g in gates:
         verdict = {"pass": "pass", "fail": "**FAIL**", "not applicable": "skipped (not applicable)"}[g.status]
@@ -137,8 +136,10 @@ def gates_markdown(gates) -> str:
     return "\n".join(lines)
 
 
-def history_markdown(history: pd.DataFrame, tail: int = 10) -> str:
+def history_markdown(history: "pd.DataFrame", tail: int = 10) -> str:
     """The last alias moves as a markdown table."""
+    import pandas as pd
+
     lines = ["| at | action | version | previous | dagster run | reason |", "|---|---|---|---|---|---|"]
     for row in history.tail(tail).itertuples():
         previous = "none" if pd.isna(row.previous_version) else int(row.previous_version)
@@ -170,6 +171,10 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         data: DataDirResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
+        from mlops_assets.features.store import FeatureStore
+        from mlops_assets.storage import frame_hash
+        from mlops_assets.training.train import train_and_log
+
         current = runtime_project(project, data)
         frame, meta = FeatureStore(current).read_training_set()
         result = train_and_log(
@@ -236,6 +241,13 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         data: DataDirResource,
         mlflow: MlflowResource,
     ):
+        from mlops_assets.features.store import FeatureStore
+        from mlops_assets.storage import frame_hash
+        from mlops_assets.training import promotion as policy
+        from mlops_assets.training.lifecycle import evaluate_challenger
+        from mlops_assets.training.reproduce import config_from_run
+        from mlops_assets.training.train import registered_result
+
         current = runtime_project(project, data)
         candidate = latest_materialization(context.instance, "candidate_model")
         version = int(candidate.asset_materialization.metadata["version"].value)
@@ -248,8 +260,6 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
                 f"the stored training set ({stored_hash[:12]}) is not the one version {version} was trained on "
                 f"({trained.training_set_hash[:12]}); materialize candidate_model again"
             )
-        from mlops_assets.training.reproduce import config_from_run
-
         problems, evidence = training_data_findings(context.instance, frame, current)
         outcome = evaluate_challenger(
             trained,
@@ -329,6 +339,10 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
         data: DataDirResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
+        from mlops_assets.serving.canary import rollout_mode
+        from mlops_assets.training import promotion as policy
+        from mlops_assets.training import registry
+
         current = runtime_project(project, data)
         evaluation = latest_materialization(context.instance, EVALUATION_ASSET)
         version = int(evaluation.asset_materialization.metadata["challenger_version"].value)

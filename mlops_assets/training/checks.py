@@ -1,17 +1,21 @@
 """Quality gates as blocking asset checks on evaluation_report, and the training-data validation they read."""
 
+from __future__ import annotations
+
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
 from mlops_assets.features.assets import LEAKAGE_CHECK
-from mlops_assets.features.pit import assert_no_leakage
 from mlops_assets.ingestion.assets import QUARANTINE_CHECK, SCHEMA_CHECK
 from mlops_assets.project import Project
 from mlops_assets.training.gates import FAIL, GATE_NAMES, NOT_APPLICABLE, PASS, GateResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EVALUATION_ASSET = "evaluation_report"
 
@@ -92,7 +96,10 @@ def training_data_findings(
     instance: dg.DagsterInstance, frame: pd.DataFrame, project: Project
 ) -> tuple[list[str], list[str]]:
     """(problems, evidence) about the training data: leakage recomputed on the frame, latest upstream checks."""
+    import pandas as pd
+
     from mlops_assets.features.layout import layouts
+    from mlops_assets.features.pit import assert_no_leakage
 
     problems, evidence = [], []
     ts_columns = [c for c in frame.columns if c.endswith("__feature_timestamp")]

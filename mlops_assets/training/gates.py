@@ -10,10 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mlops_assets.spec.model import Gates
-from mlops_assets.training.evaluate import CHALLENGER, CHAMPION, EvaluationReport, fmt
-from mlops_assets.training.metrics import BASELINE_METRICS
+
+if (
+    TYPE_CHECKING
+):  # the verdict types are read when Dagster definitions load: no scikit-learn/pandas on that path
+    from mlops_assets.training.evaluate import EvaluationReport
 
 #: Every gate, in the order they are reported (each becomes one blocking asset check).
 GATE_NAMES = (
@@ -64,6 +68,9 @@ def _verdict(ok: bool) -> str:
 
 
 def _baseline_gate(report: EvaluationReport, g: Gates) -> GateResult:
+    from mlops_assets.training.evaluate import CHALLENGER, fmt
+    from mlops_assets.training.metrics import BASELINE_METRICS
+
     names = BASELINE_METRICS[report.task]
     challenger = report.metrics[CHALLENGER]
     worst_margin, details = math.inf, []
@@ -96,6 +103,8 @@ def evaluate_gates(
     report: EvaluationReport, gates: Gates | None = None, training_data_valid: bool = True
 ) -> list[GateResult]:
     """Judge the report with the spec's thresholds (defaults when ``gates`` is None)."""
+    from mlops_assets.training.evaluate import CHALLENGER, CHAMPION, fmt
+
     g = gates or Gates()
     results = [_baseline_gate(report, g)]
 

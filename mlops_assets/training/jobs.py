@@ -4,9 +4,7 @@ import dagster as dg
 
 from mlops_assets.executors import executor_from_env
 from mlops_assets.resources import DataDirResource
-from mlops_assets.training import registry
 from mlops_assets.training.resources import MlflowResource
-from mlops_assets.training.tracking import RegistryUnavailable
 
 RETRAINING_JOB = "retraining_job"
 ROLLBACK_JOB = "rollback_job"
@@ -39,6 +37,9 @@ def rollback_champion(
     context: dg.OpExecutionContext, config: RollbackConfig, data: DataDirResource, mlflow: MlflowResource
 ) -> None:
     """Move `champion` back to `previous-champion` and record the move (never on a missing store)."""
+    from mlops_assets.training import registry
+    from mlops_assets.training.tracking import RegistryUnavailable
+
     try:
         record = registry.rollback(
             mlflow.client(),  # RegistryUnavailable before any client touches a missing store

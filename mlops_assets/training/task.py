@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
-import pandas as pd
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from mlops_assets.project import Project
 from mlops_assets.spec.check import feature_dtype, resolve_feature
+
+if TYPE_CHECKING:  # a task is read when Dagster definitions load: pandas only where frames are handled
+    import numpy as np
+    import pandas as pd
+
+#: The version of the training code: a registered version trained from the same training set and params by
+#: the same code version is reused instead of retrained (bump it when what training produces changes).
+CODE_VERSION = "train-2"
 
 CLASSIFICATION = "binary_classification"
 REGRESSION = "regression"
@@ -42,9 +49,7 @@ class ModelTask:
     candidates: tuple[str, ...] = ()  # model inputs the spec selects, in spec order
     categorical: frozenset[str] = frozenset()  # which candidates are categorical (string / bool)
     metric: str = ""  # champion comparison metric
-    train_from: pd.Timestamp | None = (
-        None  # labels read earlier are not training rows (the spec's model.warmup)
-    )
+    train_from: datetime | None = None  # labels read earlier are not training rows (the spec's model.warmup)
 
     @property
     def is_classification(self) -> bool:
@@ -111,7 +116,8 @@ class ModelTask:
             categorical=categorical,
             metric=gates_metric,
             train_from=(
-                pd.Timestamp(spec.partitions.start, tz="UTC") + pd.Timedelta(days=model.warmup)
+                datetime.combine(spec.partitions.start, datetime.min.time(), tzinfo=UTC)
+                + timedelta(days=model.warmup)
                 if model.warmup
                 else None
             ),
@@ -131,6 +137,8 @@ class ModelTask:
 
     def target_values(self, frame: pd.DataFrame) -> np.ndarray:
         """The label column as the model's target: 0/1 for classification, float for regression."""
+        import pandas as pd
+
         values = frame[self.label]
         if values.isna().any():
             raise ValueError(f"{values.isna().sum()} rows have no value in the target column {self.label!r}")
@@ -169,6 +177,8 @@ class InputSelection:
 
 def select_inputs(task: ModelTask, train: pd.DataFrame) -> InputSelection:
     """The spec's candidate inputs minus those absent, all-null or constant on the training rows."""
+    import numpy as np
+
     dropped: dict[str, str] = {}
     kept: list[str] = []
     for name in task.candidates:

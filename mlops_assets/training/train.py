@@ -25,11 +25,8 @@ import pandas as pd
 from mlops_assets.storage import frame_hash
 from mlops_assets.training import registry
 from mlops_assets.training.metrics import baseline_scores, metric_names, task_metrics
-from mlops_assets.training.task import CLASSIFICATION, InputSelection, ModelTask, select_inputs
+from mlops_assets.training.task import CLASSIFICATION, CODE_VERSION, InputSelection, ModelTask, select_inputs
 from mlops_assets.training.tracking import TrackingConfig, client_for, ensure_tracking_store
-
-#: Bump when a change to this module changes what a given training set and config produce.
-CODE_VERSION = "train-2"
 
 CLASSIFIERS = ("hist_gradient_boosting", "logistic_regression", "random_forest")
 REGRESSORS = ("hist_gradient_boosting", "linear_regression", "random_forest")

@@ -1,0 +1,68 @@
+"""The code location imports without the heavy libraries: every run process, step process and `dagster dev`
+reload pays for what `import mlops_assets.definitions` imports, so training, statistics, tracking and serving
+libraries load only inside the asset, check and sensor bodies that use them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Imported by runs that need them, never by loading the definitions.
+HEAVY = (
+    "pandas",
+    "sklearn",
+    "scipy",
+    "mlflow",
+    "matplotlib",
+    "statsmodels",
+    "fastapi",
+    "uvicorn",
+    "skops",
+)
+
+_PROBE = """
+import json, sys
+import mlops_assets.definitions as d
+defs = d.defs
+assets = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
+print(json.dumps({"heavy": sorted(m for m in %r if m in sys.modules), "assets": assets}))
+"""
+
+
+def _probe(spec: Path, data_dir: Path) -> dict:
+    env = {**os.environ, "MLOPS_SPEC": str(spec), "MLOPS_DATA_DIR": str(data_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE % (HEAVY,)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("example", ["churn", "bikes"])
+def test_the_code_location_loads_every_asset_without_importing_a_heavy_library(example, tmp_path):
+    found = _probe(ROOT / "examples" / example / "spec.yaml", tmp_path / "data")
+    # the probe really loaded the project's definitions (not an empty code location)
+    assert {"training_set", "candidate_model", "evaluation_report", "promotion", "drift_report"} <= set(
+        found["assets"]
+    )
+    assert found["heavy"] == [], f"imported by `import mlops_assets.definitions`: {found['heavy']}"
+
+
+def test_the_probe_sees_a_heavy_import_when_there_is_one(tmp_path):
+    """The guard can fail: a module that imports pandas at its top is seen by the same probe."""
+    module = tmp_path / "uses_pandas.py"
+    module.write_text("import pandas\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code = f"import sys, uses_pandas; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "pandas" in out.stdout
