@@ -93,5 +93,7 @@ def test_missing_extra_names_the_install_command():
 
 
 def test_unknown_executor_lists_the_choices():
-    with pytest.raises(dg.DagsterInvariantViolationError, match="multiprocess, multiprocess_spawn, in_process, celery, k8s"):
+    with pytest.raises(
+        dg.DagsterInvariantViolationError, match="multiprocess, multiprocess_spawn, in_process, celery, k8s"
+    ):
         executor_from_env({"MLOPS_EXECUTOR": "spark"})
