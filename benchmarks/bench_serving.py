@@ -1,10 +1,11 @@
 """Serving benchmark: the same registered model behind `mlflow models serve` and behind our app.
 
 Registers a churn model (HistGradientBoosting pipeline) in a throwaway MLflow store, starts both
-servers on 127.0.0.1, and drives each with the same one-row request at 1, 10 and 50 concurrent
-connections for a bounded time (wrk when installed, else a small httpx load generator). Also
-times the in-process predict path: one-row DataFrame through the pipeline vs the compiled numpy
-path. Writes ``benchmarks/results/serving.md`` and prints it.
+servers on 127.0.0.1, and drives each at 1, 10 and 50 concurrent connections for a bounded time
+(wrk when installed, else a small httpx load generator): MLflow's `/invocations` and ours with the
+very same one-row `dataframe_records` body, and our `/predict` with the same row as explicit
+features. Also times the in-process predict path: one-row DataFrame through the pipeline vs the
+compiled numpy path. Writes ``benchmarks/results/serving.md`` and prints it.
 
     uv run --locked python benchmarks/bench_serving.py --quick     # 3 s per cell
     uv run --locked python benchmarks/bench_serving.py              # 10 s per cell
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+CHURN_SPEC = ROOT / "examples" / "churn" / "spec.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
 CONCURRENCY = (1, 10, 50)
 
@@ -41,31 +43,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def register_model(data_root: Path) -> tuple[str, dict]:
-    """Train and register a champion in a fresh MLflow store; return (tracking URI, one feature row)."""
+def register_model(data_root: Path) -> tuple[str, str, dict]:
+    """Train and register a champion in a fresh MLflow store; return (tracking URI, model name, one feature row)."""
     from threadpoolctl import threadpool_limits
 
+    from mlops_assets.project import Project
     from mlops_assets.training import registry
-    from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
+    from mlops_assets.training.task import ModelTask
     from mlops_assets.training.tracking import TrackingConfig, client_for, ensure_tracking_store
     from mlops_assets.training.train import TrainConfig, train_and_log
+    from mlops_assets_tests.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
 
-    tracking = TrackingConfig.for_data_root(data_root)
+    project = Project.load(CHURN_SPEC, data_root)
+    tracking = TrackingConfig.for_project(project)
     ensure_tracking_store(tracking)
     frame = synthetic_training_set(3000, seed=1)
+    task = ModelTask.from_project(project)
     with threadpool_limits(limits=1):
         result = train_and_log(
-            frame,
-            TrainConfig(),
-            numeric_features=NUMERIC_FEATURES,
-            categorical_features=CATEGORICAL_FEATURES,
-            tracking=tracking,
-            importance_repeats=1,
+            frame, task, TrainConfig.from_task(task), tracking=tracking, importance_repeats=1
         )
     registry.promote(
         client_for(tracking),
         result.version,
         "benchmark champion",
+        model_name=tracking.model_name,
         history_path=registry.default_history_path(data_root),
     )
     row = frame[NUMERIC_FEATURES + CATEGORICAL_FEATURES].iloc[3].to_dict()
@@ -73,7 +75,7 @@ def register_model(data_root: Path) -> tuple[str, dict]:
         k: (None if isinstance(v, float) and math.isnan(v) else (v.item() if hasattr(v, "item") else v))
         for k, v in row.items()
     }
-    return tracking.tracking_uri, row
+    return tracking.tracking_uri, tracking.model_name, row
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -176,14 +178,14 @@ def run_httpx(url: str, body: str, connections: int, seconds: float, workdir: Pa
     return asyncio.run(main())
 
 
-def in_process_timings(tracking_uri: str, row: dict, repeats: int) -> dict:
+def in_process_timings(tracking_uri: str, model_name: str, row: dict, repeats: int) -> dict:
     """Median µs per single-row prediction: DataFrame through the pipeline vs the compiled numpy path."""
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
     from mlops_assets.serving.models import RegistryModelSource, compile_predictor
 
-    _, model, _ = RegistryModelSource(tracking_uri).load("champion")
+    _, model, _ = RegistryModelSource(tracking_uri, model_name).load("champion")
     pred = compile_predictor(model)
     frame = pd.DataFrame([row]).astype({c: "float64" for c in pred.numeric})
     for c in pred.categorical:
@@ -224,14 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     data_root = workdir / "data"
     print(f"registering a model under {data_root} ...", flush=True)
-    tracking_uri, row = register_model(data_root)
+    tracking_uri, model_name, row = register_model(data_root)
     venv_bin = str(Path(sys.executable).parent)
     env = os.environ | {
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLOPS_DATA_DIR": str(data_root),
+        "MLOPS_SPEC": str(CHURN_SPEC),
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+    invocation = json.dumps({"dataframe_records": [row]})  # the very same body for both servers
+    ours_cmd = [
+        sys.executable,
+        "-c",
+        f"from mlops_assets.serving.app import serve; serve(host='127.0.0.1', port={{port}}, workers={args.workers})",
+    ]
     servers = {
         "mlflow models serve": (
             [
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 "models",
                 "serve",
                 "-m",
-                "models:/churn-model@champion",
+                f"models:/{model_name}@champion",
                 "--env-manager",
                 "local",
                 "-h",
@@ -247,25 +256,18 @@ def main(argv: list[str] | None = None) -> int:
                 "-p",
                 "{port}",
             ],
-            json.dumps({"dataframe_records": [row]}),
-            "/invocations",
+            {"/invocations": invocation},
             "/ping",
         ),
         "mlops serve": (
-            [
-                sys.executable,
-                "-c",
-                "from mlops_assets.serving.app import serve; "
-                f"serve(host='127.0.0.1', port={{port}}, workers={args.workers})",
-            ],
-            json.dumps({"customer_id": "C000003", "features": row}),
-            "/predict",
+            ours_cmd,
+            {"/invocations": invocation, "/predict": json.dumps({"customer_id": "C000003", "features": row})},
             "/health",
         ),
     }
     results: dict[str, dict[int, dict]] = {}
     scores: dict[str, float] = {}
-    for name, (cmd, body, path, ready) in servers.items():
+    for name, (cmd, bodies, ready) in servers.items():
         port = free_port()
         proc = subprocess.Popen(
             [c.replace("{port}", str(port)) for c in cmd],
@@ -280,56 +282,63 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(base + ready, proc)
             import httpx
 
-            answer = httpx.post(
-                base + path, content=body, headers={"content-type": "application/json"}, timeout=30
-            ).json()
-            scores[name] = float(
-                answer["predictions"][0][1]
-                if "predictions" in answer and isinstance(answer["predictions"][0], list)
-                else answer.get("score", float("nan"))
-            )
-            drive(base + path, body, 10, 1.0, workdir)  # warm-up
-            results[name] = {}
-            for c in CONCURRENCY:
-                results[name][c] = drive(base + path, body, c, seconds, workdir)
-                r = results[name][c]
-                print(
-                    f"{name:22s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:8.2f} ms"
-                    f"  non-2xx {r['non_2xx']}",
-                    flush=True,
+            for path, body in bodies.items():
+                label = f"{name} {path}"
+                answer = httpx.post(
+                    base + path, content=body, headers={"content-type": "application/json"}, timeout=30
+                ).json()
+                scores[label] = float(
+                    answer["predictions"][0][1]
+                    if "predictions" in answer
+                    else answer.get("score", float("nan"))
                 )
+                drive(base + path, body, 10, 1.0, workdir)  # warm-up
+                results[label] = {}
+                for c in CONCURRENCY:
+                    results[label][c] = drive(base + path, body, c, seconds, workdir)
+                    r = results[label][c]
+                    print(
+                        f"{label:36s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                        f"p99 {r['p99']:8.2f} ms  non-2xx {r['non_2xx']}",
+                        flush=True,
+                    )
         finally:
             stop(proc)
-    timings = in_process_timings(tracking_uri, row, repeats=300 if args.quick else 1000)
+    timings = in_process_timings(tracking_uri, model_name, row, repeats=300 if args.quick else 1000)
     shutil.rmtree(workdir, ignore_errors=True)
 
-    mlf, ours = results["mlflow models serve"], results["mlops serve"]
+    mlf = results["mlflow models serve /invocations"]
+    same_body = results["mlops serve /invocations"]
+    ours = results["mlops serve /predict"]
     lines = [
         "# Serving benchmark: `mlops serve` vs `mlflow models serve`",
         "",
         f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {os.cpu_count()} cores "
         f"({platform.machine()}, Python {platform.python_version()}), load generator `{loadgen}` on 127.0.0.1, "
-        f"{seconds:g} s per cell, one-row requests with explicit features, the same registered "
-        f"HistGradientBoosting pipeline. mlflow: defaults with `--env-manager local`; ours: "
-        f"{args.workers} uvicorn worker(s), prediction log on. Command: "
+        f"{seconds:g} s per cell, one-row requests, the same registered HistGradientBoosting pipeline. "
+        f"mlflow: defaults with `--env-manager local`, `POST /invocations`; ours: {args.workers} uvicorn "
+        "worker(s), prediction log on, `POST /invocations` with the same `dataframe_records` body and "
+        f"`POST /predict` with the row as explicit features. Command: "
         f"`uv run --locked python benchmarks/bench_serving.py{' --quick' if args.quick else ''}`.",
         "",
-        "| clients | mlflow req/s | mlflow p50 ms | mlflow p99 ms | ours req/s | ours p50 ms | ours p99 ms | "
-        "throughput ratio | p99 ratio (mlflow/ours) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | mlflow req/s | mlflow p99 ms | ours /invocations req/s | ours /invocations p99 ms | "
+        "ours /predict req/s | ours /predict p50 ms | ours /predict p99 ms | throughput ratio (/predict) | "
+        "p99 ratio (mlflow/ours) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in CONCURRENCY:
-        m, o = mlf[c], ours[c]
+        m, i, o = mlf[c], same_body[c], ours[c]
         lines.append(
-            f"| {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.1f} | {o['rps']:.0f} | {o['p50']:.2f} | "
-            f"{o['p99']:.1f} | {o['rps'] / m['rps']:.1f}× | {m['p99'] / o['p99']:.1f}× |"
+            f"| {c} | {m['rps']:.0f} | {m['p99']:.1f} | {i['rps']:.0f} | {i['p99']:.1f} | {o['rps']:.0f} | "
+            f"{o['p50']:.2f} | {o['p99']:.1f} | {o['rps'] / m['rps']:.1f}× | {m['p99'] / o['p99']:.1f}× |"
         )
     errors = {n: sum(r["non_2xx"] + r["timeouts"] for r in res.values()) for n, res in results.items()}
+    reference = scores["mlflow models serve /invocations"]
     lines += [
         "",
-        f"Failed responses: mlflow {errors['mlflow models serve']}, ours {errors['mlops serve']}. "
-        f"Same score from both servers: {abs(scores['mlflow models serve'] - scores['mlops serve']) < 1e-9} "
-        f"({scores['mlops serve']:.6f}).",
+        "Failed responses: " + ", ".join(f"{n} {e}" for n, e in errors.items()) + ". "
+        f"Same score from every endpoint: {all(abs(v - reference) < 1e-9 for v in scores.values())} "
+        f"({reference:.6f}).",
         "",
         f"In-process single row (median of 7 × {300 if args.quick else 1000} calls, one thread): one-row DataFrame "
         f"through the pipeline {timings['dataframe']:.0f} µs; compiled numpy path {timings['compiled']:.0f} µs "

@@ -154,6 +154,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return report_command(args, _project(args, filters=False))
 
 
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from mlops_assets.ingestion.reconcile import reconcile_command
+
+    return reconcile_command(args, _project(args))
+
+
 def _add_project_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spec", default=None, help="the project spec (default $MLOPS_SPEC or [tool.mlops] spec)"
@@ -244,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project_arguments(listing)
     listing.add_argument("--search", default=None, help="match feature/view name, tag, owner or description")
     listing.set_defaults(func=_cmd_features)
+
+    from mlops_assets.ingestion.reconcile import add_reconcile_arguments
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="compare the warehouse (manifests, partitions) with Dagster's event log; --fix re-materializes what disagrees",
+    )
+    _add_project_arguments(reconcile)
+    add_reconcile_arguments(reconcile)
+    reconcile.set_defaults(func=_cmd_reconcile)
 
     from mlops_assets.training.cli import (
         add_promote_arguments,

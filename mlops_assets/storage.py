@@ -587,3 +587,115 @@ def partition_glob(table_dir: Path, days: Iterable[str]) -> list[str]:
         part = table_dir / f"date={day}"
         paths.extend(str(part / name) for name in _parquet_names(_absolute(part))[1])
     return paths
+
+
+# --- rollback of a step's replacements ----------------------------------------------------------
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder or file is now at ``path`` (every replacement puts a new one there); None when absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Recreate ``source``'s files under ``target`` as hard links (a copy where linking is impossible)."""
+    for current, dirs, files in os.walk(source):
+        here = target / Path(current).relative_to(source)
+        for name in dirs:
+            (here / name).mkdir(exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(current) / name, here / name)
+            except OSError:
+                shutil.copy2(Path(current) / name, here / name)
+
+
+class Rollback:
+    """Keeps what a step is about to replace, to put it back if the step fails.
+
+    :meth:`save` before replacing a folder (a partition) or a file (a manifest) keeps hard links to its
+    files in a private slot of the staging area: no data is copied, so saving works on a full disk, and
+    the old content survives its replacement. :meth:`wrote` after the replacement records what this step
+    put there. :meth:`restore` puts every saved path this step changed back as it was (a folder that did
+    not exist is removed), each with the same atomic swap as a write, except a path another writer
+    replaced after this step (theirs stays). The slot goes with :meth:`close`; a killed step cannot roll
+    back (its slot is swept by the next write), which is what reconciling manifests with the event log is for.
+    """
+
+    def __init__(self) -> None:
+        self._slot: _Slot | None = None
+        self._saved: dict[Path, tuple[str, Path | None, tuple[int, int] | None]] = {}
+        self._wrote: dict[Path, tuple[int, int] | None] = {}
+
+    def save(self, path: Path | str) -> None:
+        """Keep the current content of ``path`` (once per path: the first save wins)."""
+        path = _absolute(path)
+        if path in self._saved:
+            return
+        if self._slot is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._slot = _Slot(staging_root(path))
+        backup = self._slot.dir / str(len(self._saved))
+        before = _identity(path)
+        if path.is_dir():
+            backup.mkdir()
+            _link_tree(path, backup)
+            self._saved[path] = ("dir", backup, before)
+        elif path.is_file():
+            try:
+                os.link(path, backup)
+            except OSError:
+                shutil.copy2(path, backup)
+            self._saved[path] = ("file", backup, before)
+        else:
+            self._saved[path] = ("absent", None, None)
+
+    def wrote(self, path: Path | str) -> None:
+        """Record that this step has just replaced (or removed) ``path``."""
+        self._wrote[_absolute(path)] = _identity(_absolute(path))
+
+    def changed(self) -> list[Path]:
+        """Saved paths whose content this step replaced (and nobody replaced after it)."""
+        out = []
+        for path, (_, _, before) in self._saved.items():
+            now = _identity(path)
+            if now == before:
+                continue
+            if path in self._wrote and now != self._wrote[path]:
+                continue  # another writer replaced it after this step did: theirs stays
+            out.append(path)
+        return out
+
+    def restore(self) -> tuple[list[Path], list[str]]:
+        """Put back every path :meth:`changed` lists; (paths restored, problems of those that could not be)."""
+        restored, problems = [], []
+        for path in reversed(self.changed()):
+            kind, backup, _ = self._saved[path]
+            try:
+                if kind == "dir":
+                    with atomic_directory(path) as staging:
+                        _link_tree(backup, staging)
+                elif kind == "file":
+                    tmp = path.with_name(f".{path.name}.rollback-{uuid.uuid4().hex}")
+                    os.link(backup, tmp)
+                    os.replace(tmp, path)
+                    with suppress(OSError):
+                        _fsync_path(path.parent)
+                elif path.is_dir():
+                    remove_directory(path)
+                else:
+                    with suppress(FileNotFoundError):
+                        os.unlink(path)
+                restored.append(path)
+            except OSError as exc:
+                problems.append(f"{path}: {exc}")
+        return restored, problems
+
+    def close(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None

@@ -1,22 +1,29 @@
 """The GitHub workflows and the local composite action only run things that exist: Makefile targets,
-`mlops` subcommands and options, Dagster assets, test files, Dockerfiles, action inputs."""
+`mlops` subcommands and options, Dagster assets of the project they run (the spec named in pyproject.toml),
+run config the assets accept, test files, Dockerfiles, action inputs."""
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import os
 import re
 import shlex
+import subprocess
+import tempfile
+import tomllib
 from functools import cache
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
 from mlops_assets.cli import build_parser
-from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.training.model_report import REPORT_MARKER
+from mlops_assets_tests.conftest import REPO
 
+PROJECT_ROOT = REPO
 GITHUB = PROJECT_ROOT / ".github"
 WORKFLOWS = sorted((GITHUB / "workflows").glob("*.yml"))
 ACTIONS = sorted((GITHUB / "actions").glob("*/action.yml"))
@@ -177,11 +184,30 @@ def test_report_commands_parse_with_the_real_parser():
             assert parsed.func.__name__ == "_cmd_report", where
 
 
+def _workflow_spec() -> Path:
+    """The spec the workflows' `mlops` and `dagster` commands use: none of them sets $MLOPS_SPEC, so the one
+    pyproject.toml names."""
+    for path in [*WORKFLOWS, *ACTIONS]:
+        data = _load(path)
+        envs = [data.get("env", {})] + [job.get("env", {}) for job in data.get("jobs", {}).values()]
+        envs += [step.get("env", {}) for step in _steps(data)]
+        assert not any("MLOPS_SPEC" in env for env in envs), f"{path.name} sets MLOPS_SPEC: test that spec"
+    table = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["mlops"]
+    return (PROJECT_ROOT / table["spec"]).resolve()
+
+
+@cache
+def _definitions() -> dg.Definitions:
+    from mlops_assets.component import build_definitions
+    from mlops_assets.project import Project
+
+    with tempfile.TemporaryDirectory() as data:
+        return build_definitions(Project.load(_workflow_spec(), data))
+
+
 @cache
 def _assets() -> dict:
-    from mlops_assets.definitions import defs
-
-    graph = defs.resolve_asset_graph()
+    graph = _definitions().resolve_asset_graph()
     return {key.to_user_string(): graph.get(key) for key in graph.get_all_asset_keys()}
 
 
@@ -200,6 +226,67 @@ def test_every_dagster_materialization_selects_existing_assets():
                 assert node.backfill_policy.max_partitions_per_run is None, (where, name)
         else:
             assert all(_assets()[n].partitions_def is None for n in selected), where
+
+
+def _run_step(step: dict, env: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, str]]:
+    """Run a `run:` step of the action in bash with its env replaced by ``env``; (exit code, its outputs)."""
+    out = tmp_path / "github_output"
+    out.write_text("")
+    full = {**os.environ, **env, "RUNNER_TEMP": str(tmp_path), "GITHUB_OUTPUT": str(out)}
+    proc = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], env=full, capture_output=True, text=True, timeout=60
+    )
+    outputs = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    return proc.returncode, outputs
+
+
+def test_pipeline_day_ranges_and_training_config_are_what_its_runs_accept(tmp_path):
+    from datetime import date, timedelta
+
+    from mlops_assets.project import Project
+    from mlops_assets.training.assets import TrainingConfig
+    from mlops_assets.training.task import ModelTask
+    from mlops_assets.training.train import build_estimator
+
+    action_path = GITHUB / "actions" / "small-pipeline" / "action.yml"
+    action = _load(action_path)
+    inputs = {name: spec.get("default") for name, spec in action["inputs"].items()}
+    step = next(s for s in _steps(action) if s.get("id") == "days")
+    ct = _load(GITHUB / "workflows" / "continuous-training.yml")
+    model_types = {*ct["on"]["workflow_dispatch"]["inputs"]["model-type"]["options"], inputs["model-type"]}
+    # the runs that take the written config, as the action calls them
+    where = action_path.relative_to(PROJECT_ROOT).as_posix()
+    config_runs = [a for w, a in _calls("dagster") if w == where and "-c" in a]
+    assert len(config_runs) == 2  # the baseline champion and the challenger
+    job = _definitions().resolve_implicit_global_asset_job_def()
+    task = ModelTask.from_project(Project.load(_workflow_spec(), tmp_path / "data"))
+
+    start, days, history = date(2026, 1, 1), 120, 90
+    for model_type in sorted(model_types):
+        env = {
+            "DAYS": str(days),
+            "HISTORY": str(history),
+            "START": start.isoformat(),
+            "MODEL_TYPE": model_type,
+        }
+        code, outputs = _run_step(step, env, tmp_path)
+        assert code == 0
+        assert outputs == {
+            "history-end": (start + timedelta(days=history - 1)).isoformat(),
+            "new-start": (start + timedelta(days=history)).isoformat(),
+            "last": (start + timedelta(days=days - 1)).isoformat(),
+        }
+        for args in config_runs:
+            path = Path(args[args.index("-c") + 1].replace("$RUNNER_TEMP", str(tmp_path)))
+            config = yaml.safe_load(path.read_text())
+            selected = {dg.AssetKey(k) for k in args[args.index("--select") + 1].split(",")}
+            dg.validate_run_config(job.get_subset(asset_selection=selected), config)  # raises if rejected
+            trained = TrainingConfig(**config["ops"]["candidate_model"]["config"]).train_config(task)
+            assert trained.model_type == model_type
+            build_estimator(trained, task.kind)  # raises for an estimator that does not fit the target
+    # a history that leaves no new days is refused before anything runs
+    code, _ = _run_step(step, {**env, "HISTORY": str(days)}, tmp_path)
+    assert code == 1
 
 
 def test_local_actions_exist_and_receive_declared_inputs():

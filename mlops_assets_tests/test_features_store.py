@@ -137,7 +137,9 @@ def test_values_as_of_the_midnight_at_or_before_each_time_in_input_order(hand):
         assert values(out, row, PURCHASES) == [0, 0.0, None, None, 0]
         assert values(out, row, ENGAGEMENT + PROFILE) == [None, 0, None, None, None]
         assert out.loc[row, [c for c in out.columns if c.endswith("__feature_timestamp")]].isna().all()
-    assert assert_no_leakage(out.rename(columns={"event_timestamp": "label_timestamp"}), "label_timestamp") == []
+    assert (
+        assert_no_leakage(out.rename(columns={"event_timestamp": "label_timestamp"}), "label_timestamp") == []
+    )
 
 
 def test_entity_without_rows_and_views_it_never_appears_in(hand):

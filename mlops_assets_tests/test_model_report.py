@@ -361,8 +361,13 @@ def _saved_evaluation(project: Project, version: int, golden=()) -> dict:
 ENGAGED = {"logins_30d": 20.0, "total_purchases_30d": 5.0, "tickets_30d": 0.0, "plan": "premium"}
 
 
-def test_a_saved_evaluation_is_judged_again_with_the_spec_thresholds(churn, monkeypatch, capsys):
+def test_a_saved_evaluation_is_judged_again_with_the_spec_thresholds(
+    churn, empty_mlflow_db, monkeypatch, capsys
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy_mlflow_db(
+        empty_mlflow_db, churn.paths.root
+    )  # a registry that answers (a lost one is its own status)
     impossible = GoldenCase(name="engaged_never_leaves", features=ENGAGED, expect_max=1e-9)
     saved = _saved_evaluation(churn, 3, golden=[impossible])
     evaluation, expected = saved["report"], saved["gates"]

@@ -129,24 +129,33 @@ def _outcomes(n: int, rate_a: float, rate_b: float, seed: int = 0, days: int = 1
     )
 
 
+CHURN = abtest.ABConfig(metric="churned", higher_is_better=False)  # fewer churners is better
+
+
 def test_analyze_promotes_a_clearly_better_challenger_and_stops_a_worse_one():
     better = abtest.analyze(
-        _outcomes(20_000, 0.20, 0.14), abtest.ABConfig(value_column="spend"), time_column="label_timestamp"
+        _outcomes(20_000, 0.20, 0.14),
+        abtest.ABConfig(metric="churned", higher_is_better=False, value_column="spend"),
+        time_column="label_timestamp",
     )
     assert better.decision == "promote_b", better.reason
     assert better.bayes.prob_b_better > 0.99
     assert better.welch is not None and better.mann_whitney is not None
     assert better.sequential.peeks == 10
-    worse = abtest.analyze(_outcomes(20_000, 0.14, 0.20, seed=1), time_column="label_timestamp")
+    worse = abtest.analyze(_outcomes(20_000, 0.14, 0.20, seed=1), CHURN, time_column="label_timestamp")
     assert worse.decision == "stop" and "worse" in worse.reason
-    early = abtest.analyze(_outcomes(300, 0.20, 0.19, seed=2), time_column="label_timestamp")
+    early = abtest.analyze(_outcomes(300, 0.20, 0.19, seed=2), CHURN, time_column="label_timestamp")
     assert early.decision == "continue"
     assert "**Decision: continue**" in early.to_markdown()
+    # the direction comes from the config: the same data with "higher is better" stops the challenger
+    flipped = abtest.analyze(_outcomes(20_000, 0.20, 0.14), abtest.ABConfig(metric="churned"))
+    assert flipped.decision == "stop"
 
 
 def test_analyze_stops_on_a_broken_guardrail():
     report = abtest.analyze(
         _outcomes(20_000, 0.20, 0.14),
+        CHURN,
         guardrails={"challenger": {"error_rate": 0.2, "p99_latency_ms": 5.0, "requests": 100.0}},
     )
     assert report.decision == "stop"
@@ -157,7 +166,7 @@ def test_outcomes_from_log_take_the_first_served_arm_and_the_first_later_label()
     t0 = pd.Timestamp("2026-03-01 10:00", tz="UTC")
     log = pd.DataFrame(
         {
-            "customer_id": ["C1", "C1", "C2", "C3", "C4", "C2"],
+            "entity_id": ["C1", "C1", "C2", "C3", "C4", "C2"],
             "arm": ["challenger", "champion", "champion", "challenger", "champion", "challenger"],
             "ts": [t0, t0 + pd.Timedelta("1h"), t0, t0, t0, t0 - pd.Timedelta("1h")],
             "shadow": [False, False, False, False, False, True],
@@ -178,9 +187,24 @@ def test_outcomes_from_log_take_the_first_served_arm_and_the_first_later_label()
             "churned": [0, 1, 1, 0, 1],
         }
     )
-    out = abtest.outcomes_from_log(log, labels, "e1").set_index("customer_id")
+    columns = {"key": "customer_id", "time": "label_timestamp", "outcome": "churned"}
+    out = abtest.outcomes_from_log(log, labels, "e1", **columns).set_index("entity_id")
     assert list(out.index) == ["C1", "C3"]  # C2's only label predates its assignment; C4's request failed
     assert (
         out.loc["C1", "arm"] == "challenger" and out.loc["C1", "churned"] == 1
     )  # first label after assignment
-    assert abtest.outcomes_from_log(log, labels, "other").empty
+    assert out.loc["C1", "labelled_at"] == t0 + pd.Timedelta("1D")
+    assert abtest.outcomes_from_log(log, labels, "other", **columns).empty
+    # a replay (a request with as_of) is not an assignment of the experiment
+    replayed = pd.concat(
+        [
+            log.assign(as_of=None),
+            log.iloc[[3]].assign(entity_id="C4", status="ok", as_of="2026-02-01T00:00:00Z"),
+        ]
+    )
+    again = abtest.outcomes_from_log(replayed, labels, "e1", **columns)
+    assert list(again["entity_id"]) == ["C1", "C3"]
+    # integer keys (the bikes example's station ids) join the log's text ids
+    stations = labels.assign(customer_id=[1, 1, 2, 3, 4])
+    by_station = log.assign(entity_id=log["entity_id"].str[1:])
+    assert list(abtest.outcomes_from_log(by_station, stations, "e1", **columns)["entity_id"]) == ["1", "3"]

@@ -1,4 +1,5 @@
-"""The compiled single-row predict path reproduces the fitted pipeline; model swaps keep the old model on failure."""
+"""The compiled single-row predict path reproduces the fitted pipeline (classifiers and regressors) and scores a row
+the same whatever it is batched with; model swaps keep the old model on failure; batch scoring adds the shadow arm."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from mlops_assets.project import Project
+from mlops_assets.serving.batch import score_entities
 from mlops_assets.serving.models import FeatureTypeError, InMemoryModelSource, ModelManager, compile_predictor
-from mlops_assets.training.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
-from mlops_assets.training.train import TrainConfig, fit_model, model_inputs
+from mlops_assets.serving.routing import RolloutState
+from mlops_assets.training.task import ModelTask
+from mlops_assets.training.train import TrainConfig, fit_model, model_inputs, predict_scores
+from mlops_assets_tests.conftest import BIKES_SPEC, CHURN_SPEC
+from mlops_assets_tests.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
 
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 
@@ -25,7 +32,21 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def training():
-    return synthetic_training_set(600, seed=5)
+    frame = synthetic_training_set(600, seed=5)
+    # a regression target for the regressors (the bikes example's task kind): a noisy count
+    rng = np.random.default_rng(5)
+    return frame.assign(trips_next_7d=frame["logins_30d"] * 1.5 + rng.poisson(3.0, len(frame)))
+
+
+def _task(kind: str) -> ModelTask:
+    return ModelTask.from_project(
+        Project.load(CHURN_SPEC if kind == "classifier" else BIKES_SPEC, "/nonexistent")
+    )
+
+
+def _fit(frame, model_type="hist_gradient_boosting", kind="classifier", **params):
+    config = TrainConfig(model_type=model_type, hyperparameters=params)
+    return fit_model(frame, config, _task(kind), NUMERIC_FEATURES, CATEGORICAL_FEATURES)
 
 
 def _rows(frame, n=200):
@@ -38,52 +59,51 @@ def _rows(frame, n=200):
     return rows
 
 
-@pytest.mark.parametrize(
-    ("model_type", "params"),
-    [
-        ("hist_gradient_boosting", {"max_iter": 40}),
-        ("logistic_regression", {}),
-        ("random_forest", {"n_estimators": 10}),
-    ],
-)
-def test_compiled_predictor_matches_pipeline_predict_proba(training, model_type, params):
-    model = fit_model(
-        training,
-        TrainConfig(model_type=model_type, hyperparameters=params),
-        NUMERIC_FEATURES,
-        CATEGORICAL_FEATURES,
-    )
+MODELS = [
+    ("classifier", "hist_gradient_boosting", {"max_iter": 40}),
+    ("classifier", "logistic_regression", {}),
+    ("classifier", "random_forest", {"n_estimators": 10}),
+    ("regressor", "hist_gradient_boosting", {"max_iter": 40}),
+    ("regressor", "linear_regression", {}),
+    ("regressor", "random_forest", {"n_estimators": 10}),
+]
+
+
+@pytest.mark.parametrize(("kind", "model_type", "params"), MODELS)
+def test_compiled_predictor_matches_the_pipeline(training, kind, model_type, params):
+    model = _fit(training, model_type, kind, **params)
     pred = compile_predictor(model)
     assert pred.fast
     assert pred.features == FEATURES
     rows = _rows(training)
-    frame = model_inputs(
-        training.head(200).assign(
-            plan=[r["plan"] for r in rows],
-            region=[r["region"] for r in rows],
-            total_spend_30d=[r["total_spend_30d"] for r in rows],
-        ),
-        NUMERIC_FEATURES,
-        CATEGORICAL_FEATURES,
+    edited = training.head(200).assign(
+        plan=[r["plan"] for r in rows],
+        region=[r["region"] for r in rows],
+        total_spend_30d=[r["total_spend_30d"] for r in rows],
     )
-    reference = model.predict_proba(frame)[:, 1]
-    np.testing.assert_allclose(pred.predict_rows(rows), reference, rtol=0, atol=1e-12)
-    np.testing.assert_allclose([pred.predict_one(r) for r in rows[:20]], reference[:20], rtol=0, atol=1e-12)
+    # the pipeline's own output: the positive-class probability of a classifier, the prediction of a regressor
+    inputs = model_inputs(edited, NUMERIC_FEATURES, CATEGORICAL_FEATURES)
+    reference = model.predict_proba(inputs)[:, 1] if kind == "classifier" else model.predict(inputs)
+    scale = 1.0 if kind == "classifier" else float(np.abs(reference).max())
+    np.testing.assert_allclose(pred.predict_rows(rows), reference, rtol=0, atol=1e-12 * scale)
     np.testing.assert_allclose(
-        pred.predict_frame(
-            training.head(200).assign(
-                plan=frame["plan"], region=frame["region"], total_spend_30d=frame["total_spend_30d"]
-            )
-        ),
-        reference,
-        atol=1e-12,
+        [pred.predict_one(r) for r in rows[:20]], reference[:20], rtol=0, atol=1e-12 * scale
     )
+    np.testing.assert_allclose(pred.predict_frame(edited), reference, rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize(("kind", "model_type", "params"), MODELS)
+def test_a_rows_score_does_not_depend_on_the_rows_scored_with_it(training, kind, model_type, params):
+    pred = compile_predictor(_fit(training, model_type, kind, **params))
+    rows = _rows(training, 64)
+    together = pred.predict_rows(rows)
+    alone = [pred.predict_one(r) for r in rows]
+    reversed_ = pred.predict_rows(rows[::-1])[::-1]
+    assert list(together) == alone == list(reversed_)  # exactly, not approximately
 
 
 def test_fast_path_is_faster_than_a_one_row_dataframe(training):
-    model = fit_model(
-        training, TrainConfig(hyperparameters={"max_iter": 40}), NUMERIC_FEATURES, CATEGORICAL_FEATURES
-    )
+    model = _fit(training, max_iter=40)
     pred = compile_predictor(model)
     row = _rows(training)[5]
     frame = model_inputs(training.iloc[[5]], NUMERIC_FEATURES, CATEGORICAL_FEATURES)
@@ -99,11 +119,7 @@ def test_fast_path_is_faster_than_a_one_row_dataframe(training):
 
 
 def test_feature_types_are_checked(training):
-    pred = compile_predictor(
-        fit_model(
-            training, TrainConfig(model_type="logistic_regression"), NUMERIC_FEATURES, CATEGORICAL_FEATURES
-        )
-    )
+    pred = compile_predictor(_fit(training, "logistic_regression"))
     good = _rows(training)[3]
     pred.check_types(good)
     for name, value in [("logins_30d", "7"), ("logins_30d", True), ("logins_30d", float("inf")), ("plan", 3)]:
@@ -111,23 +127,9 @@ def test_feature_types_are_checked(training):
             pred.check_types(good | {name: value})
 
 
-class _Exploding:
-    feature_names_in_ = np.array(FEATURES, dtype=object)
-
-    def predict_proba(self, frame):
-        raise RuntimeError("boom")
-
-
 def test_model_manager_swaps_on_alias_move_and_keeps_serving_on_a_bad_load(training):
-    m1 = fit_model(
-        training, TrainConfig(model_type="logistic_regression"), NUMERIC_FEATURES, CATEGORICAL_FEATURES
-    )
-    m2 = fit_model(
-        training,
-        TrainConfig(model_type="hist_gradient_boosting", hyperparameters={"max_iter": 20}),
-        NUMERIC_FEATURES,
-        CATEGORICAL_FEATURES,
-    )
+    m1 = _fit(training, "logistic_regression")
+    m2 = _fit(training, max_iter=20)
     source = InMemoryModelSource({"champion": ("1", m1)})
     swaps = []
     manager = ModelManager(source, on_swap=lambda alias, old, new: swaps.append((alias, new and new.version)))
@@ -140,8 +142,7 @@ def test_model_manager_swaps_on_alias_move_and_keeps_serving_on_a_bad_load(train
         def load(self, alias):
             raise ValueError("artifact SHA-256 differs")
 
-    broken = Broken({"champion": ("3", m1)})
-    manager.source = broken
+    manager.source = Broken({"champion": ("3", m1)})
     manager.refresh()
     assert manager.get("champion").version == "2"  # still serving the last good model
     assert "SHA-256" in manager.last_error["champion"]
@@ -149,74 +150,20 @@ def test_model_manager_swaps_on_alias_move_and_keeps_serving_on_a_bad_load(train
 
 
 def test_batch_scoring_adds_the_challenger_only_in_shadow_mode(training):
-    import pandas as pd
-
-    from mlops_assets.serving.batch import score_customers
-    from mlops_assets.serving.routing import RolloutState
-
-    m1 = fit_model(
-        training, TrainConfig(model_type="logistic_regression"), NUMERIC_FEATURES, CATEGORICAL_FEATURES
-    )
-    m2 = fit_model(
-        training, TrainConfig(hyperparameters={"max_iter": 20}), NUMERIC_FEATURES, CATEGORICAL_FEATURES
-    )
+    m1 = _fit(training, "logistic_regression")
+    m2 = _fit(training, max_iter=20)
     manager = ModelManager(InMemoryModelSource({"champion": ("1", m1), "challenger": ("2", m2)}))
     manager.refresh()
     frame = training.head(50)
-    direct = score_customers(frame, manager.models)
+    direct = score_entities(frame, "customer_id", manager.models)
     assert len(direct) == 50 and set(direct["model_version"]) == {"1"}
-    np.testing.assert_allclose(
-        direct["score"], m1.predict_proba(model_inputs(frame, NUMERIC_FEATURES, CATEGORICAL_FEATURES))[:, 1]
-    )
-    shadow = score_customers(frame, manager.models, RolloutState(mode="shadow"))
+    assert list(direct["customer_id"]) == list(frame["customer_id"])
+    expected = predict_scores(m1, model_inputs(frame, NUMERIC_FEATURES, CATEGORICAL_FEATURES))
+    np.testing.assert_array_equal(direct["score"], expected)  # the batch path is the pipeline itself
+    shadow = score_entities(frame, "customer_id", manager.models, RolloutState(mode="shadow"))
     assert len(shadow) == 100
     ch = shadow.loc[shadow["shadow"]]
     assert set(ch["arm"]) == {"challenger"} and set(ch["model_version"]) == {"2"}
     assert isinstance(shadow["scored_at"].dtype, pd.DatetimeTZDtype)
-
-
-def test_online_feature_source_reads_the_online_store(tmp_path):
-    from datetime import timedelta
-
-    import pandas as pd
-
-    from mlops_assets.features.compute import feature_partition_dir
-    from mlops_assets.featurestore import Feature, FeatureStore, FeatureView
-    from mlops_assets.serving.app import OnlineFeatureSource
-    from mlops_assets.storage import write_partition
-
-    views = [
-        FeatureView(
-            "vx",
-            (Feature("x", "int64", "x", "count", event_type="login", window_days=1),),
-            "x",
-            "team",
-            ttl=timedelta(days=2),
-            lookback_days=1,
-        ),
-        FeatureView(
-            "vy",
-            (Feature("y", "string", "y", "latest", column="plan"),),
-            "y",
-            "team",
-            source="customers",
-            ttl=None,
-            lookback_days=None,
-        ),
-    ]
-    store = FeatureStore(tmp_path, views=views)
-    stamp = pd.Timestamp("2026-01-02", tz="UTC")
-    write_partition(
-        pd.DataFrame({"customer_id": ["C1", "C2"], "feature_timestamp": [stamp] * 2, "x": [4, 5]}),
-        feature_partition_dir(store.paths, "vx", "2026-01-01"),
-    )
-    write_partition(
-        pd.DataFrame({"customer_id": ["C1"], "feature_timestamp": [stamp], "y": ["basic"]}),
-        feature_partition_dir(store.paths, "vy", "2026-01-01"),
-    )
-    store.refresh_online(now=stamp)
-    source = OnlineFeatureSource(tmp_path, views=views)
-    # read now (long after the 2-day TTL of vx): x has expired to null, the customer is still known
-    assert source.get("C1", ["x", "y"]) == {"x": None, "y": "basic"}
-    assert source.get("C2", ["y", "x"]) == {"y": None, "x": None}
-    assert source.get("C9", ["x", "y"]) is None  # unknown everywhere: the app answers 404
+    with pytest.raises(ValueError, match="entity key column 'station_id'"):
+        score_entities(frame, "station_id", manager.models)

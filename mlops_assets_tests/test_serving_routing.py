@@ -54,7 +54,7 @@ def test_split_modes_send_the_configured_share_and_are_sticky(mode, share):
     assert [assign(state, c).arm for c in CUSTOMERS[:500]] == arms[:500]
 
 
-def test_raising_the_canary_share_only_moves_customers_to_the_challenger():
+def test_raising_the_canary_share_only_moves_entities_to_the_challenger():
     on = {}
     for share in CANARY_STEPS:
         state = RolloutState(mode="canary", challenger_share=share, experiment="exp")
@@ -81,7 +81,7 @@ def test_thompson_sampling_follows_the_posteriors_reproducibly_and_sticks(tmp_pa
     p_ch = np.mean(rng.beta(46, 256, 200_000) > rng.beta(31, 271, 200_000))
     assert abs(np.mean([a == "challenger" for a in arms]) - p_ch) < 0.03
     assert [assign(state, c).arm for c in CUSTOMERS[:4000]] == arms  # reproducible with the seed
-    # once assigned, a customer keeps the arm even when the posteriors flip
+    # once assigned, an entity keeps the arm even when the posteriors flip
     store = SqliteAssignments(tmp_path / "assign.sqlite")
     first = {c: assign(state, c, store).arm for c in CUSTOMERS[:300]}
     flipped = update_posteriors(state, {"champion": (90, 300), "challenger": (10, 300)})
@@ -115,7 +115,7 @@ def _log_rows(n, arm, error_rate=0.0, latency=5.0, score_mean=0.3, seed=0):
     return pd.DataFrame(
         {
             "request_id": [f"{arm}-{i}" for i in range(n)],
-            "customer_id": [f"C{i}" for i in range(n)],
+            "entity_id": [f"C{i}" for i in range(n)],
             "arm": arm,
             "model_version": "1",
             "score": np.where(err, np.nan, np.clip(rng.normal(score_mean, 0.1, n), 0, 1)),
@@ -143,6 +143,22 @@ def test_canary_advances_through_every_step_then_promotes(tmp_path):
     history = controller.history()
     assert list(history["action"]) == ["start", "advance", "advance", "advance", "advance"]
     assert history["at"].is_monotonic_increasing and history["reason"].str.len().gt(0).all()
+
+
+def test_replays_are_not_traffic_of_the_canary(tmp_path):
+    """Rows with an as_of (offline replays, backtests) neither advance a step nor break a guardrail."""
+    healthy = pd.concat([_log_rows(1000, "champion"), _log_rows(400, "challenger", seed=1)])
+    replays = _log_rows(5000, "challenger", error_rate=0.5, latency=900.0, score_mean=0.9, seed=3).assign(
+        as_of="2026-01-05T00:00:00+00:00"
+    )
+    live = healthy.assign(as_of=None)
+    window = metrics_window(pd.concat([live, replays], ignore_index=True))
+    assert window.arm("challenger").requests == 400 and window.arm("challenger").errors == 0
+    controller = RolloutController(tmp_path)
+    controller.start_canary("exp-1")
+    assert controller.step(window).action == "advance"
+    alone = metrics_window(replays)
+    assert alone.arm("challenger").requests == 0  # only replays: nothing to judge
 
 
 @pytest.mark.parametrize(

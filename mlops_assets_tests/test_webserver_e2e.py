@@ -1,4 +1,5 @@
-"""End to end: the real dagster-webserver on 127.0.0.1 launches a materialization over GraphQL."""
+"""End to end: the real dagster-webserver on 127.0.0.1, serving the churn example's code location, launches a
+materialization over GraphQL."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlops_assets_tests.conftest import events_frame, free_port, stop_process, write_events
+from mlops_assets_tests.conftest import CHURN_SPEC, events_frame, free_port, stop_process, write_events
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -30,6 +31,11 @@ mutation Launch($params: ExecutionParams!) {
 """
 RUN_STATUS = """
 query Status($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status } } }
+"""
+PARTITIONS = """
+query Partitions($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { partitionKeys } }
+}
 """
 MATERIALIZATION = """
 query Mat($key: AssetKeyInput!, $partitions: [String!]) {
@@ -58,14 +64,28 @@ def _graphql(url: str, query: str, variables: dict) -> dict:
 
 
 @pytest.fixture
-def webserver(data_dir, dagster_home):
+def landed(data_dir):
+    """A landing file for DAY with one invalid row, written before the code location loads (its daily
+    partitions end at the last day a landing file names)."""
+    frame = events_frame(DAY, n=25)
+    frame.loc[0, "amount"] = -1.0
+    return write_events(data_dir, DAY, frame)
+
+
+@pytest.fixture
+def webserver(data_dir, dagster_home, landed):
     # Runs are launched straight from the webserver (no daemon needed to dequeue them).
     (dagster_home / "dagster.yaml").write_text(
         "telemetry:\n  enabled: false\n"
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
     port = free_port()
-    env = {**os.environ, "MLOPS_DATA_DIR": str(data_dir.root), "DAGSTER_HOME": str(dagster_home)}
+    env = {
+        **os.environ,
+        "MLOPS_SPEC": str(CHURN_SPEC),
+        "MLOPS_DATA_DIR": str(data_dir.root),
+        "DAGSTER_HOME": str(dagster_home),
+    }
     log = open(dagster_home / "webserver.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [BIN / "dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -95,9 +115,8 @@ def webserver(data_dir, dagster_home):
 
 @pytest.mark.slow
 def test_launch_materialization_through_graphql_and_read_metadata(data_dir, webserver):
-    frame = events_frame(DAY, n=25)
-    frame.loc[0, "amount"] = -1.0
-    write_events(data_dir, DAY, frame)
+    node = _graphql(webserver, PARTITIONS, {"key": {"path": ["raw_events"]}})["assetNodeOrError"]
+    assert node["partitionKeys"][0] == "2026-01-01" and node["partitionKeys"][-1] == DAY
     launched = _graphql(
         webserver,
         LAUNCH,

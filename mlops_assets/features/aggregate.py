@@ -43,12 +43,18 @@ class ViewValues:
 
 
 def _codes(tile_keys: pa.Array, query_keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes of entity keys, shared by tiles and queries (arbitrary but consistent)."""
-    joined = (
-        pa.chunked_array([tile_keys, query_keys.cast(tile_keys.type)]).combine_chunks().dictionary_encode()
-    )
-    codes = joined.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes[: len(tile_keys)], codes[len(tile_keys) :]
+    """Integer codes of entity keys, shared by tiles and queries (arbitrary but consistent).
+
+    A key's code is its position among the tiles' distinct keys; every query key without a tile gets
+    the same code past them (it matches no tile, whichever entity it is).
+    """
+    known = pc.unique(tile_keys)
+
+    def codes(keys: pa.Array) -> np.ndarray:
+        found = pc.index_in(keys, value_set=known).fill_null(len(known))
+        return found.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    return codes(tile_keys), codes(query_keys.cast(tile_keys.type))
 
 
 def _day_index(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -56,15 +62,27 @@ def _day_index(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _range_reduce(
-    fn: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, empty: float
+    fn: np.ufunc,
+    values: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    empty: float,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``fn.reduce(values[lo[i]:hi[i]])`` for every i (``empty`` where the range is empty)."""
+    """``fn.reduce(values[lo[i]:hi[i]])`` for every i (``empty`` where the range is empty).
+
+    ``order`` (optional) is a permutation of the queries in which ``lo`` ascends: the ranges are then
+    reduced in that order, walking ``values`` forward (any order gives the same values).
+    """
     out = np.full(len(lo), empty, dtype=np.float64)
     live = hi > lo
     if not live.any() or not len(values):
         return out
-    idx = np.flatnonzero(live)
-    order = idx[np.argsort(lo[idx], kind="stable")]
+    if order is None:
+        idx = np.flatnonzero(live)
+        order = idx[np.argsort(lo[idx], kind="stable")]
+    else:
+        order = order[live[order]]
     bounds = np.empty(2 * len(order), dtype=np.int64)
     bounds[0::2], bounds[1::2] = lo[order], hi[order]
     padded = np.append(values, empty)  # reduceat may point one past the end
@@ -74,7 +92,11 @@ def _range_reduce(
 
 
 class _Tiles:
-    """One view's stored rows sorted by (entity code, day), with the per-query index ranges."""
+    """One view's stored rows in (entity code, day) order, with the per-query index ranges.
+
+    The rows stay as stored (``raw``); ``order[i]`` is the row at sorted position ``i``, so a column is
+    put in sorted order only when it is read.
+    """
 
     def __init__(
         self, layout: ViewLayout, table: pa.Table, query_keys: pa.Array, query_days: np.ndarray
@@ -82,36 +104,59 @@ class _Tiles:
         key = layout.entity_key
         t_codes, q_codes = _codes(table.column(key).combine_chunks(), query_keys)
         t_days = _day_index(table.column(DAY_COLUMN))
-        order = np.lexsort((t_days, t_codes))
-        self.table = table.take(pa.array(order)) if table.num_rows else table
+        if len(t_days) > 1 and bool(np.all(t_days[1:] >= t_days[:-1])):
+            order = np.argsort(t_codes, kind="stable")  # rows already in day order (days read in turn)
+        else:
+            order = np.lexsort((t_days, t_codes))
+        self.raw = table
+        self.order = order
+        self.raw_codes, self.raw_days = t_codes, t_days
         self.codes, self.days = t_codes[order], t_days[order]
         self.keys = self.codes * _SHIFT + self.days
         self.q_codes = q_codes
         self.q_days = query_days.astype(np.int64)
         base = q_codes * _SHIFT
-        self.hi = np.searchsorted(self.keys, base + self.q_days, side="left")  # tiles of days < q
-        self.entity_lo = np.searchsorted(self.keys, base, side="left")
+        # queries in key order: binary searches for ascending needles walk the tiles forward
+        self.q_order = np.argsort(base + self.q_days, kind="stable")
+        self.hi = self._search(base + self.q_days)  # tiles of days < q
+        self.entity_lo = self._search(base)
         self.found = self.hi > self.entity_lo
         starts = np.searchsorted(self.keys, self.codes * _SHIFT, side="left")
         self.segment_start = starts
         self.n = len(self.keys)
+        self._lo: dict[int, np.ndarray] = {}
+
+    def _search(self, needles: np.ndarray) -> np.ndarray:
+        """``np.searchsorted(self.keys, needles, side="left")``, searched in the queries' key order."""
+        out = np.empty(len(needles), dtype=np.int64)
+        out[self.q_order] = np.searchsorted(self.keys, needles[self.q_order], side="left")
+        return out
 
     def lo(self, window: int | None) -> np.ndarray:
+        """Per query, the first tile of its window (ascending along ``q_order``, like ``hi``)."""
         if window is None:
             return self.entity_lo
-        return np.maximum(
-            np.searchsorted(self.keys, self.q_codes * _SHIFT + self.q_days - window, side="left"),
-            self.entity_lo,
-        )
+        if window not in self._lo:
+            self._lo[window] = np.maximum(
+                self._search(self.q_codes * _SHIFT + self.q_days - window), self.entity_lo
+            )
+        return self._lo[window]
+
+    def take(self, name: str, positions: np.ndarray) -> pa.Array:
+        """Column ``name`` at the given sorted positions."""
+        return self.raw.column(name).combine_chunks().take(pa.array(self.order[positions]))
 
     def ints(self, name: str) -> np.ndarray:
-        return self.table.column(name).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = self.raw.column(name).fill_null(0).to_numpy(zero_copy_only=False)
+        return values.astype(np.int64, copy=False)[self.order]
 
     def floats(self, name: str, fill: float = np.nan) -> np.ndarray:
-        return self.table.column(name).fill_null(fill).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = self.raw.column(name).fill_null(fill).to_numpy(zero_copy_only=False)
+        return values.astype(np.float64, copy=False)[self.order]
 
     def micros(self, name: str) -> np.ndarray:
-        return pc.cast(self.table.column(name), pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        values = pc.cast(self.raw.column(name), pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        return values[self.order]
 
 
 def _timestamps_to_days(ft_days: np.ndarray, ts_us: np.ndarray, valid: np.ndarray) -> pa.Array:
@@ -140,6 +185,20 @@ def event_features(
             cache[(measure.prefix, "S")] = (hi, lo)
         return cache[(measure.prefix, "S")]
 
+    def window_sums(measure, window, lo, hi) -> np.ndarray:
+        """The measure's exact sum over each query's window (shared by its sum and mean features)."""
+        if (measure.prefix, "W", window) not in cache:
+            s_hi, s_lo = running_sums(measure)
+            has = hi > lo
+            end = np.where(has, hi - 1, 0)
+            begin = np.where(lo > t.entity_lo, lo - 1, 0)
+            a_hi, a_lo = (s_hi[end], s_lo[end]) if t.n else (np.zeros(len(hi)), np.zeros(len(hi)))
+            b_hi = np.where(lo > t.entity_lo, s_hi[begin] if t.n else 0.0, 0.0)
+            b_lo = np.where(lo > t.entity_lo, s_lo[begin] if t.n else 0.0, 0.0)
+            w_hi, w_lo = dd_sub(a_hi, a_lo, b_hi, b_lo)
+            cache[(measure.prefix, "W", window)] = np.where(has, to_float(w_hi, w_lo), 0.0)
+        return cache[(measure.prefix, "W", window)]
+
     def last_index(measure) -> np.ndarray:
         if (measure.prefix, "L") not in cache:
             idx = np.where(t.ints(measure.col("n")) > 0, np.arange(t.n), _NONE)
@@ -163,15 +222,7 @@ def event_features(
         if feat.agg == "count":
             out[name] = pa.array(counts, pa.int64())
         elif feat.agg in ("sum", "mean"):
-            s_hi, s_lo = running_sums(m)
-            has = hi > lo
-            end = np.where(has, hi - 1, 0)
-            begin = np.where(lo > t.entity_lo, lo - 1, 0)
-            a_hi, a_lo = (s_hi[end], s_lo[end]) if t.n else (np.zeros(len(hi)), np.zeros(len(hi)))
-            b_hi = np.where(lo > t.entity_lo, s_hi[begin] if t.n else 0.0, 0.0)
-            b_lo = np.where(lo > t.entity_lo, s_lo[begin] if t.n else 0.0, 0.0)
-            w_hi, w_lo = dd_sub(a_hi, a_lo, b_hi, b_lo)
-            total = np.where(has, to_float(w_hi, w_lo), 0.0)
+            total = window_sums(m, feat.window, lo, hi)
             if feat.agg == "sum":
                 out[name] = pa.array(total, pa.float64())
             else:
@@ -179,16 +230,16 @@ def event_features(
                     out[name] = pa.array(total / counts, pa.float64(), mask=counts == 0)
         elif feat.agg in ("min", "max"):
             fn, empty = (np.fmin, np.inf) if feat.agg == "min" else (np.fmax, -np.inf)
-            values = _range_reduce(fn, t.floats(m.col(feat.agg)), lo, hi, empty)
+            values = _range_reduce(fn, t.floats(m.col(feat.agg)), lo, hi, empty, t.q_order)
             out[name] = pa.array(values, pa.float64(), mask=np.isnan(values) | (values == empty))
         elif feat.agg in ("latest", "days_since_last"):
             last = last_index(m)[np.maximum(hi - 1, 0)] if t.n else np.full(len(hi), _NONE)
             valid = (hi > lo) & (last >= lo) & (last >= 0)
             pick = np.where(valid, last, 0)
             if feat.agg == "latest":
-                column = t.table.column(m.col("value")).combine_chunks()
-                taken = column.take(pa.array(pick)) if t.n else pa.nulls(len(hi), column.type)
-                out[name] = pc.if_else(pa.array(valid), taken, pa.nulls(len(hi), column.type))
+                typ = t.raw.schema.field(m.col("value")).type
+                taken = t.take(m.col("value"), pick) if t.n else pa.nulls(len(hi), typ)
+                out[name] = pc.if_else(pa.array(valid), taken, pa.nulls(len(hi), typ))
             else:
                 ts = t.micros(m.col("last_ts"))[pick] if t.n else np.zeros(len(hi), dtype=np.int64)
                 out[name] = _timestamps_to_days(t.q_days, ts, valid)
@@ -207,13 +258,13 @@ def event_features(
 
 def _distinct_counts(t: _Tiles, column: str, window: int | None) -> np.ndarray:
     """Per query: the entity's distinct values with an occurrence in the window (see the module docstring)."""
-    lists = t.table.column(column).combine_chunks() if t.n else pa.array([], pa.list_(pa.string()))
+    lists = t.raw.column(column).combine_chunks() if t.n else pa.array([], pa.list_(pa.string()))
     if len(lists) == 0 or pc.sum(pc.list_value_length(lists)).as_py() in (None, 0):
         return np.zeros(len(t.q_days), dtype=np.int64)
     values = pc.list_flatten(lists)
     parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     v_codes = values.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    ent, day = t.codes[parent], t.days[parent]
+    ent, day = t.raw_codes[parent], t.raw_days[parent]  # (parent indexes the stored rows)
     # occurrences of each (entity, value) pair in day order; the previous occurrence of the same pair
     order = np.lexsort((day, v_codes, ent))
     ent, v_codes, day = ent[order], v_codes[order], day[order]
@@ -249,12 +300,12 @@ def snapshot_features(
     out: dict[str, pa.Array] = {}
     for name in features:
         feat = layout.feature(name)
-        column = t.table.column(feat.column).combine_chunks()
-        taken = column.take(pa.array(pick)) if t.n else pa.nulls(len(pick), column.type)
+        typ = t.raw.schema.field(feat.column).type
+        taken = t.take(feat.column, pick) if t.n else pa.nulls(len(pick), typ)
         if feat.agg == "latest":
-            out[name] = pc.if_else(pa.array(valid), taken, pa.nulls(len(pick), column.type))
+            out[name] = pc.if_else(pa.array(valid), taken, pa.nulls(len(pick), typ))
         else:  # days_since: whole days from the date (or the day of the timestamp) to the feature time
-            if pa.types.is_timestamp(column.type):
+            if pa.types.is_timestamp(typ):
                 days = np.floor_divide(
                     pc.cast(taken, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), _DAY_US
                 )

@@ -2,16 +2,26 @@
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import dagster as dg
 
+from mlops_assets.agreement import require_inputs
 from mlops_assets.features.layout import ViewLayout, layouts
 from mlops_assets.features.pit import assert_no_leakage
 from mlops_assets.features.store import FeatureStore
-from mlops_assets.features.tiles import FeatureInputError, materialize_days
+from mlops_assets.features.tiles import (
+    FeatureInputError,
+    drop_state,
+    materialize_days,
+    partition_path,
+    stored_days,
+)
+from mlops_assets.ingestion.manifest import manifest_days, partition_fingerprint
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
-from mlops_assets.storage import combine_hashes
+from mlops_assets.settings import DataPaths
+from mlops_assets.storage import Rollback, combine_hashes
 
 TRAINING_LOGIC_VERSION = "2"
 ONLINE_LOGIC_VERSION = "2"
@@ -106,10 +116,15 @@ def build_feature_view_asset(
                     f"{layout.name}: {done}/{total} days written (last {day}), {time.monotonic() - started:.1f}s"
                 )
 
-        try:
-            metas = materialize_days(layout, paths, days, project.spec.partitions.start.isoformat(), progress)
-        except FeatureInputError as exc:
-            raise dg.Failure(str(exc)) from exc
+        last = days[-1]
+        source_days = days if layout.kind == "events" else [d for d in project.partition_days() if d <= last]
+        require_inputs(
+            context,
+            paths,
+            sources={layout.source_name: source_days},
+            step=f"feature view {layout.name} {days[0]}" + (f"..{last}" if len(days) > 1 else ""),
+        )
+        metas = _materialize_or_restore(context, layout, paths, days, project, progress)
         for day in days:
             meta = metas[day]
             context.add_asset_metadata(
@@ -118,6 +133,9 @@ def build_feature_view_asset(
                     "entities": meta["entities"],
                     "content_hash": meta["content_hash"],
                     "source_files": meta["source_files"],
+                    "partition_files": dg.MetadataValue.json(
+                        partition_fingerprint(partition_path(paths, layout.name, day)) or {}
+                    ),
                 },
                 partition_key=day,
             )
@@ -133,6 +151,62 @@ def build_feature_view_asset(
         )
 
     return _view
+
+
+def _materialize_or_restore(
+    context: dg.AssetExecutionContext,
+    layout: ViewLayout,
+    paths: DataPaths,
+    days: list[str],
+    project: Project,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, dict]:
+    """Write the view's days; if that fails, put back every day already written (and drop the view's state,
+    a cache rebuilt from the tiles), so nothing the run did not record stays on disk."""
+    rollback = Rollback()
+    try:
+        for day in days:
+            rollback.save(partition_path(paths, layout.name, day))
+        try:
+            return materialize_days(layout, paths, days, project.spec.partitions.start.isoformat(), progress)
+        except BaseException as exc:
+            written = [p.name.removeprefix("date=") for p in rollback.changed()]
+            restored, problems = rollback.restore()
+            if written:
+                drop_state(paths, layout.name)
+                context.log.error(
+                    f"{layout.name}: failed ({type(exc).__name__}: {exc}); {len(restored)} of the {len(written)} "
+                    f"day(s) it had written were restored to their previous content"
+                    + (
+                        f"; NOT restored (run `mlops reconcile`): {'; '.join(problems[:5])}"
+                        if problems
+                        else ""
+                    )
+                )
+            if isinstance(exc, FeatureInputError):
+                raise dg.Failure(str(exc)) from exc
+            raise
+    finally:
+        rollback.close()
+
+
+def require_store_inputs(
+    context: dg.AssetExecutionContext, project: Project, sources: list[str], until: str | None, step: str
+) -> None:
+    """Fail unless every stored day (up to ``until``) of the given sources and of every view agrees with
+    the materializations Dagster recorded (see :func:`mlops_assets.agreement.require_inputs`)."""
+    paths = project.paths
+    source_days = {
+        s: [d for d in manifest_days(paths, s) if until is None or d <= until] for s in dict.fromkeys(sources)
+    }
+    views = {
+        v: (
+            lambda day, v=v: partition_path(paths, v, day),
+            [d for d in stored_days(paths, v) if until is None or d <= until],
+        )
+        for v in project.view_names
+    }
+    require_inputs(context, paths, sources=source_days, views=views, step=step)
 
 
 def _versions(project: Project) -> str:
@@ -164,7 +238,9 @@ def build_training_set_asset(project: Project) -> dg.AssetsDefinition:
         ],
     )
     def training_set(context: dg.AssetExecutionContext, data: DataDirResource) -> dg.MaterializeResult:
-        store = FeatureStore(runtime_project(project, data))
+        current = runtime_project(project, data)
+        require_store_inputs(context, current, [target.source], None, "training_set")
+        store = FeatureStore(current)
         try:
             frame, meta = store.build_training_set()
         except FeatureInputError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -132,16 +133,22 @@ class FeatureStore:
 
     def _read_days(self, layout: ViewLayout, days: list[str]) -> pa.Table:
         files = view_files(self.paths, layout.name, days)
-        parts = []
+        # a re-materialized day is a new file (swapped in whole): a long-lived store must not keep the old one
+        identities = {}
         for day in days:
-            key = (layout.name, day)
             st = os.stat(files[day])
-            identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
-            cached = self._tiles.get(key)
-            if cached is None or cached[0] != identity:
-                cached = (identity, pq.read_table(files[day]).cast(layout.schema))
-                self._tiles[key] = cached
-            parts.append(cached[1])
+            identities[day] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        unread = [
+            day
+            for day in days
+            if (cached := self._tiles.get((layout.name, day))) is None or cached[0] != identities[day]
+        ]
+        # many small files: read a few at a time (Parquet decoding releases the GIL)
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            tables = pool.map(lambda day: pq.read_table(files[day], use_threads=False), unread)
+            for day, table in zip(unread, tables, strict=True):
+                self._tiles[(layout.name, day)] = (identities[day], table.cast(layout.schema))
+        parts = [self._tiles[(layout.name, day)][1] for day in days]
         return pa.concat_tables(parts) if parts else layout.schema.empty_table()
 
     def _needed_days(

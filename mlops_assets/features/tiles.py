@@ -298,7 +298,7 @@ def read_state(paths: DataPaths, layout: ViewLayout) -> tuple[str | None, pa.Tab
         return None, None, {}
     if meta.get("version") != layout.version() or not (folder / STATE_FILE).is_file():
         return None, None, {}
-    table = pq.read_table(folder / STATE_FILE)
+    table = canonical_table(pq.read_table(folder / STATE_FILE))  # hashed in the form it was written in
     if table_hash(table) != meta.get("content_hash"):
         return None, None, {}
     return meta["day"], table, meta
@@ -316,6 +316,12 @@ def _write_state(
 def _drop_state(paths: DataPaths, view: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         (state_dir(paths, view) / STATE_META).unlink()
+
+
+def drop_state(paths: DataPaths, view: str) -> None:
+    """Forget the view's state (a cache: the next read that needs it rebuilds it from the stored days)."""
+    with _state_lock(paths, view):
+        _drop_state(paths, view)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

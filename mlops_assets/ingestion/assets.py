@@ -1,18 +1,19 @@
 """Daily ingestion assets: one per source of the project spec, with blocking schema and quarantine-rate gates."""
 
 import hashlib
-import json
 
 import dagster as dg
 
+from mlops_assets.ingestion.manifest import Manifest, ingestion_lock, partition_fingerprint, write_manifest
 from mlops_assets.ingestion.report import files_markdown, range_summary_markdown, reasons_markdown
 from mlops_assets.ingestion.schema import TableContract
-from mlops_assets.ingestion.validate import DayResult, ingest_day, write_day
+from mlops_assets.ingestion.validate import DayResult, KeyIndex, ingest_day, write_day
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
-from mlops_assets.storage import combine_hashes, write_file_atomic
+from mlops_assets.settings import DataPaths
+from mlops_assets.storage import Rollback, combine_hashes
 
-INGESTION_LOGIC_VERSION = "2"
+INGESTION_LOGIC_VERSION = "3"
 SCHEMA_CHECK = "schema_valid"
 QUARANTINE_CHECK = "quarantine_rate_within_threshold"
 DEFAULT_MAX_QUARANTINE_RATE = 0.05
@@ -165,31 +166,13 @@ def build_ingestion_asset(
     def _ingest(context: dg.AssetExecutionContext, config: IngestionConfig, data: DataDirResource):
         paths = data.paths
         days = list(context.partition_keys)
-        landing_dir = paths.landing_dir(contract.landing_folder)
-        results: list[DayResult] = []
-        for index, day in enumerate(days, start=1):
-            result = ingest_day(contract, landing_dir, day)
-            write_day(
-                result,
-                paths.partition_dir(contract.name, day),
-                paths.quarantine_dir(contract.name, day),
-                landing_dir,
-            )
-            write_file_atomic(
-                json.dumps(
-                    {"landing_hash": result.landing_hash, "content_hash": result.content_hash}
-                ).encode(),
-                paths.manifest_path(contract.name, day),
-            )
-            context.add_asset_metadata(day_metadata(result), partition_key=day)
-            results.append(result)
-            if len(days) > 1 and (index % 10 == 0 or index == len(days)):
-                context.log.info(
-                    f"{contract.name}: {index}/{len(days)} days ingested (last {day}: {result.rows_kept} kept, "
-                    f"{result.rows_quarantined} quarantined)"
-                )
+        with ingestion_lock(paths, contract.name):
+            results = _ingest_days(context, contract, paths, days)
         if len(days) > 1:
             context.log.info(range_summary_markdown(results))
+        notes = sorted({n for r in results for n in r.landing_notes})
+        for note in notes[:20]:
+            context.log.warning(f"{contract.name} landing folder: {note}")
         data_version = (
             results[0].content_hash if len(results) == 1 else combine_hashes(r.content_hash for r in results)
         )
@@ -202,6 +185,75 @@ def build_ingestion_asset(
         )
 
     return _ingest
+
+
+def _ingest_days(
+    context: dg.AssetExecutionContext, contract: TableContract, paths: DataPaths, days: list[str]
+) -> list[DayResult]:
+    """Ingest each day, recording its metadata; if a day fails, every day already written is restored to
+    its previous content (partition, quarantine and manifest), so nothing is left that the run did not record."""
+    landing_dir = paths.landing_dir(contract.landing_folder)
+    keys = KeyIndex(contract, paths.table_dir(contract.name), exclude=days) if contract.unique_key else None
+    results: list[DayResult] = []
+    rollback = Rollback()
+    try:
+        for index, day in enumerate(days, start=1):
+            result = ingest_day(contract, landing_dir, day, other_days=keys)
+            partition, quarantine = (
+                paths.partition_dir(contract.name, day),
+                paths.quarantine_dir(contract.name, day),
+            )
+            manifest = paths.manifest_path(contract.name, day)
+            for path in (partition, quarantine, manifest):
+                rollback.save(path)
+            write_day(result, partition, quarantine, landing_dir)
+            rollback.wrote(partition)
+            rollback.wrote(quarantine)
+            files = partition_fingerprint(partition)
+            write_manifest(
+                paths,
+                contract.name,
+                day,
+                Manifest(
+                    landing_hash=result.landing_hash,
+                    content_hash=result.content_hash,
+                    rows=result.rows_kept,
+                    run_id=context.run_id,
+                    files=files,
+                ),
+            )
+            rollback.wrote(manifest)
+            if keys is not None:
+                keys.add(day, result.kept)
+            context.add_asset_metadata(
+                {**day_metadata(result), "partition_files": dg.MetadataValue.json(files or {})},
+                partition_key=day,
+            )
+            results.append(result)
+            if len(days) > 1 and (index % 10 == 0 or index == len(days)):
+                context.log.info(
+                    f"{contract.name}: {index}/{len(days)} days ingested (last {day}: {result.rows_kept} kept, "
+                    f"{result.rows_quarantined} quarantined)"
+                )
+    except BaseException as exc:
+        written = sorted({p.name.removeprefix("date=").removesuffix(".json") for p in rollback.changed()})
+        restored, problems = rollback.restore()
+        failed_day = days[len(results)] if len(results) < len(days) else days[-1]
+        message = (
+            f"{contract.name}: ingestion failed on {failed_day} ({type(exc).__name__}: {exc}); "
+            f"{len(written)} day(s) it had written were restored to their previous content "
+            f"({', '.join(written[:10])}{' ...' if len(written) > 10 else ''}), so nothing unrecorded stays on disk"
+        )
+        if problems:
+            message += (
+                f"; {len(problems)} path(s) could NOT be restored (run `mlops reconcile`): "
+                + "; ".join(problems[:5])
+            )
+        context.log.error(message)
+        raise
+    finally:
+        rollback.close()
+    return results
 
 
 def build_ingestion_assets(

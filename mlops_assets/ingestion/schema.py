@@ -43,6 +43,9 @@ class TableContract:
     columns: tuple[ColumnSpec, ...]
     partition_column: str  # UTC timestamp that must fall inside the partition's day
     unique_key: tuple[str, ...] = field(default_factory=tuple)  # duplicates beyond the first are quarantined
+    # "table": a key kept on one day is quarantined on every other (events, labels); "day": unique within a
+    # day only (a snapshot's key names an entity whose record may change from day to day)
+    unique_scope: str = "table"
     sort_by: tuple[str, ...] = field(default_factory=tuple)
     pattern: str = "*"  # glob of accepted landing file names
     file_format: str = "auto"  # parquet, csv, or auto (by suffix)
@@ -90,6 +93,7 @@ def contract_for(name: str, source: Source) -> TableContract:
         columns=columns,
         partition_column=source.timestamp,
         unique_key=tuple(source.unique_key),
+        unique_scope="day" if source.kind == "snapshot" else "table",
         sort_by=sort_by,
         pattern=source.pattern,
         file_format=source.format,

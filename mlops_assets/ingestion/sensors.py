@@ -1,14 +1,66 @@
-"""The new-data sensor: a landing file that appears or changes requests that day's ingestion."""
+"""The new-data sensor: a landing file that appears or changes requests that day's ingestion, and a day whose
+disk and event log disagree is ingested again."""
 
+import hashlib
 import json
 
 import dagster as dg
 
+from mlops_assets.agreement import in_progress_runs, source_agreement
 from mlops_assets.ingestion.landing import LandingScan, scan_landing
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 
 LANDING_SENSOR = "landing_files_sensor"
+
+
+def reconcile_requests(
+    instance: dg.DagsterInstance,
+    paths,  # noqa: ANN001 - DataPaths
+    contracts,  # noqa: ANN001 - the project's contracts
+    skip: set[tuple[str, str]],
+    valid_days: set[str],
+    verified: dict[str, list] | None = None,
+) -> tuple[list[dg.RunRequest], list[str]]:
+    """One run per source-day whose manifest or partition disagrees with the event log, and notes.
+
+    Days written by a run still in progress, and days already requested for new landing files
+    (``skip``), wait; a run key per disagreement keeps a day from being requested twice for it.
+    """
+    running = in_progress_runs(instance)
+    requests, waiting, unverified = [], [], 0
+    for contract in contracts:
+        report = source_agreement(instance, paths, contract.name, verified=verified)
+        unverified += len(report.unverified)
+        for d in report.disagreements:
+            if (d.asset, d.day) in skip or d.day not in valid_days:
+                continue
+            if d.run_id in running:
+                waiting.append(d)
+                continue
+            state = hashlib.sha256(d.detail.encode()).hexdigest()[:16]
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"reconcile:{d.asset}:{d.day}:{d.kind}:{state}",
+                    partition_key=d.day,
+                    asset_selection=[dg.AssetKey(d.asset)],
+                    tags={"mlops/trigger": "reconcile", "mlops/disagreement": d.kind},
+                )
+            )
+    notes = []
+    if requests:
+        shown = ", ".join(f"{r.asset_selection[0].to_user_string()} {r.partition_key}" for r in requests[:10])
+        notes.append(f"re-ingesting {len(requests)} day(s) whose disk and event log disagree: {shown}")
+    if waiting:
+        notes.append(
+            f"{len(waiting)} disagreeing day(s) written by runs still in progress, not requested while they run "
+            f"({', '.join(sorted({str(d.run_id) for d in waiting})[:3])}); `mlops reconcile` lists them"
+        )
+    if unverified:
+        notes.append(
+            f"{unverified} ingested day(s) written by runs this instance never recorded (not judged)"
+        )
+    return requests, notes
 
 
 def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) -> dg.SensorDefinition:
@@ -24,12 +76,13 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
     )
     def landing_files_sensor(context: dg.SensorEvaluationContext, data: DataDirResource) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
+        valid_days = set(partitions.get_partition_keys())
         scan: LandingScan = scan_landing(
             data.paths,
             contracts,
             file_cache=cursor.get("files", {}),
             requested=cursor.get("requested", {}),
-            valid_days=set(partitions.get_partition_keys()),
+            valid_days=valid_days,
         )
         run_requests = [
             dg.RunRequest(
@@ -43,10 +96,20 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
             )
             for change in scan.changes
         ]
-        new_cursor = json.dumps({"files": scan.file_cache, "requested": scan.requested}, sort_keys=True)
-        if not run_requests:
-            return dg.SensorResult(skip_reason=scan.skip_reason(), cursor=new_cursor)
-        context.log.info(f"requesting {len(run_requests)} ingestion run(s): {scan.describe_changes()}")
-        return dg.SensorResult(run_requests=run_requests, cursor=new_cursor)
+        changed = {(c.table, c.day) for c in scan.changes}
+        verified = cursor.get("verified", {})
+        repairs, notes = reconcile_requests(
+            context.instance, data.paths, contracts, changed, valid_days, verified
+        )
+        new_cursor = json.dumps(
+            {"files": scan.file_cache, "requested": scan.requested, "verified": verified}, sort_keys=True
+        )
+        if not run_requests and not repairs:
+            return dg.SensorResult(skip_reason="; ".join([scan.skip_reason(), *notes]), cursor=new_cursor)
+        if run_requests:
+            context.log.info(f"requesting {len(run_requests)} ingestion run(s): {scan.describe_changes()}")
+        for note in notes:
+            context.log.info(note)
+        return dg.SensorResult(run_requests=run_requests + repairs, cursor=new_cursor)
 
     return landing_files_sensor

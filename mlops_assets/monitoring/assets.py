@@ -188,6 +188,9 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
                 check_results=check_results(skipped_verdicts(message), None, days),
             )
 
+        from mlops_assets.features.assets import require_store_inputs
+
+        require_store_inputs(context, current, [label_source], days[-1], f"drift_report {days[0]}")
         store = FeatureStore(current)
         results, hashes = [], []
         for day in days:

@@ -330,8 +330,11 @@ def decide(
 
 
 def guardrail_metrics(log: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Error rate and p99 latency per arm from prediction-log rows (shadow rows excluded)."""
+    """Error rate and p99 latency per arm from prediction-log rows (shadow rows and replays excluded)."""
+    from mlops_assets.serving.prediction_log import live
+
     out: dict[str, dict[str, float]] = {}
+    log = live(log)
     if log.empty:
         return out
     served = log.loc[~log["shadow"].astype(bool)]
@@ -379,10 +382,13 @@ def outcomes_from_log(
 ) -> pd.DataFrame:
     """One row per entity of an experiment: the first arm that answered it and its first label after that.
 
-    ``log`` holds prediction-log rows (shadow and failed rows are ignored; ``entity_id`` is the entity's
-    key as text), ``labels`` the label rows with the entity's ``key``, their ``time`` and the ``outcome``.
+    ``log`` holds prediction-log rows (shadow and failed rows and replays are ignored; ``entity_id`` is the
+    entity's key as text), ``labels`` the label rows with the entity's ``key``, their ``time`` and the ``outcome``.
     Entities without a label after their first assignment are left out: their outcome is not realized yet.
     """
+    from mlops_assets.serving.prediction_log import live
+
+    log = live(log)
     served = log.loc[~log["shadow"].astype(bool) & (log["status"] == "ok")]
     if experiment is not None:
         served = served.loc[served["experiment"] == experiment]

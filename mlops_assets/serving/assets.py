@@ -8,7 +8,7 @@ import pandas as pd
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
 from mlops_assets.serving import abtest
-from mlops_assets.serving.batch import score_entities
+from mlops_assets.serving.batch import features_as_of, score_entities
 from mlops_assets.serving.prediction_log import read_day
 from mlops_assets.serving.routing import read_state, state_path
 from mlops_assets.storage import (
@@ -97,7 +97,8 @@ def build_serving_assets(project: Project, partitions: dg.PartitionsDefinition) 
         for day in context.partition_keys:
             ids = current_population(store, day)
             as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
-            frame = store.features_at(day, ids, features) if ids else pd.DataFrame(columns=[key])
+            # the same read as a replay (POST /predict with as_of) of the day's end: the same scores
+            frame = features_as_of(store, ids, as_of, features) if ids else pd.DataFrame(columns=[key])
             scored = (
                 score_entities(frame, key, manager.models, state, scored_at=as_of) if ids else pd.DataFrame()
             )

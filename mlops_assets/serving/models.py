@@ -120,6 +120,15 @@ class _Categorical:
 # --------------------------------------------------------------------------------------- classifiers
 
 
+def _row_dot(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Each row's dot product with ``coef``, summed the same way whatever the number of rows.
+
+    A BLAS matrix-vector product may add a row's terms in another order for 1 row than for 100, so a
+    row's score would depend on the rows it is scored with; a row-wise reduction does not.
+    """
+    return np.multiply(z, coef).sum(axis=1)
+
+
 class _Logistic:
     def __init__(self, clf: Any) -> None:
         if clf.coef_.shape[0] != 1:
@@ -128,7 +137,7 @@ class _Logistic:
         self.intercept = float(clf.intercept_[0])
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(z @ self.coef + self.intercept)))
+        return 1.0 / (1.0 + np.exp(-(_row_dot(z, self.coef) + self.intercept)))
 
 
 class _Linear:
@@ -144,7 +153,7 @@ class _Linear:
         )
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.coef + self.intercept
+        return _row_dot(z, self.coef) + self.intercept
 
 
 class _HistGradientBoosting:
@@ -310,15 +319,15 @@ class Predictor:
 
     def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """The score of each row through the pipeline itself (the batch path)."""
-        inputs = pd.DataFrame(index=frame.index)
+        columns = {}
         for col in self.features:
             values = frame[col] if col in frame else pd.Series(None, index=frame.index, dtype=object)
             if col in self.numeric:
-                inputs[col] = pd.to_numeric(values, errors="coerce").astype("float64")
+                columns[col] = pd.to_numeric(values, errors="coerce").astype("float64")
             else:
                 values = values.astype(object)
-                inputs[col] = values.where(values.notna(), np.nan)
-        return estimator_scores(self.model, inputs)
+                columns[col] = values.where(values.notna(), np.nan)
+        return estimator_scores(self.model, pd.DataFrame(columns, index=frame.index, columns=self.features))
 
 
 def _split_columns(pre: Any) -> tuple[list[Any], list[str], list[str]]:

@@ -3,6 +3,10 @@
 Layout: ``<data_root>/serving/prediction_log/date=YYYY-MM-DD/<host>-<pid>.jsonl``. Each serving
 process appends to its own file and flushes after every record, so several uvicorn workers never
 interleave within a line; a reader skips a last line that is still being written.
+
+A record of a replay (a request with ``as_of``, scored on the offline store's features at that time) carries
+that ``as_of``; :func:`live` drops such records, and everything that judges live traffic (canary guardrails,
+A/B outcomes) reads through it, so a backtest run during a rollout never counts as its traffic.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ COLUMNS = (
     "status",
     "error",
     "experiment",
+    "as_of",
+    "feature_status",
 )
 
 
@@ -54,6 +60,11 @@ class PredictionRecord:
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
     experiment: str | None = None  # the routing salt in force (A/B analysis groups by it)
+    as_of: str | None = (
+        None  # ISO-8601 UTC: a replay on the offline store as of that time (None: live traffic)
+    )
+    #: "fresh" (every view fresh), "partial", "stale" (no view fresh) or "request" (features sent in the request)
+    feature_status: str | None = None
 
 
 def log_dir(data_root: str | Path | None = None) -> Path:
@@ -123,9 +134,27 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     frame["score"] = pd.to_numeric(frame["score"], errors="coerce").astype("float64")
     frame["latency_ms"] = pd.to_numeric(frame["latency_ms"], errors="coerce").astype("float64")
     frame["shadow"] = frame["shadow"].astype(bool)
-    for col in ("request_id", "entity_id", "arm", "model_version", "mode", "status", "error", "experiment"):
+    for col in (
+        "request_id",
+        "entity_id",
+        "arm",
+        "model_version",
+        "mode",
+        "status",
+        "error",
+        "experiment",
+        "as_of",
+        "feature_status",
+    ):
         frame[col] = frame[col].astype(object)
     return frame.sort_values(["ts", "request_id"], kind="stable").reset_index(drop=True)
+
+
+def live(frame: pd.DataFrame) -> pd.DataFrame:
+    """The records of live traffic: replays (records with an ``as_of``) left out."""
+    if "as_of" not in frame.columns:
+        return frame
+    return frame.loc[frame["as_of"].isna()]
 
 
 def read_day(

@@ -138,8 +138,14 @@ class MetricsWindow:
 
 
 def metrics_window(log: pd.DataFrame, include_shadow: bool = True) -> MetricsWindow:
-    """Per-arm counts, latencies and scores from prediction-log rows (see prediction_log.read_since)."""
+    """Per-arm counts, latencies and scores from prediction-log rows (see prediction_log.read_since).
+
+    Replays (rows with an ``as_of``) are not traffic of the rollout and are left out.
+    """
+    from mlops_assets.serving.prediction_log import live
+
     arms = {}
+    log = live(log)
     frame = log if include_shadow else log.loc[~log["shadow"].astype(bool)]
     for arm, rows in frame.groupby("arm", sort=True):
         ok = rows["status"] == "ok"

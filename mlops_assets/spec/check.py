@@ -104,7 +104,10 @@ def _check_source(name: str, source: Source) -> Iterable[Issue]:
     for cname, column in columns.items():
         where = (*base, "columns", cname)
         if not column.required and not column.nullable:
-            yield Issue((*where, "nullable"), "an optional column (required: false) must be nullable: files without it give nulls")
+            yield Issue(
+                (*where, "nullable"),
+                "an optional column (required: false) must be nullable: files without it give nulls",
+            )
         if column.closed and not column.values:
             yield Issue((*where, "closed"), "a closed column needs its 'values'")
         if (column.min is not None or column.max is not None) and column.type not in ("int64", "float64"):
