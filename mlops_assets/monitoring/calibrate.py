@@ -32,12 +32,13 @@ before the statistics are computed, so a shift of the whole distribution is not 
 in its shape is.
 
 **Multivariate drift** (NannyML's data reconstruction error): the features are standardized with
-the reference's means and stds (trend features within their chunk; nulls at the mean) and
+the reference's means and stds (trend features left out: their shape still evolves; nulls at the mean) and
 categorical features one-hot encoded and standardized, a PCA fitted on the reference keeps the
 components explaining ``pca_variance`` of the variance, and the statistic is the mean Euclidean
 distance between a row and its reconstruction. A change of the joint distribution (a correlation
 that flips, with unchanged marginals) moves rows off the reference's principal subspace and raises
-it; the band is that of the reference chunks' mean errors.
+it; the band is the static mean ± k sd of the reference chunks' mean errors (a level extrapolated along a
+reference-period trend alarmed on quiet days). Estimated performance has the same static, two-sided band.
 
 **Drift share**: the share of tested features beyond their band; its own band comes from the
 reference chunks, each judged against bands computed without it (leave one out), with the floor
@@ -56,8 +57,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from scipy.special import rel_entr
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -69,7 +68,7 @@ NUMERIC_STATISTICS = ("wasserstein", "ks", "psi")
 CATEGORICAL_STATISTICS = ("jensenshannon", "psi")
 NULL_SHARE = "null_share"
 
-CALIBRATION_FORMAT = "1"
+CALIBRATION_FORMAT = "2"
 
 
 # --------------------------------------------------------------------------- settings and bands
@@ -391,6 +390,8 @@ def grid_distances(
 
 def categorical_distances(ref_counts: np.ndarray, cur_counts: np.ndarray, psi_epsilon: float = 1e-4) -> dict[str, float]:
     """Jensen-Shannon distance (base 2) and PSI of aligned category counts (categories seen in either)."""
+    from scipy.special import rel_entr
+
     keep = (ref_counts + cur_counts) > 0
     r, c = ref_counts[keep], cur_counts[keep]
     p, q = r / r.sum(), c / c.sum()
@@ -646,6 +647,8 @@ def fit_feature(
 
 def detect_trend(values: np.ndarray, chunks: np.ndarray, n_chunks: int, settings: CalibrationSettings) -> str:
     """Why the chunk means trend with time ('' when they do not)."""
+    from scipy import stats
+
     counts = np.bincount(chunks, minlength=n_chunks)
     ok = counts > 0
     if ok.sum() < settings.min_chunks:
@@ -724,8 +727,10 @@ def fit_multivariate(
     reference: ReferenceData, baselines: Mapping[str, FeatureBaseline], settings: CalibrationSettings
 ) -> MultivariateBaseline | None:
     """The PCA reconstruction-error model and its band over the reference chunks (None without inputs)."""
-    numeric = [n for n, b in baselines.items() if b.kind == NUMERIC and b.tested]
-    shape = [n for n in numeric if baselines[n].mode == SHAPE]
+    # trend features stay out: their shape still evolves with the history behind them (a lifetime count's
+    # skew grows), which would make the reconstruction error trend on quiet days
+    numeric = [n for n, b in baselines.items() if b.kind == NUMERIC and b.tested and b.mode != SHAPE]
+    shape: list[str] = []
     categorical = {}
     for n, b in baselines.items():
         if b.kind == CATEGORICAL and b.tested and b.categories:
@@ -768,9 +773,8 @@ def fit_multivariate(
     sums = np.bincount(reference.chunks, weights=errors, minlength=reference.n_chunks)
     with np.errstate(invalid="ignore", divide="ignore"):
         model.chunk_errors = sums / counts
-    model.band = band_from(
-        model.chunk_errors, settings, "multivariate", times=reference.times, trend="time", two_sided=True
-    )
+    # a static band (NannyML's): a level extrapolated along a reference-period trend alarms on quiet days
+    model.band = band_from(model.chunk_errors, settings, "multivariate", times=reference.times, two_sided=True)
     return model
 
 
@@ -877,7 +881,6 @@ def calibrate(
                 settings,
                 f"estimated_{metric}",
                 times=reference.times,
-                trend="time",
                 two_sided=True,
                 floor=settings.floor("estimate"),
             )
@@ -952,6 +955,8 @@ def compare_feature(
     baseline: FeatureBaseline, series: pd.Series, settings: CalibrationSettings, t: float | None = None
 ) -> CalibratedFeature:
     """One day's values of a feature against its baseline; ``t`` is the day's offset from the first reference day."""
+    from scipy import stats
+
     n = len(series)
     bands = baseline.bands
     stats_: dict[str, float] = {}

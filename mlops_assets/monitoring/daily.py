@@ -104,7 +104,7 @@ class MonitorSettings:
     reference_period: str | None = None  # YYYY-MM-DD..YYYY-MM-DD; default: the champion's training window
     max_reference_days: int | None = 120  # the newest days of the reference period are its chunks
     max_performance_drop: float = 0.05  # realized accuracy / ROC AUC below the training-time value by more
-    decay_alpha: float = 0.05  # a realized drop must also be significant at this level
+    decay_alpha: float = 0.00135  # a realized drop must also be significant at this level (3 sd, one-sided)
     realized_window_days: int = 7  # labels of the last w days (up to the report's day) are pooled
     min_labels: int = 100  # fewer labels in the window: realized metrics reported, not judged
     use_cache: bool = True  # reuse the reference calibration cached under <data>/monitoring/reference/
