@@ -95,8 +95,10 @@ def inject_event_drift(project: Project, days: list[str]) -> None:
 
 
 def monitored_population(project: Project, day: str) -> int:
-    """Customers with a raw event within the 90 days up to ``day`` (the churn spec's monitored population)."""
-    first = max(date.fromisoformat(day) - timedelta(days=89), date(2026, 1, 1)).isoformat()
+    """Customers with a raw event within the spec's ``active_within`` days up to ``day`` (the churn spec's
+    monitored population: active in the last week)."""
+    window = project.spec.monitoring.population.active_within
+    first = max(date.fromisoformat(day) - timedelta(days=window - 1), date(2026, 1, 1)).isoformat()
     ids: set[str] = set()
     for d in day_range(first, day):
         directory = project.paths.partition_dir("raw_events", d)
