@@ -268,7 +268,9 @@ def _spawn(python: Path, side: str, data: Path, config: str, repeats: int, task:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_calibrated_day(entities: int = 5000, numeric: int = 20, categorical: int = 5, days: int = 60, repeats: int = 5) -> dict:
+def bench_calibrated_day(
+    entities: int = 5000, numeric: int = 20, categorical: int = 5, days: int = 60, repeats: int = 5
+) -> dict:
     """Time of calibrating a reference (``days`` daily chunks of ``entities`` rows) and of one day's statistics
     against it (every feature's effect sizes and p-values, the drift share, the PCA reconstruction error)."""
     from mlops_assets.monitoring.calibrate import CalibrationSettings, ReferenceData, calibrate, compare_day

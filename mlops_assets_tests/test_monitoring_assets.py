@@ -168,7 +168,9 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     first = drift_retraining_sensor(context)
     assert not first.run_requests
 
-    bad = run_day(project, asset, DRIFT_DAY, instance, histograms="drifted", reference_period=REFERENCE_PERIOD)
+    bad = run_day(
+        project, asset, DRIFT_DAY, instance, histograms="drifted", reference_period=REFERENCE_PERIOD
+    )
     checks = {c.check_name: c for c in bad.get_asset_check_evaluations()}
     share = checks[daily.DATASET_DRIFT_CHECK]
     assert not share.passed and share.severity == dg.AssetCheckSeverity.ERROR
@@ -200,8 +202,12 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     assert not again.run_requests
 
     # two days later the same drift fails the checks again: the same episode, no second retraining
-    second = run_day(project, asset, DRIFT_DAY_2, instance, histograms="none", reference_period=REFERENCE_PERIOD)
-    assert not {c.check_name: c for c in second.get_asset_check_evaluations()}[daily.DATASET_DRIFT_CHECK].passed
+    second = run_day(
+        project, asset, DRIFT_DAY_2, instance, histograms="none", reference_period=REFERENCE_PERIOD
+    )
+    assert not {c.check_name: c for c in second.get_asset_check_evaluations()}[
+        daily.DATASET_DRIFT_CHECK
+    ].passed
     later = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
     assert not later.run_requests and "episode" in later.skip_reason.skip_message
 

@@ -61,7 +61,9 @@ def test_numeric_chunk_statistics_equal_a_scipy_chunk_loop() -> None:
     got = numeric_chunk_statistics(values, chunks, n_chunks)
     for c in range(n_chunks):
         cur, ref = values[chunks == c], values[chunks != c]
-        assert got["wasserstein"][c] == pytest.approx(stats.wasserstein_distance(ref, cur) / np.std(ref), **TOL)
+        assert got["wasserstein"][c] == pytest.approx(
+            stats.wasserstein_distance(ref, cur) / np.std(ref), **TOL
+        )
         assert got["ks"][c] == pytest.approx(stats.ks_2samp(ref, cur).statistic, **TOL)
         assert got["psi"][c] == pytest.approx(reference_psi(ref, cur), **TOL)
 
@@ -85,12 +87,18 @@ def test_categorical_and_null_share_chunk_statistics_equal_a_chunk_loop() -> Non
         assert shares[c] == pytest.approx(abs(null[chunks == c].mean() - null[chunks != c].mean()), **TOL)
 
 
-def _reference(frame: pd.DataFrame, day_index: np.ndarray, n_days: int, numeric, categorical, **kw) -> ReferenceData:
+def _reference(
+    frame: pd.DataFrame, day_index: np.ndarray, n_days: int, numeric, categorical, **kw
+) -> ReferenceData:
     days = [(pd.Timestamp("2026-01-01") + pd.Timedelta(days=i)).date().isoformat() for i in range(n_days)]
-    return ReferenceData(days, frame.reset_index(drop=True), day_index, list(numeric), list(categorical), **kw)
+    return ReferenceData(
+        days, frame.reset_index(drop=True), day_index, list(numeric), list(categorical), **kw
+    )
 
 
-def test_bands_equal_mean_plus_k_sd_of_the_brute_force_chunk_values_and_drift_share_is_leave_one_out() -> None:
+def test_bands_equal_mean_plus_k_sd_of_the_brute_force_chunk_values_and_drift_share_is_leave_one_out() -> (
+    None
+):
     rng = np.random.default_rng(3)
     n_days, per_day = 30, 300
     chunks = np.repeat(np.arange(n_days), per_day)
@@ -159,7 +167,9 @@ def test_a_days_statistics_equal_scipy_against_the_whole_reference() -> None:
     frame = pd.DataFrame(
         {"x": np.round(rng.normal(0, 1, chunks.size), 2), "plan": rng.choice(["a", "b", "c"], chunks.size)}
     )
-    cal = calibrate(_reference(frame, chunks, n_days, ["x"], ["plan"]), CalibrationSettings(detect_trends=False))
+    cal = calibrate(
+        _reference(frame, chunks, n_days, ["x"], ["plan"]), CalibrationSettings(detect_trends=False)
+    )
     day = pd.DataFrame(
         {"x": np.round(rng.normal(0.2, 1.1, 15_000), 2), "plan": rng.choice(["a", "b", "c", "d"], 15_000)}
     )
@@ -176,7 +186,9 @@ def test_a_days_statistics_equal_scipy_against_the_whole_reference() -> None:
     r = np.array([(frame["plan"] == c).sum() for c in cats], float)
     q = np.array([(day["plan"] == c).sum() for c in cats], float)
     assert plan.statistic == pytest.approx(jensenshannon(r, q, base=2), **TOL)
-    assert plan.p_value == pytest.approx(stats.chi2_contingency(np.vstack([r, q]), correction=False).pvalue, **TOL)
+    assert plan.p_value == pytest.approx(
+        stats.chi2_contingency(np.vstack([r, q]), correction=False).pvalue, **TOL
+    )
     assert x.drifted and plan.drifted  # a 0.2 sd shift and a new category, far beyond the bands
 
 
@@ -218,8 +230,11 @@ def population_days(
         frame = pd.DataFrame(
             {
                 "score": latent[active] + 0.3 * rng.normal(0, 1, n) + (1.0 * south if shifted else 0.0),
-                "spend": np.exp(spend[active] + 0.2 * rng.normal(0, 1, n)) * np.where(shifted & south, 1.8, 1.0),
-                "visits_7d": rng.poisson(rate[active] * 7 * np.where(shifted & south, 2.0, 1.0)).astype(float),
+                "spend": np.exp(spend[active] + 0.2 * rng.normal(0, 1, n))
+                * np.where(shifted & south, 1.8, 1.0),
+                "visits_7d": rng.poisson(rate[active] * 7 * np.where(shifted & south, 2.0, 1.0)).astype(
+                    float
+                ),
                 "account_age_days": (age0[active] + d).astype(float),
                 "coupon": np.where(rng.random(n) < 0.05, np.nan, rng.exponential(5.0, n)),
                 "u": u,

@@ -206,9 +206,15 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
         for result in found:
             day = result.day
             saved = save_day_report(
-                result, data.paths.reports, histograms=config.histograms, max_histograms=config.max_embedded_histograms
+                result,
+                data.paths.reports,
+                histograms=config.histograms,
+                max_histograms=config.max_embedded_histograms,
             )
-            names = [*plotted_features(result, config.histograms, config.max_embedded_histograms), "prediction"]
+            names = [
+                *plotted_features(result, config.histograms, config.max_embedded_histograms),
+                "prediction",
+            ]
             context.add_asset_metadata(
                 day_metadata(
                     result,

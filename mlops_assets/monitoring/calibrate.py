@@ -108,7 +108,9 @@ class CalibrationSettings:
 
     def __post_init__(self) -> None:
         if self.numeric_method not in NUMERIC_STATISTICS:
-            raise ValueError(f"numeric_method must be one of {NUMERIC_STATISTICS}, got {self.numeric_method!r}")
+            raise ValueError(
+                f"numeric_method must be one of {NUMERIC_STATISTICS}, got {self.numeric_method!r}"
+            )
         if self.categorical_method not in CATEGORICAL_STATISTICS:
             raise ValueError(
                 f"categorical_method must be one of {CATEGORICAL_STATISTICS}, got {self.categorical_method!r}"
@@ -266,7 +268,11 @@ def band_from(
         if abs(t_stat) >= settings.trend_t and (trend != "gap" or s > 0):
             fitted, mean, slope, std, x_mean, sxx = trend, center, s, sd, xm, sx
     if settings.band_quantile is not None:
-        residuals = values - (mean + slope * ((gap_covariate(times_ok) if fitted == "gap" else times_ok) - x_mean)) if fitted else values - mean
+        residuals = (
+            values - (mean + slope * ((gap_covariate(times_ok) if fitted == "gap" else times_ok) - x_mean))
+            if fitted
+            else values - mean
+        )
         k = float(np.quantile(residuals, settings.band_quantile)) / std if std > 0 else 0.0
     band = Band(
         statistic,
@@ -306,7 +312,12 @@ def band_from(
 
 
 def loo_exceeded(
-    values: np.ndarray, settings: CalibrationSettings, statistic: str, times: np.ndarray, trend: str, floor: float
+    values: np.ndarray,
+    settings: CalibrationSettings,
+    statistic: str,
+    times: np.ndarray,
+    trend: str,
+    floor: float,
 ) -> np.ndarray:
     """Per chunk, whether it is beyond the band fitted on the other chunks (leave one out)."""
     values = np.asarray(values, dtype="float64")
@@ -358,7 +369,11 @@ def _psi_from_counts(ref_counts: np.ndarray, cur_counts: np.ndarray, epsilon: fl
 
 
 def grid_distances(
-    grid: np.ndarray, ref_counts: np.ndarray, cur_counts: np.ndarray, psi_bins: int = 10, psi_epsilon: float = 1e-4
+    grid: np.ndarray,
+    ref_counts: np.ndarray,
+    cur_counts: np.ndarray,
+    psi_bins: int = 10,
+    psi_epsilon: float = 1e-4,
 ) -> dict[str, float]:
     """Normalized Wasserstein, KS statistic and PSI of two samples given as counts on one ascending grid.
 
@@ -388,7 +403,9 @@ def grid_distances(
     }
 
 
-def categorical_distances(ref_counts: np.ndarray, cur_counts: np.ndarray, psi_epsilon: float = 1e-4) -> dict[str, float]:
+def categorical_distances(
+    ref_counts: np.ndarray, cur_counts: np.ndarray, psi_epsilon: float = 1e-4
+) -> dict[str, float]:
     """Jensen-Shannon distance (base 2) and PSI of aligned category counts (categories seen in either)."""
     from scipy.special import rel_entr
 
@@ -580,7 +597,9 @@ def fit_feature(
         series = values.astype(object)
         null = series.isna().to_numpy()
         codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        stats_ = categorical_chunk_statistics(codes[~null], sub_chunks[~null], k, len(uniques), settings.psi_epsilon)
+        stats_ = categorical_chunk_statistics(
+            codes[~null], sub_chunks[~null], k, len(uniques), settings.psi_epsilon
+        )
         counts = np.bincount(codes[~null], minlength=len(uniques)).astype("float64")
         baseline = FeatureBaseline(
             feature=name,
@@ -635,8 +654,15 @@ def fit_feature(
     for stat, chunk_values in baseline.chunk_values.items():
         baseline.bands[stat] = band_from(chunk_values, settings, stat, times=times, trend="gap")
     loo = loo_exceeded(
-        baseline.chunk_values[baseline.method], settings, baseline.method, times, "gap", settings.floor(baseline.method)
-    ) | loo_exceeded(baseline.chunk_values[NULL_SHARE], settings, NULL_SHARE, times, "gap", settings.floor(NULL_SHARE))
+        baseline.chunk_values[baseline.method],
+        settings,
+        baseline.method,
+        times,
+        "gap",
+        settings.floor(baseline.method),
+    ) | loo_exceeded(
+        baseline.chunk_values[NULL_SHARE], settings, NULL_SHARE, times, "gap", settings.floor(NULL_SHARE)
+    )
     baseline.loo_alarms = np.zeros(n_chunks, dtype=bool)
     baseline.loo_alarms[usable] = loo
     if k < 3 and baseline.mode != EXCLUDED:
@@ -686,7 +712,9 @@ class MultivariateBaseline:
     band: Band
     explained: float
 
-    def encode(self, frame: pd.DataFrame, standardized_shape: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    def encode(
+        self, frame: pd.DataFrame, standardized_shape: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """The rows as the PCA sees them (standardized, nulls at the reference mean, categories one-hot)."""
         parts = []
         for name in self.numeric:
@@ -709,7 +737,9 @@ class MultivariateBaseline:
         return np.sqrt(np.sum((encoded - projected) ** 2, axis=1))
 
 
-def _shape_columns(frame: pd.DataFrame, names: Sequence[str], chunks: np.ndarray | None, n_chunks: int) -> dict:
+def _shape_columns(
+    frame: pd.DataFrame, names: Sequence[str], chunks: np.ndarray | None, n_chunks: int
+) -> dict:
     out = {}
     for name in names:
         values = pd.to_numeric(frame[name]).to_numpy(dtype="float64", na_value=np.nan)
@@ -774,7 +804,9 @@ def fit_multivariate(
     with np.errstate(invalid="ignore", divide="ignore"):
         model.chunk_errors = sums / counts
     # a static band (NannyML's): a level extrapolated along a reference-period trend alarms on quiet days
-    model.band = band_from(model.chunk_errors, settings, "multivariate", times=reference.times, two_sided=True)
+    model.band = band_from(
+        model.chunk_errors, settings, "multivariate", times=reference.times, two_sided=True
+    )
     return model
 
 
@@ -864,14 +896,24 @@ def calibrate(
             categorical=[],
         )
         pred_settings = CalibrationSettings(
-            **{**settings.to_dict(), "detect_trends": False, "floors": {**settings.floors, "wasserstein": settings.floor("prediction"), "ks": settings.floor("prediction")}}
+            **{
+                **settings.to_dict(),
+                "detect_trends": False,
+                "floors": {
+                    **settings.floors,
+                    "wasserstein": settings.floor("prediction"),
+                    "ks": settings.floor("prediction"),
+                },
+            }
         )
         prediction = fit_feature("prediction", NUMERIC, scores_ref, pred_settings)
         order, bounds = _chunk_order(reference.chunks, reference.n_chunks)
         for metric, fn in (estimate_metrics or {}).items():
             values = np.array(
                 [
-                    fn(reference.scores[order[bounds[c] : bounds[c + 1]]]) if bounds[c + 1] > bounds[c] else np.nan
+                    fn(reference.scores[order[bounds[c] : bounds[c + 1]]])
+                    if bounds[c + 1] > bounds[c]
+                    else np.nan
                     for c in range(reference.n_chunks)
                 ]
             )
@@ -940,7 +982,9 @@ def _json_default(value):
     raise TypeError(type(value).__name__)
 
 
-def _merge_counts(grid: np.ndarray, counts: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge_counts(
+    grid: np.ndarray, counts: np.ndarray, current: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reference counts and current counts on the union of the reference grid and the current values."""
     cur_grid, cur_counts = np.unique(current, return_counts=True)
     union = np.union1d(grid, cur_grid)
@@ -970,11 +1014,19 @@ def compare_feature(
         new = present[codes.isna()]
         extra = list(pd.unique(new)) if len(new) else []
         k = len(known) + len(extra)
-        ref_counts = np.concatenate([baseline.counts, np.zeros(len(extra))]) if baseline.counts is not None else np.zeros(k)
+        ref_counts = (
+            np.concatenate([baseline.counts, np.zeros(len(extra))])
+            if baseline.counts is not None
+            else np.zeros(k)
+        )
         all_codes = codes.copy()
         for j, cat in enumerate(extra):
             all_codes[present == cat] = len(known) + j
-        cur_counts = np.bincount(all_codes.to_numpy(dtype="int64"), minlength=k).astype("float64") if len(present) else np.zeros(k)
+        cur_counts = (
+            np.bincount(all_codes.to_numpy(dtype="int64"), minlength=k).astype("float64")
+            if len(present)
+            else np.zeros(k)
+        )
         current_count = int(cur_counts.sum())
         if current_count and ref_counts.sum():
             stats_.update(categorical_distances(ref_counts, cur_counts, settings.psi_epsilon))
@@ -997,7 +1049,9 @@ def compare_feature(
         current_count = int(values.size)
         if current_count and baseline.grid is not None and baseline.grid.size:
             grid, ref_counts, cur_counts = _merge_counts(baseline.grid, baseline.counts, values)
-            stats_.update(grid_distances(grid, ref_counts, cur_counts, settings.psi_bins, settings.psi_epsilon))
+            stats_.update(
+                grid_distances(grid, ref_counts, cur_counts, settings.psi_bins, settings.psi_epsilon)
+            )
             from mlops_assets.monitoring.drift import _ks_asymptotic_p_value
 
             p_value = _ks_asymptotic_p_value(stats_["ks"], int(ref_counts.sum()), current_count)
@@ -1009,7 +1063,9 @@ def compare_feature(
         if main is None and current_count == 0 and baseline.reference_rows:
             reasons.append("no non-null value today")
         elif bands[baseline.method].exceeded(main, t):
-            reasons.append(f"{baseline.method} {main:.4f} above its band {bands[baseline.method].edges(t)[1]:.4f}")
+            reasons.append(
+                f"{baseline.method} {main:.4f} above its band {bands[baseline.method].edges(t)[1]:.4f}"
+            )
         if bands[NULL_SHARE].exceeded(stats_[NULL_SHARE], t):
             reasons.append(
                 f"null share {null_share:.3f} vs {baseline.null_share:.3f} in the reference "

@@ -320,9 +320,9 @@ def population_features(
     except FeatureInputError as exc:
         raise MonitoringInputError(str(exc)) from exc
     bounds = np.searchsorted(chunks, np.arange(len(days) + 1))
-    return {
-        d: frame.iloc[bounds[i] : bounds[i + 1]].reset_index(drop=True) for i, d in enumerate(days)
-    }, len(frame)
+    return {d: frame.iloc[bounds[i] : bounds[i + 1]].reset_index(drop=True) for i, d in enumerate(days)}, len(
+        frame
+    )
 
 
 def labelled_features(store: FeatureStore, days: Sequence[str], features: Sequence[str]) -> pd.DataFrame:
@@ -506,8 +506,12 @@ def monitor_days(
         current = frames[day]
         scores = champion.score(current)
         comparison = compare_day(calibration, current, scores, day)
-        estimate = estimate_performance(scores, champion.threshold) if scores.size and classification else None
-        drops, estimate_alarms, estimate_edges = _estimate_alarms(estimate, calibration.estimate_bands, comparison.t)
+        estimate = (
+            estimate_performance(scores, champion.threshold) if scores.size and classification else None
+        )
+        drops, estimate_alarms, estimate_edges = _estimate_alarms(
+            estimate, calibration.estimate_bands, comparison.t
+        )
 
         in_window = window_days(day, window)
         mask = np.isin(observed_day, in_window) if observed_day.size else np.zeros(0, dtype=bool)
@@ -745,7 +749,9 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
         bad = [r.day for r in judged if r.comparison.multivariate_alarm]
         worst = max(
             judged,
-            key=lambda r: abs(r.comparison.multivariate_band.severity(r.comparison.multivariate_error, r.comparison.t)),
+            key=lambda r: abs(
+                r.comparison.multivariate_band.severity(r.comparison.multivariate_error, r.comparison.t)
+            ),
         )
         band = worst.comparison.multivariate_band
         lower, upper = worst.comparison.multivariate_edges
@@ -758,7 +764,11 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
                 f"{'outside' if worst.comparison.multivariate_alarm else 'within'} "
                 f"[{lower:.4f}, {upper:.4f}] on that day ({band.rule})",
                 bad,
-                {"worst_day": worst.day, "error": worst.comparison.multivariate_error, "band": band.to_dict()},
+                {
+                    "worst_day": worst.day,
+                    "error": worst.comparison.multivariate_error,
+                    "band": band.to_dict(),
+                },
             )
         )
 
@@ -788,7 +798,9 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
                 ESTIMATED_PERFORMANCE_CHECK,
                 not bad,
                 "ERROR",
-                f"{day.day}: " + "; ".join(parts) + (f"; {len(bad)} of {len(estimated)} day(s) failed" if bad else ""),
+                f"{day.day}: "
+                + "; ".join(parts)
+                + (f"; {len(bad)} of {len(estimated)} day(s) failed" if bad else ""),
                 bad,
                 {
                     "day": day.day,

@@ -166,10 +166,14 @@ def plot_feature(baseline: FeatureBaseline, current: pd.Series, row: CalibratedF
             edges = np.linspace(low, high, 31)
             if counts.sum():
                 ref_hist, _ = np.histogram(np.clip(grid, low, high), bins=edges, weights=counts)
-                ax.stairs(ref_hist / counts.sum(), edges, label="reference", color="tab:blue", fill=True, alpha=0.45)
+                ax.stairs(
+                    ref_hist / counts.sum(), edges, label="reference", color="tab:blue", fill=True, alpha=0.45
+                )
             if cur.size:
                 cur_hist, _ = np.histogram(np.clip(cur, low, high), bins=edges)
-                ax.stairs(cur_hist / cur.size, edges, label="current", color="tab:orange", fill=True, alpha=0.45)
+                ax.stairs(
+                    cur_hist / cur.size, edges, label="current", color="tab:orange", fill=True, alpha=0.45
+                )
         if baseline.mode == SHAPE:
             ax.set_xlabel("standardized within the day (shape)", fontsize=7)
     else:
@@ -184,7 +188,8 @@ def plot_feature(baseline: FeatureBaseline, current: pd.Series, row: CalibratedF
         ax.set_xticks(x, [str(v)[:12] for v in table.index], rotation=45 if len(table) > 6 else 0, fontsize=7)
     verdict = "DRIFT" if row.drifted else "in band"
     ax.set_title(
-        f"{row.feature}: {row.test} {_num(row.statistic, 3)} (alarm > {_num(row.threshold, 3)}, {verdict})", fontsize=8
+        f"{row.feature}: {row.test} {_num(row.statistic, 3)} (alarm > {_num(row.threshold, 3)}, {verdict})",
+        fontsize=8,
     )
     ax.set_ylabel("share of rows", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -224,10 +229,16 @@ def plot_trend(summaries: Sequence[Mapping]) -> bytes:
     ax.set_ylabel("drift share", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
     for ax, metric in zip(axes[1:], metrics, strict=True):
-        lower = np.array([((s.get("estimate_bands") or {}).get(metric) or {}).get("lower") or np.nan for s in rows], float)
-        upper = np.array([((s.get("estimate_bands") or {}).get(metric) or {}).get("upper") or np.nan for s in rows], float)
+        lower = np.array(
+            [((s.get("estimate_bands") or {}).get(metric) or {}).get("lower") or np.nan for s in rows], float
+        )
+        upper = np.array(
+            [((s.get("estimate_bands") or {}).get(metric) or {}).get("upper") or np.nan for s in rows], float
+        )
         ax.fill_between(days, lower, upper, color="tab:green", alpha=0.15, label="estimate band")
-        ax.plot(days, col(f"estimated_{metric}"), marker="o", ms=3, color="tab:green", label=f"estimated {metric}")
+        ax.plot(
+            days, col(f"estimated_{metric}"), marker="o", ms=3, color="tab:green", label=f"estimated {metric}"
+        )
         realized = col(f"realized_{metric}")
         if np.isfinite(realized).any():
             ax.plot(days, realized, marker="x", ms=4, color="black", label=f"realized {metric}")
@@ -245,7 +256,9 @@ def plot_trend(summaries: Sequence[Mapping]) -> bytes:
 def embedded_images(paths: Mapping[str, Path], names: Sequence[str]) -> str:
     """PNGs as markdown images with base64 data URIs (the Dagster UI renders ``data:`` images)."""
     return "\n".join(
-        f"![{n}](data:image/png;base64,{base64.b64encode(paths[n].read_bytes()).decode()})" for n in names if n in paths
+        f"![{n}](data:image/png;base64,{base64.b64encode(paths[n].read_bytes()).decode()})"
+        for n in names
+        if n in paths
     )
 
 
@@ -364,7 +377,9 @@ def save_day_report(
     )
     trend_path = None
     if trend and histograms != "none":
-        trend_path = write_file_atomic(plot_trend(_saved_summaries(out, result.champion_version)), out / TREND_FILE)
+        trend_path = write_file_atomic(
+            plot_trend(_saved_summaries(out, result.champion_version)), out / TREND_FILE
+        )
         images["trend"] = trend_path
     markdown = render_day_markdown(result, images)
     md_path = write_file_atomic(markdown.encode(), out / f"{name}.md")

@@ -38,7 +38,9 @@ class Episode:
 class EpisodeTracker:
     """The open episode of each champion (JSON-ready state for a sensor cursor)."""
 
-    def __init__(self, state: Mapping[str, Mapping[str, str]] | None = None, quiet_days: int = DEFAULT_QUIET_DAYS):
+    def __init__(
+        self, state: Mapping[str, Mapping[str, str]] | None = None, quiet_days: int = DEFAULT_QUIET_DAYS
+    ):
         self.quiet_days = quiet_days
         self.state: dict[str, dict[str, str]] = {k: dict(v) for k, v in (state or {}).items()}
 

@@ -134,7 +134,9 @@ def populations(store: FeatureStore, days: Sequence[str]) -> dict[str, list]:
     return {d: current_population(store, d) for d in days}
 
 
-def snapshot_frame(store: FeatureStore, ids_by_day: dict[str, list], features: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+def snapshot_frame(
+    store: FeatureStore, ids_by_day: dict[str, list], features: Sequence[str]
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Every (entity, day) snapshot's features as of D+1 00:00 UTC in one read, and each row's day index."""
     key = store.project.target_entity.join_key
     days = list(ids_by_day)
@@ -151,9 +153,7 @@ def snapshot_frame(store: FeatureStore, ids_by_day: dict[str, list], features: S
     return store.get_historical_features(frame, list(features)), chunks
 
 
-def build_reference(
-    store: FeatureStore, champion, days: Sequence[str]
-) -> ReferenceData:
+def build_reference(store: FeatureStore, champion, days: Sequence[str]) -> ReferenceData:
     """The reference chunks of ``days`` for the champion's features, and its scores on them."""
     from mlops_assets.monitoring.daily import MonitoringInputError
 
@@ -181,10 +181,14 @@ def build_reference(
     return reference
 
 
-def reference_days(champion, project: Project, period: tuple[str, str] | None, max_days: int | None) -> list[str]:
+def reference_days(
+    champion, project: Project, period: tuple[str, str] | None, max_days: int | None
+) -> list[str]:
     """The reference days: the given period, else the champion's training window (the newest ``max_days``)."""
     if period is None:
-        window = training_window(champion.reference, champion.task.time if champion.task else project.target_timestamp)
+        window = training_window(
+            champion.reference, champion.task.time if champion.task else project.target_timestamp
+        )
         if window is None:
             raise ValueError("the champion's training set has no rows: give a reference period")
         period = window
@@ -221,7 +225,10 @@ def load_or_calibrate(
             "features": [champion.numeric_features, champion.categorical_features],
             "settings": settings.to_dict(),
             "estimates": sorted(estimate_metrics or {}),
-            "spec": [project.spec.monitoring.model_dump(mode="json"), project.spec.partitions.model_dump(mode="json")],
+            "spec": [
+                project.spec.monitoring.model_dump(mode="json"),
+                project.spec.partitions.model_dump(mode="json"),
+            ],
             "files": _file_identities(project, champion.features, days),
         }
     )
