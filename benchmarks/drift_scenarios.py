@@ -104,8 +104,8 @@ def run_ours(scenario: Scenario, settings=None, log=print, reports: str | None =
     if reports:  # the files the drift_report asset writes: markdown, JSON, HTML, plots, trend
         from mlops_assets.monitoring.day_report import save_day_report
 
-        for r in results:
-            save_day_report(r, reports)
+        for i, r in enumerate(results):
+            save_day_report(r, reports, trend=i == len(results) - 1)
     t3, c3 = time.perf_counter(), time.process_time()
     rows = []
     for r in results:

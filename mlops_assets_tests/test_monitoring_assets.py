@@ -184,9 +184,10 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     saved = sorted(p.name for p in paths.reports.glob(f"drift_report_{DRIFT_DAY}*"))
     assert f"drift_report_{DRIFT_DAY}.md" in saved and f"drift_report_{DRIFT_DAY}_logins_7d.png" in saved
     assert f"drift_report_{DRIFT_DAY}.html" in saved and (paths.reports / "drift_trend.png").exists()
-    # plots of the flagged and worst features only
-    plotted = [n for n in saved if n.endswith(".png")]
-    assert len(plotted) <= 7
+    # plots of the flagged features (and the scores) only
+    prefix = f"drift_report_{DRIFT_DAY}_"
+    plotted = {n.removeprefix(prefix).removesuffix(".png") for n in saved if n.endswith(".png")}
+    assert "logins_7d" in plotted and plotted <= drifted_features | {"prediction"}
     alerts = [json.loads(line) for line in (paths.alerts / "alerts.jsonl").read_text().splitlines()]
     assert alerts[-1]["kind"] == "model_degradation" and DRIFT_DAY in alerts[-1]["title"]
 

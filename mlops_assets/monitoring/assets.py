@@ -203,13 +203,14 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             found = monitor_days(store, champion, days, settings, calibration)
         except MonitoringInputError as exc:
             raise dg.Failure(str(exc)) from exc
-        for result in found:
+        for i, result in enumerate(found):
             day = result.day
             saved = save_day_report(
                 result,
                 data.paths.reports,
                 histograms=config.histograms,
                 max_histograms=config.max_embedded_histograms,
+                trend=i == len(found) - 1,  # the trend over the saved days: drawn once per run
             )
             names = [
                 *plotted_features(result, config.histograms, config.max_embedded_histograms),
