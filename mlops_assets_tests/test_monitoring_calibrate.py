@@ -298,6 +298,10 @@ def test_declared_trend_feature_is_judged_on_shape_and_a_short_warm_window_exclu
     assert cal.features["coupon"].mode == SHAPE and "declared" in cal.features["coupon"].note
     assert cal.features["visits_7d"].mode == EXCLUDED and "not judged" in cal.features["visits_7d"].note
     assert cal.features["spend"].chunks_used == 26 and "left out" in cal.features["spend"].note
+    # the multivariate model is fitted on the chunks where every input's window is full
+    errors = cal.multivariate.chunk_errors
+    assert np.isnan(errors[:4]).all() and np.isfinite(errors[4:]).all()
+    assert "visits_7d" not in cal.multivariate.numeric
     day = compare_day(cal, frame[chunks == 29].reset_index(drop=True))
     assert "visits_7d" not in [f.feature for f in day.tested]
     assert day.feature("visits_7d").note  # shown with its reason

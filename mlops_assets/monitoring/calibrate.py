@@ -68,7 +68,7 @@ NUMERIC_STATISTICS = ("wasserstein", "ks", "psi")
 CATEGORICAL_STATISTICS = ("jensenshannon", "psi")
 NULL_SHARE = "null_share"
 
-CALIBRATION_FORMAT = "2"
+CALIBRATION_FORMAT = "3"
 
 
 # --------------------------------------------------------------------------- settings and bands
@@ -783,16 +783,21 @@ def fit_multivariate(
         band=Band("multivariate", math.nan, math.nan, math.inf, None, 0, "not fitted"),
         explained=0.0,
     )
+    # only the chunks on which every input's window is full (the warm-up days bias the joint distribution)
+    warm = max((reference.warm_from[n] for n in numeric if n in reference.warm_from), default="")
+    usable = np.array([d >= warm for d in reference.days], dtype=bool)
+    rows = usable[reference.chunks]
     raw = model.encode(reference.frame, shaped)  # identity scaling: raw encoded values
+    fit = raw[rows]
     with np.errstate(invalid="ignore"):
-        center = np.nanmean(np.where(np.isfinite(raw), raw, np.nan), axis=0)
+        center = np.nanmean(np.where(np.isfinite(fit), fit, np.nan), axis=0)
     center = np.nan_to_num(center)
     centred = np.where(np.isfinite(raw), raw - center, 0.0)
-    scale = centred.std(axis=0)
+    scale = centred[rows].std(axis=0)
     scale[scale == 0] = 1.0
     model.center, model.scale = center, scale
     encoded = centred / scale
-    _, singular, vt = np.linalg.svd(encoded - encoded.mean(axis=0), full_matrices=False)
+    _, singular, vt = np.linalg.svd(encoded[rows] - encoded[rows].mean(axis=0), full_matrices=False)
     variance = singular**2
     share = np.cumsum(variance) / variance.sum() if variance.sum() > 0 else np.ones_like(variance)
     keep = int(np.searchsorted(share, settings.pca_variance) + 1)
@@ -802,7 +807,7 @@ def fit_multivariate(
     counts = np.bincount(reference.chunks, minlength=reference.n_chunks)
     sums = np.bincount(reference.chunks, weights=errors, minlength=reference.n_chunks)
     with np.errstate(invalid="ignore", divide="ignore"):
-        model.chunk_errors = sums / counts
+        model.chunk_errors = np.where(usable, sums / counts, np.nan)
     # a static band (NannyML's): a level extrapolated along a reference-period trend alarms on quiet days
     model.band = band_from(
         model.chunk_errors, settings, "multivariate", times=reference.times, two_sided=True
