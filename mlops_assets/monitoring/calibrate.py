@@ -1160,11 +1160,25 @@ def compare_day(
     share = sum(r.drifted for r in tested) / len(tested) if tested else 0.0
     error = None
     mv_alarm = False
+    mv_edges = None
     if calibration.multivariate is not None and len(frame):
         mv = calibration.multivariate
         shaped = _shape_columns(frame, mv.shape_numeric, None, 1)
-        error = float(mv.errors(mv.encode(frame, shaped)).mean())
-        mv_alarm = mv.band.exceeded(error, t)
+        row_errors = mv.errors(mv.encode(frame, shaped))
+        error = float(row_errors.mean())
+        # the reference chunks overlap (the same entities day after day), so their spread can be narrower
+        # than the day's own sampling noise: the band is at least k standard errors of the day's mean
+        lower, upper = mv.band.edges(t)
+        if lower is not None and math.isfinite(mv.band.mean):
+            center = mv.band.center(t)
+            half = (
+                mv.band.k * float(row_errors.std(ddof=1)) / math.sqrt(row_errors.size)
+                if row_errors.size > 1
+                else 0.0
+            )
+            lower, upper = min(lower, center - half), max(upper, center + half)
+        mv_edges = (lower, upper)
+        mv_alarm = error > upper or (lower is not None and error < lower)
     prediction = None
     if calibration.prediction is not None and scores is not None and len(scores):
         prediction = compare_feature(calibration.prediction, pd.Series(scores), settings, t)
@@ -1180,7 +1194,7 @@ def compare_day(
         current_rows=len(frame),
         reference_rows=calibration.reference_rows,
         t=t,
-        multivariate_edges=calibration.multivariate.band.edges(t) if calibration.multivariate else None,
+        multivariate_edges=mv_edges,
     )
 
 
