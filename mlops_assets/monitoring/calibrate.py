@@ -51,7 +51,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ class Band:
         return (value - center) / max(upper - center, 1e-12)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copy is slow
         out["times"] = list(self.times)
         return out
 
@@ -990,11 +990,17 @@ def _json_default(value):
 def _merge_counts(
     grid: np.ndarray, counts: np.ndarray, current: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference counts and current counts on the union of the reference grid and the current values."""
+    """Reference counts and current counts on the union of the reference grid and the current values.
+
+    ``grid`` is sorted and distinct: the current values not on it are inserted in place (linear in the
+    grid's size, no sort of the reference).
+    """
     cur_grid, cur_counts = np.unique(current, return_counts=True)
-    union = np.union1d(grid, cur_grid)
-    ref = np.zeros(union.size)
-    ref[np.searchsorted(union, grid)] = counts
+    pos = np.searchsorted(grid, cur_grid)
+    on_grid = (pos < grid.size) & (grid[np.minimum(pos, max(grid.size - 1, 0))] == cur_grid)
+    new = ~on_grid
+    union = np.insert(grid, pos[new], cur_grid[new])
+    ref = np.insert(np.asarray(counts, dtype="float64"), pos[new], 0.0)
     cur = np.zeros(union.size)
     cur[np.searchsorted(union, cur_grid)] = cur_counts
     return union, ref, cur
