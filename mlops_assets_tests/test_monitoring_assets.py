@@ -34,6 +34,8 @@ from mlops_assets_tests.conftest import CHURN_SPEC, definitions, ingest_days, wr
 
 # The small world holds 2026-01-01..2026-02-14; its events from DRIFTED_FROM on are rewritten with drift.
 NO_DRIFT_DAY, DRIFTED_FROM, DRIFT_DAY, DRIFT_DAY_2 = "2026-02-09", "2026-02-10", "2026-02-12", "2026-02-14"
+# the reference: the days before the drift (the rewritten days lie inside the champion's training window)
+REFERENCE_PERIOD = "2026-01-08..2026-02-08"
 
 
 def day_range(first: str, last: str) -> list[str]:
@@ -93,8 +95,10 @@ def inject_event_drift(project: Project, days: list[str]) -> None:
 
 
 def monitored_population(project: Project, day: str) -> int:
-    """Customers with a raw event within the 90 days up to ``day`` (the churn spec's monitored population)."""
-    first = max(date.fromisoformat(day) - timedelta(days=89), date(2026, 1, 1)).isoformat()
+    """Customers with a raw event within the spec's ``active_within`` days up to ``day`` (the churn spec's
+    monitored population: active in the last week)."""
+    window = project.spec.monitoring.population.active_within
+    first = max(date.fromisoformat(day) - timedelta(days=window - 1), date(2026, 1, 1)).isoformat()
     ids: set[str] = set()
     for d in day_range(first, day):
         directory = project.paths.partition_dir("raw_events", d)
@@ -143,7 +147,7 @@ def test_drift_report_no_drift_vs_injected_drift_and_retraining_sensor(small_wor
 
 def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg.DagsterInstance) -> None:
     paths = project.paths
-    calm = run_day(project, asset, NO_DRIFT_DAY, instance, min_labels=50)
+    calm = run_day(project, asset, NO_DRIFT_DAY, instance, min_labels=50, reference_period=REFERENCE_PERIOD)
     checks = {c.check_name: c for c in calm.get_asset_check_evaluations()}
     assert checks[daily.DATASET_DRIFT_CHECK].passed
     assert checks[daily.ESTIMATED_PERFORMANCE_CHECK].passed
@@ -154,15 +158,19 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     assert meta["dagster/row_count"].value == monitored_population(project, NO_DRIFT_DAY)
     assert meta["realized_labels"].value == labels_in_window(project, "raw_labels", NO_DRIFT_DAY) >= 50
     assert "| feature |" in meta["report"].value
-    # the per-feature tests run at alpha / m (Bonferroni) over the champion's m input features
-    alpha = checks[daily.FEATURE_DRIFT_CHECK].metadata["details"].value["per_feature_alpha"]
-    assert alpha == pytest.approx(0.05 / (len(trained.numeric_features) + len(trained.categorical_features)))
+    # the bands are stated: mean + 3 sd of the reference period's daily chunks, each against the rest
+    rule = checks[daily.FEATURE_DRIFT_CHECK].metadata["details"].value["band_rule"]
+    assert rule == "mean ± 3 sd of the reference chunks" and meta["band_rule"].value == rule
+    assert meta["reference_days"].value == REFERENCE_PERIOD
+    assert "drift_report_" in meta["report_html"].value
     # sensor: passing checks request nothing
     context = dg.build_sensor_context(instance=instance)
     first = drift_retraining_sensor(context)
     assert not first.run_requests
 
-    bad = run_day(project, asset, DRIFT_DAY, instance, histograms="drifted")
+    bad = run_day(
+        project, asset, DRIFT_DAY, instance, histograms="drifted", reference_period=REFERENCE_PERIOD
+    )
     checks = {c.check_name: c for c in bad.get_asset_check_evaluations()}
     share = checks[daily.DATASET_DRIFT_CHECK]
     assert not share.passed and share.severity == dg.AssetCheckSeverity.ERROR
@@ -170,10 +178,16 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     assert checks[daily.FEATURE_DRIFT_CHECK].severity == dg.AssetCheckSeverity.WARN
     meta = bad.asset_materializations_for_node("drift_report")[0].metadata
     drifted_features = set(meta["drifted_features"].value)
-    assert {"logins_7d", "tickets_7d", "avg_order_value_30d", "days_since_last_ticket"} <= drifted_features
+    assert {"logins_7d", "tickets_7d", "avg_order_value_30d"} <= drifted_features
+    assert meta["worst_features"].value[0] in drifted_features  # worst first
     assert "data:image/png;base64," in meta["histograms"].value
     saved = sorted(p.name for p in paths.reports.glob(f"drift_report_{DRIFT_DAY}*"))
     assert f"drift_report_{DRIFT_DAY}.md" in saved and f"drift_report_{DRIFT_DAY}_logins_7d.png" in saved
+    assert f"drift_report_{DRIFT_DAY}.html" in saved and (paths.reports / "drift_trend.png").exists()
+    # plots of the flagged features (and the scores) only
+    prefix = f"drift_report_{DRIFT_DAY}_"
+    plotted = {n.removeprefix(prefix).removesuffix(".png") for n in saved if n.endswith(".png")}
+    assert "logins_7d" in plotted and plotted <= drifted_features | {"prediction"}
     alerts = [json.loads(line) for line in (paths.alerts / "alerts.jsonl").read_text().splitlines()]
     assert alerts[-1]["kind"] == "model_degradation" and DRIFT_DAY in alerts[-1]["title"]
 
@@ -183,13 +197,20 @@ def drift_and_sensor(project: Project, asset, trained: TrainResult, instance: dg
     request = result.run_requests[0]
     assert request.tags["mlops/trigger"] == "drift"
     assert daily.DATASET_DRIFT_CHECK in request.tags["mlops/trigger_reason"]
-    assert request.run_key == f"drift:{DRIFT_DAY}:champion-v{trained.version}"
+    assert request.run_key == f"drift-episode:champion-v{trained.version}:{DRIFT_DAY}"
+    assert request.tags["mlops/drift_episode"] == request.run_key
     again = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
     assert not again.run_requests
 
-    run_day(project, asset, DRIFT_DAY_2, instance, histograms="none")
+    # two days later the same drift fails the checks again: the same episode, no second retraining
+    second = run_day(
+        project, asset, DRIFT_DAY_2, instance, histograms="none", reference_period=REFERENCE_PERIOD
+    )
+    assert not {c.check_name: c for c in second.get_asset_check_evaluations()}[
+        daily.DATASET_DRIFT_CHECK
+    ].passed
     later = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
-    assert [r.run_key for r in later.run_requests] == [f"drift:{DRIFT_DAY_2}:champion-v{trained.version}"]
+    assert not later.run_requests and "episode" in later.skip_reason.skip_message
 
 
 @pytest.mark.slow  # creating the MLflow store the resource sets up costs most of its 5-9 s

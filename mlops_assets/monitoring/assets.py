@@ -1,32 +1,21 @@
 """The daily drift_report asset: the day's features and champion scores against the champion's training set."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from mlops_assets.automation import MONITORING_FRESHNESS, arriving_days
-from mlops_assets.features.store import FeatureStore
 from mlops_assets.monitoring.checks import DRIFT_ASSET, check_results, drift_check_specs
-from mlops_assets.monitoring.daily import (
-    DailyDrift,
-    MonitoringInputError,
-    MonitorSettings,
-    daily_drift,
-    degradation_alert,
-    embedded_images,
-    judge,
-    load_champion_reference,
-    performance_markdown,
-    save_day_report,
-    skipped_verdicts,
-)
-from mlops_assets.monitoring.report import render_markdown
-from mlops_assets.observability import write_drift_textfile
+from mlops_assets.monitoring.policy import MonitorSettings
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
 from mlops_assets.storage import combine_hashes
-from mlops_assets.training.alerts import default_alert_sink
 from mlops_assets.training.resources import MlflowResource
 
-DRIFT_LOGIC_VERSION = "1"
+if TYPE_CHECKING:  # the statistics (numpy, pandas, scipy) load in the run, not with the definitions
+    from mlops_assets.monitoring.daily import DailyDrift
+
+DRIFT_LOGIC_VERSION = "2"
 _DEFAULTS = MonitorSettings()
 
 #: Refresh the latest day when anything it reads changed (new feature or label partitions, a new champion).
@@ -41,43 +30,43 @@ DAILY_REFRESH = (
 
 
 class DriftReportConfig(dg.Config):
-    """Run config of drift_report: drift methods and thresholds, performance tolerance, rendering."""
+    """Run config of drift_report: band rule, effect-size methods and floors, reference period, rendering."""
 
-    alpha: float = _DEFAULTS.alpha  # family-wise false-alarm rate of the per-feature tests
-    bonferroni: bool = _DEFAULTS.bonferroni  # each of m features tested at alpha / m
-    numeric_method: str = _DEFAULTS.numeric_method  # ks, wasserstein or psi
-    categorical_method: str = _DEFAULTS.categorical_method  # chi2, jensenshannon or psi
-    psi_threshold: float = _DEFAULTS.psi_threshold
-    wasserstein_threshold: float = _DEFAULTS.wasserstein_threshold
-    jensenshannon_threshold: float = _DEFAULTS.jensenshannon_threshold
-    max_drift_share: float = _DEFAULTS.max_drift_share
-    prediction_alpha: float = _DEFAULTS.prediction_alpha
+    band_sigmas: float = _DEFAULTS.band_sigmas  # alarm beyond mean + band_sigmas * sd of the reference chunks
+    band_quantile: float | None = _DEFAULTS.band_quantile  # instead: this upper quantile of the chunks
+    numeric_method: str = _DEFAULTS.numeric_method  # wasserstein, ks or psi (effect sizes)
+    categorical_method: str = _DEFAULTS.categorical_method  # jensenshannon or psi
+    min_effect: float = _DEFAULTS.min_effect
+    min_jensenshannon: float = _DEFAULTS.min_jensenshannon
+    min_drift_share: float = _DEFAULTS.min_drift_share
+    detect_trends: bool = _DEFAULTS.detect_trends
+    reference_period: str | None = _DEFAULTS.reference_period  # YYYY-MM-DD..YYYY-MM-DD
     max_performance_drop: float = _DEFAULTS.max_performance_drop
     realized_window_days: int = _DEFAULTS.realized_window_days
     min_labels: int = _DEFAULTS.min_labels
-    histograms: str = "drifted"  # PNGs under data/reports/: drifted features + scores, all, or none
-    max_embedded_histograms: int = 6  # drifted features (then the scores) embedded in the UI metadata
+    histograms: str = "drifted"  # PNGs under data/reports/: flagged + worst features and scores, all, or none
+    max_embedded_histograms: int = 6  # flagged / worst features (then the scores) embedded in the UI metadata
     alert: bool = True  # send a degradation alert when an ERROR check fails
 
     def settings(self) -> MonitorSettings:
         return MonitorSettings(
-            alpha=self.alpha,
-            bonferroni=self.bonferroni,
+            band_sigmas=self.band_sigmas,
+            band_quantile=self.band_quantile,
             numeric_method=self.numeric_method,
             categorical_method=self.categorical_method,
-            psi_threshold=self.psi_threshold,
-            wasserstein_threshold=self.wasserstein_threshold,
-            jensenshannon_threshold=self.jensenshannon_threshold,
-            max_drift_share=self.max_drift_share,
-            prediction_alpha=self.prediction_alpha,
+            min_effect=self.min_effect,
+            min_jensenshannon=self.min_jensenshannon,
+            min_drift_share=self.min_drift_share,
+            detect_trends=self.detect_trends,
+            reference_period=self.reference_period,
             max_performance_drop=self.max_performance_drop,
             realized_window_days=self.realized_window_days,
             min_labels=self.min_labels,
         )
 
 
-def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str, population: str) -> dict:
-    """Per-partition metadata: headline numbers, the rendered report, embedded histograms, file paths."""
+def day_metadata(result: "DailyDrift", saved, embedded: str, reference_source: str, population: str) -> dict:
+    """Per-partition metadata: headline numbers, the rendered report, embedded plots, file paths."""
     summary = result.summary()
     numbers = {
         k: summary[k]
@@ -90,22 +79,28 @@ def day_metadata(result: DailyDrift, saved, embedded: str, reference_source: str
             "realized_mae",
             "training_mae",
             "training_roc_auc",
+            "multivariate_error",
         )
         if summary[k] is not None
     }
+    c = result.comparison
     metadata = {
         "dagster/row_count": summary["current_rows"],
         "champion_version": result.champion_version,
-        "drift_share": round(result.report.drift_share, 6),
-        "dataset_drift": result.report.dataset_drift,
-        "drifted_features": dg.MetadataValue.json(result.report.drifted_features),
-        "prediction_drift": result.prediction.drifted,
+        "drift_share": round(c.drift_share, 6),
+        "drift_share_threshold": round(c.drift_share_upper, 6),
+        "dataset_drift": c.dataset_drift,
+        "drifted_features": dg.MetadataValue.json(c.drifted_features),
+        "worst_features": dg.MetadataValue.json(summary["worst_features"]),
+        "prediction_drift": summary["prediction_drift"],
+        "alarms": dg.MetadataValue.json(result.alarms),
+        "band_rule": result.calibration.settings.rule(),
+        "reference_days": f"{result.calibration.days[0]}..{result.calibration.days[-1]}",
         **numbers,
         "realized_labels": summary["realized_labels"],
-        "report": dg.MetadataValue.md(
-            render_markdown(result.report) + "\n## Performance\n\n" + performance_markdown(result)
-        ),
+        "report": dg.MetadataValue.md(saved.markdown),
         "report_path": dg.MetadataValue.path(str(saved.markdown_path)),
+        "report_html": dg.MetadataValue.path(str(saved.html_path)),
         "reference": reference_source,
         "population": population,
     }
@@ -132,9 +127,10 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
     @dg.asset(
         name=DRIFT_ASSET,
         group_name="monitoring",
-        description="Per day: the champion's input features and scores against its training set (KS / chi-squared "
-        "per feature, Bonferroni-corrected; PSI, Wasserstein, Jensen-Shannon alongside), CBPE-estimated and "
-        "realized accuracy / ROC AUC against training-time metrics. Saved under data/reports/drift_report_<day>.*",
+        description="Per day: the monitored population's features and the champion's scores against the same "
+        "population over the champion's training window, with bands calibrated on that reference's daily chunks "
+        "(effect sizes per feature, drift share, PCA reconstruction error, prediction drift, CBPE estimate; "
+        "p-values as information), and realized performance. Saved under data/reports/drift_report_<day>.*",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         code_version=f"drift-report-v{DRIFT_LOGIC_VERSION}",
@@ -162,10 +158,24 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         """Drift, prediction drift and performance (estimated, realized) of each day against the champion."""
+        from mlops_assets.features.store import FeatureStore
+        from mlops_assets.monitoring.daily import (
+            MonitoringInputError,
+            degradation_alert,
+            judge,
+            load_calibration,
+            load_champion_reference,
+            monitor_days,
+            skipped_verdicts,
+        )
+        from mlops_assets.monitoring.day_report import embedded_images, plotted_features, save_day_report
+        from mlops_assets.observability import write_drift_textfile
+        from mlops_assets.training.alerts import default_alert_sink
+        from mlops_assets.training.tracking import RegistryUnavailable
+
         days = list(context.partition_keys)
         settings = config.settings()
         current = runtime_project(project, data)
-        from mlops_assets.training.tracking import RegistryUnavailable
 
         missing_store = ""
         try:
@@ -196,24 +206,29 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
         require_store_inputs(context, current, [label_source], days[-1], f"drift_report {days[0]}")
         store = FeatureStore(current)
         results, hashes = [], []
-        for day in days:
-            try:
-                result = daily_drift(store, champion, day, settings)
-            except MonitoringInputError as exc:
-                raise dg.Failure(str(exc)) from exc
+        try:
+            calibration = load_calibration(store, champion, settings, log=context.log.warning)
+            found = monitor_days(store, champion, days, settings, calibration)
+        except MonitoringInputError as exc:
+            raise dg.Failure(str(exc)) from exc
+        for i, result in enumerate(found):
+            day = result.day
             saved = save_day_report(
                 result,
-                champion,
                 data.paths.reports,
                 histograms=config.histograms,
                 max_histograms=config.max_embedded_histograms,
+                trend=i == len(found) - 1,  # the trend over the saved days: drawn once per run
             )
-            names = [*result.report.drifted_features, "prediction"][: config.max_embedded_histograms]
+            names = [
+                *plotted_features(result, config.histograms, config.max_embedded_histograms),
+                "prediction",
+            ]
             context.add_asset_metadata(
                 day_metadata(
                     result,
                     saved,
-                    embedded_images(saved.image_paths, names),
+                    embedded_images(saved.image_paths, names[: config.max_embedded_histograms]),
                     champion.reference_source,
                     population,
                 ),
@@ -222,9 +237,11 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             summary = result.summary()
             hashes.append(combine_hashes([str(champion.version), repr(sorted(summary.items()))]))
             results.append(result)
+            c = result.comparison
             context.log.info(
-                f"{day}: {len(result.report.drifted_features)} of {len(result.report.features)} features drifted "
-                f"(share {result.report.drift_share:.2f}), estimated accuracy {summary['estimated_accuracy']}, "
+                f"{day}: {len(c.drifted_features)} of {len(c.tested)} features beyond their band "
+                f"(share {c.drift_share:.2f}, upper edge {c.drift_share_upper:.2f}), alarms {result.alarms or 'none'}, "
+                f"estimated accuracy {summary['estimated_accuracy']}, "
                 f"realized {summary['realized_accuracy'] if summary['realized_mae'] is None else summary['realized_mae']} "
                 f"({result.realized_note})"
             )

@@ -2,11 +2,12 @@
 
 import dagster as dg
 
-from mlops_assets.monitoring.daily import (
+from mlops_assets.monitoring.policy import (
     CHECK_NAMES,
     DATASET_DRIFT_CHECK,
     ESTIMATED_PERFORMANCE_CHECK,
     FEATURE_DRIFT_CHECK,
+    MULTIVARIATE_DRIFT_CHECK,
     REALIZED_PERFORMANCE_CHECK,
     Verdict,
 )
@@ -14,11 +15,14 @@ from mlops_assets.monitoring.daily import (
 DRIFT_ASSET = "drift_report"
 
 CHECK_DESCRIPTIONS = {
-    FEATURE_DRIFT_CHECK: "WARN when a champion input feature or the score distribution drifted on a day "
-    "(p-value tests at alpha / m per feature, Bonferroni, so a no-drift day warns with probability <= alpha).",
-    DATASET_DRIFT_CHECK: "ERROR when the share of drifted features reaches max_drift_share.",
-    ESTIMATED_PERFORMANCE_CHECK: "ERROR when the confidence-based (CBPE) estimate of accuracy or ROC AUC is more "
-    "than max_performance_drop below the champion's training-time holdout value.",
+    FEATURE_DRIFT_CHECK: "WARN when a champion input feature or the score distribution drifted on a day: its "
+    "effect size (normalized Wasserstein / Jensen-Shannon) left the band calibrated on chunks of the reference "
+    "period (p-values are information only).",
+    DATASET_DRIFT_CHECK: "ERROR when the share of drifted features leaves its band calibrated on the reference chunks.",
+    MULTIVARIATE_DRIFT_CHECK: "ERROR when the PCA reconstruction error of the day's population leaves its band "
+    "calibrated on the reference chunks (joint changes univariate distances miss).",
+    ESTIMATED_PERFORMANCE_CHECK: "ERROR when the confidence-based (CBPE) estimate of accuracy or ROC AUC falls "
+    "below the band of the reference chunks' estimates.",
     REALIZED_PERFORMANCE_CHECK: "ERROR when realized accuracy or ROC AUC on the labels of the last "
     "realized_window_days days is more than max_performance_drop below the training-time holdout value "
     "(concept drift); skipped below min_labels labels.",

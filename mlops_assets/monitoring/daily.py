@@ -1,22 +1,26 @@
-"""One day of model monitoring: the champion's reference, the day's population, drift, estimated and realized
-performance, and the verdicts the drift_report checks report (no Dagster here).
+"""One day of model monitoring against calibrated bands: the monitored population's features and the champion's
+scores against the same population over a reference period, estimated and realized performance, and the verdicts
+the drift_report checks report (no Dagster here).
 
-* **Reference**: the champion's own training set, as logged with its MLflow run (the exact rows it was
-  trained and held out on); when that artifact is missing, the stored training set restricted to labels up
-  to the run's end. Prediction drift compares against the champion's scores on the reference's holdout rows
-  (scores on rows the model was fitted on are more confident than on new data).
+* **Reference**: the monitored population's daily snapshots over the champion's training window (the days of
+  its logged training set, after the model's warm-up), or the period given in ``reference_period``; see
+  :mod:`mlops_assets.monitoring.reference`. Each reference day is a chunk; every statistic's band comes from
+  the variation of that statistic across the chunks (:mod:`mlops_assets.monitoring.calibrate`), computed once
+  per champion and reference and cached.
 * **Current population of day D**: the spec's monitored population (``monitoring.population``): every
   entity with a record in the named event sources within ``active_within`` days up to D, with the
   features as of D+1 00:00 UTC read through the feature store, within each view's TTL, exactly as
-  training rows are joined to their labels.
+  reference days are read.
+* **Alarms**: a feature drifts when its effect size (normalized Wasserstein for numeric features,
+  Jensen-Shannon for categorical ones, or the method asked for) or the change of its null share leaves
+  its band; the dataset drifts when the share of drifted features leaves its own band, or the
+  multivariate reconstruction error leaves its band; the estimated (CBPE) accuracy / ROC AUC drops when
+  it falls below the band of the reference chunks' estimates. P-values (KS, chi-squared) are reported as
+  information only.
 * **Realized performance**: the labels of days D-w+1..D joined point-in-time to the features as of each
-  label's timestamp (as in the training set), scored by the champion.
-* **Concept drift / decay**: realized (and estimated) accuracy and ROC AUC against the champion's
-  training-time holdout metrics from its MLflow run.
-
-Multiple testing: with m features tested at alpha each, a day without drift flags about ``alpha * m``
-features. By default each feature's p-value test runs at ``alpha / m`` (Bonferroni), so the chance that
-a no-drift day flags any feature at all is at most ``alpha``.
+  label's timestamp (as in the training set), scored by the champion, next to the CBPE estimate on the
+  same rows; a drop counts when it exceeds ``max_performance_drop`` and the sampling noise of both the
+  training-time holdout and the window (``decay_alpha``).
 """
 
 from __future__ import annotations
@@ -24,45 +28,42 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlops_assets.features.store import FeatureStore
-from mlops_assets.monitoring.drift import (
-    DriftReport,
-    DriftThresholds,
-    FeatureDrift,
-    compute_drift,
-    prediction_drift,
+from mlops_assets.monitoring.calibrate import (
+    Band,
+    Calibration,
+    DayComparison,
+    compare_day,
 )
 from mlops_assets.monitoring.estimate import (
     PerformanceEstimate,
     estimate_performance,
+    expected_accuracy,
+    expected_roc_auc,
     realized_metrics,
 )
-from mlops_assets.monitoring.report import plot_feature, render_markdown, save_drift_report
+from mlops_assets.monitoring.policy import (  # noqa: F401 - re-exported: the checks and their settings
+    CHECK_NAMES,
+    DATASET_DRIFT_CHECK,
+    ERROR_CHECKS,
+    ESTIMATED_PERFORMANCE_CHECK,
+    FEATURE_DRIFT_CHECK,
+    MULTIVARIATE_DRIFT_CHECK,
+    REALIZED_PERFORMANCE_CHECK,
+    MonitorSettings,
+    Verdict,
+)
 from mlops_assets.project import Project
 from mlops_assets.training.task import ModelTask
 
-#: Names of the drift_report checks.
-FEATURE_DRIFT_CHECK = "feature_drift"
-DATASET_DRIFT_CHECK = "dataset_drift_share"
-ESTIMATED_PERFORMANCE_CHECK = "estimated_performance_drop"
-REALIZED_PERFORMANCE_CHECK = "realized_performance_drop"
-CHECK_NAMES = (
-    FEATURE_DRIFT_CHECK,
-    DATASET_DRIFT_CHECK,
-    ESTIMATED_PERFORMANCE_CHECK,
-    REALIZED_PERFORMANCE_CHECK,
-)
-#: Checks whose failure means the model degraded (ERROR severity; they trigger retraining).
-ERROR_CHECKS = (DATASET_DRIFT_CHECK, ESTIMATED_PERFORMANCE_CHECK, REALIZED_PERFORMANCE_CHECK)
 #: Metrics compared with their training-time values, per task.
 TASK_PERFORMANCE_METRICS = {"binary_classification": ("accuracy", "roc_auc"), "regression": ("mae",)}
 PERFORMANCE_METRICS = TASK_PERFORMANCE_METRICS["binary_classification"]
@@ -72,37 +73,6 @@ TRAINING_SET_ARTIFACT = "training_set/training_set.parquet"
 
 class MonitoringInputError(RuntimeError):
     """The inputs of a day's drift report are missing (feature partitions not materialized, ...)."""
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    """Thresholds of the drift report and its checks; each name says what it bounds."""
-
-    alpha: float = 0.05  # family-wise false-alarm rate of the per-feature tests on a no-drift day
-    bonferroni: bool = True  # test each of m features at alpha / m (False: at alpha)
-    numeric_method: str = "ks"  # ks, wasserstein or psi
-    categorical_method: str = "chi2"  # chi2, jensenshannon or psi
-    psi_threshold: float = 0.2
-    wasserstein_threshold: float = 0.1
-    jensenshannon_threshold: float = 0.1
-    max_drift_share: float = 0.3  # dataset drift when this share of the features drifted (or more)
-    prediction_alpha: float = 0.05  # the score distribution is one test: no correction
-    max_performance_drop: float = 0.05  # accuracy / ROC AUC below training-time holdout value by more
-    decay_alpha: float = 0.05  # a drop must also be significant at this level (both sides' sampling noise)
-    realized_window_days: int = 7  # labels of the last w days (up to the report's day) are pooled
-    min_labels: int = 100  # fewer labels in the window: realized metrics reported, not judged
-
-    def thresholds(self, n_features: int) -> DriftThresholds:
-        """Per-feature drift thresholds for ``n_features`` tested features."""
-        per_test = self.alpha / max(n_features, 1) if self.bonferroni else self.alpha
-        return DriftThresholds(
-            ks_alpha=per_test,
-            chi2_alpha=per_test,
-            psi=self.psi_threshold,
-            wasserstein=self.wasserstein_threshold,
-            jensenshannon=self.jensenshannon_threshold,
-            drift_share=self.max_drift_share,
-        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +98,10 @@ class ChampionReference:
         """The champion's input features, numeric then categorical."""
         return [*self.numeric_features, *self.categorical_features]
 
+    @property
+    def is_classification(self) -> bool:
+        return self.task is None or self.task.is_classification
+
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """The champion's scores on rows holding its features."""
         from mlops_assets.training.train import model_inputs, predict_scores
@@ -137,6 +111,24 @@ class ChampionReference:
         return predict_scores(
             self.model, model_inputs(frame, self.numeric_features, self.categorical_features)
         )
+
+    def training_rows(self) -> pd.DataFrame:
+        """The rows the champion was trained and evaluated on (labels after the model's warm-up)."""
+        return self.task.trainable(self.reference) if self.task is not None else self.reference
+
+    def estimate_metrics(self) -> dict[str, Callable[[np.ndarray], float]]:
+        """CBPE estimators of one chunk's scores (none for regression)."""
+        if not self.is_classification:
+            return {}
+        threshold = self.threshold
+
+        def accuracy(scores: np.ndarray) -> float:
+            return expected_accuracy(scores, threshold) if scores.size else math.nan
+
+        def roc_auc(scores: np.ndarray) -> float:
+            return expected_roc_auc(scores) if scores.size else math.nan
+
+        return {"accuracy": accuracy, "roc_auc": roc_auc}
 
 
 def _read_run_training_set(client, run_id: str) -> pd.DataFrame | None:
@@ -245,17 +237,31 @@ def current_population(store: FeatureStore, day: str) -> list:
 
 def current_features(store: FeatureStore, day: str, features: Sequence[str]) -> pd.DataFrame:
     """The day's population with the given features, as of D+1 00:00 UTC."""
-    from mlops_assets.features.tiles import FeatureInputError
+    frames, _ = population_features(store, [day], features)
+    return frames[day]
 
-    ids = current_population(store, day)
-    if not ids:
+
+def population_features(
+    store: FeatureStore, days: Sequence[str], features: Sequence[str]
+) -> tuple[dict[str, pd.DataFrame], int]:
+    """Each day's monitored population with the given features as of D+1 00:00 UTC, read in one pass."""
+    from mlops_assets.features.tiles import FeatureInputError
+    from mlops_assets.monitoring.reference import snapshot_frame
+
+    ids = {d: current_population(store, d) for d in days}
+    empty = [d for d, found in ids.items() if not found]
+    if empty:
         raise MonitoringInputError(
-            f"no entity of the monitored population on {day}; ingest the sources first"
+            f"no entity of the monitored population on {', '.join(empty[:5])}; ingest the sources first"
         )
     try:
-        return store.features_at(day, ids, list(features))
+        frame, chunks = snapshot_frame(store, ids, list(features))
     except FeatureInputError as exc:
         raise MonitoringInputError(str(exc)) from exc
+    bounds = np.searchsorted(chunks, np.arange(len(days) + 1))
+    return {d: frame.iloc[bounds[i] : bounds[i + 1]].reset_index(drop=True) for i, d in enumerate(days)}, len(
+        frame
+    )
 
 
 def labelled_features(store: FeatureStore, days: Sequence[str], features: Sequence[str]) -> pd.DataFrame:
@@ -268,131 +274,249 @@ def labelled_features(store: FeatureStore, days: Sequence[str], features: Sequen
     )
 
 
+def load_calibration(
+    store: FeatureStore, champion: ChampionReference, settings: MonitorSettings, log=None
+) -> Calibration:
+    """The champion's calibrated reference (cached under ``<data>/monitoring/reference/``)."""
+    from mlops_assets.monitoring.reference import load_or_calibrate
+
+    try:
+        return load_or_calibrate(
+            store,
+            champion,
+            settings.calibration(),
+            period=settings.period(),
+            max_days=settings.max_reference_days,
+            estimate_metrics=champion.estimate_metrics(),
+            use_cache=settings.use_cache,
+            log=log,
+        )
+    except ValueError as exc:
+        raise MonitoringInputError(f"cannot build the reference period: {exc}") from exc
+
+
 @dataclass
 class DailyDrift:
     """Everything the drift report of one day found."""
 
     day: str
     champion_version: int
-    report: DriftReport
-    prediction: FeatureDrift
+    comparison: DayComparison
+    calibration: Calibration = field(repr=False)
     estimate: PerformanceEstimate | None
-    estimated_decay: Decay | None
+    estimated_drops: dict[str, float]  # metric -> drop below the band's mean (positive = worse)
+    estimate_alarms: list[str]  # metrics whose estimate is below its band
+    estimate_edges: dict[str, tuple]  # metric -> (lower, center, upper) of its band on this day
     realized: dict[str, float] | None
     realized_decay: Decay | None
     realized_days: list[str]
     realized_note: str
+    estimated_on_labels: dict[str, float] | None  # CBPE on the scores of the labelled rows, beside realized
     training_metrics: dict[str, float]
     current: pd.DataFrame = field(repr=False)
     current_scores: np.ndarray = field(repr=False)
+
+    @property
+    def in_reference(self) -> bool:
+        return self.day in set(self.calibration.days)
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return self.comparison.drifted_features
+
+    @property
+    def alarms(self) -> list[str]:
+        """The ERROR checks failing on this day."""
+        out = []
+        if self.comparison.drift_alarm:
+            out.append(DATASET_DRIFT_CHECK)
+        if self.comparison.multivariate_alarm:
+            out.append(MULTIVARIATE_DRIFT_CHECK)
+        if self.estimate_alarms:
+            out.append(ESTIMATED_PERFORMANCE_CHECK)
+        if self.realized_decay is not None and self.realized_decay.decayed:
+            out.append(REALIZED_PERFORMANCE_CHECK)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers, JSON-ready."""
 
         def num(value):
-            return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+            if value is None:
+                return None
+            value = float(value)
+            return value if math.isfinite(value) else None
 
         est = self.estimate
+        c = self.comparison
+        pred = c.prediction
         return {
             "day": self.day,
             "champion_version": self.champion_version,
-            "current_rows": self.report.current_rows,
-            "reference_rows": self.report.reference_rows,
-            "drift_share": self.report.drift_share,
-            "dataset_drift": self.report.dataset_drift,
-            "drifted_features": self.report.drifted_features,
-            "prediction_drift": self.prediction.drifted,
-            "prediction_p_value": num(self.prediction.p_value),
+            "current_rows": c.current_rows,
+            "reference_rows": c.reference_rows,
+            "reference_days": [self.calibration.days[0], self.calibration.days[-1]],
+            "day_in_reference": self.in_reference,
+            "drift_share": c.drift_share,
+            "drift_share_threshold": num(c.drift_share_upper),
+            "drift_share_band": c.drift_share_band.to_dict(),
+            "dataset_drift": c.dataset_drift,
+            "drift_share_alarm": c.drift_alarm,
+            "drifted_features": c.drifted_features,
+            "worst_features": [f.feature for f in c.tested[:5]],
+            "multivariate_error": num(c.multivariate_error),
+            "multivariate_lower": num(c.multivariate_edges[0]) if c.multivariate_edges else None,
+            "multivariate_upper": num(c.multivariate_edges[1]) if c.multivariate_edges else None,
+            "multivariate_alarm": c.multivariate_alarm,
+            "prediction_drift": bool(pred.drifted) if pred else False,
+            "prediction_statistic": num(pred.statistic) if pred else None,
+            "prediction_threshold": num(pred.threshold) if pred else None,
+            "prediction_p_value": num(pred.p_value) if pred else None,
             "estimated_accuracy": num(est.accuracy) if est else None,
             "estimated_roc_auc": num(est.roc_auc) if est else None,
+            "estimate_bands": {
+                m: {"lower": num(lo), "center": num(ce), "upper": num(up)}
+                for m, (lo, ce, up) in self.estimate_edges.items()
+            },
+            "estimate_alarms": list(self.estimate_alarms),
             "realized_accuracy": num(self.realized.get("accuracy")) if self.realized else None,
             "realized_roc_auc": num(self.realized.get("roc_auc")) if self.realized else None,
             "realized_mae": num(self.realized.get("mae")) if self.realized else None,
+            "estimated_accuracy_on_labels": num((self.estimated_on_labels or {}).get("accuracy")),
+            "estimated_roc_auc_on_labels": num((self.estimated_on_labels or {}).get("roc_auc")),
             "training_mae": num(self.training_metrics.get("mae")),
             "realized_labels": int(self.realized["n"]) if self.realized else 0,
             "realized_days": self.realized_days,
             "training_accuracy": num(self.training_metrics.get("accuracy")),
             "training_roc_auc": num(self.training_metrics.get("roc_auc")),
+            "alarms": self.alarms,
         }
 
 
-def daily_drift(
-    store: FeatureStore, champion: ChampionReference, day: str, settings: MonitorSettings | None = None
-) -> DailyDrift:
-    """Data, prediction and concept drift of day ``day`` against the champion's reference."""
-    settings = settings or MonitorSettings()
-    features = champion.features
-    current = current_features(store, day, features)
-    report = compute_drift(
-        champion.reference,
-        current,
-        columns=features,
-        categorical=champion.categorical_features,
-        thresholds=settings.thresholds(len(features)),
-        numeric_method=settings.numeric_method,
-        categorical_method=settings.categorical_method,
-    )
-    scores = champion.score(current)
-    prediction = prediction_drift(
-        champion.reference_scores,
-        scores,
-        DriftThresholds(
-            ks_alpha=settings.prediction_alpha,
-            psi=settings.psi_threshold,
-            wasserstein=settings.wasserstein_threshold,
-        ),
-    )
-    classification = champion.task is None or champion.task.is_classification
-    estimate = estimate_performance(scores, champion.threshold) if scores.size and classification else None
-    estimated_decay = (
-        judge_decay(champion.training_metrics, champion.training_counts, estimate.to_dict(), None, settings)
-        if estimate is not None and champion.training_metrics
-        else None
-    )
+def _estimate_alarms(
+    estimate: PerformanceEstimate | None, bands: dict[str, Band], t: float | None
+) -> tuple[dict[str, float], list[str], dict[str, tuple]]:
+    """Drops of the estimate below its band's center, the metrics below the band, and the band at ``t``."""
+    if estimate is None:
+        return {}, [], {}
+    drops, alarms, edges = {}, [], {}
+    for metric, band in bands.items():
+        value = getattr(estimate, metric, None)
+        if value is None or not math.isfinite(value) or not math.isfinite(band.mean):
+            continue
+        lower, upper = band.edges(t)
+        center = band.center(t)
+        edges[metric] = (lower, center, upper)
+        drops[metric] = center - value
+        if lower is not None and value < lower:
+            alarms.append(metric)
+    return drops, alarms, edges
 
-    days = window_days(day, settings.realized_window_days)
-    labelled = labelled_features(store, days, features)
-    realized = realized_decay = None
+
+def monitor_days(
+    store: FeatureStore,
+    champion: ChampionReference,
+    days: Sequence[str],
+    settings: MonitorSettings | None = None,
+    calibration: Calibration | None = None,
+    log=None,
+) -> list[DailyDrift]:
+    """The drift report of each of ``days`` against the champion's calibrated reference (read in one pass)."""
+    settings = settings or MonitorSettings()
+    days = list(days)
+    calibration = calibration or load_calibration(store, champion, settings, log=log)
+    features = champion.features
+    frames, _ = population_features(store, days, features)
+    classification = champion.is_classification
+
+    window = settings.realized_window_days
+    label_days = sorted({d for day in days for d in window_days(day, window)})
+    labelled = labelled_features(store, label_days, features)
     if labelled.empty:
-        note = f"no labels on {days[0]}..{day}"
+        label_scores, y_all, observed_day = np.empty(0), np.empty(0), np.empty(0, dtype=object)
     else:
-        y = champion.task.target_values(labelled)
-        if classification:
-            realized = realized_metrics(y, champion.score(labelled), champion.threshold)
+        label_scores = champion.score(labelled)
+        y_all = champion.task.target_values(labelled)
+        observed = pd.to_datetime(labelled[store.observed_column], utc=True)
+        observed_day = observed.dt.strftime("%Y-%m-%d").to_numpy()
+
+    results = []
+    for day in days:
+        current = frames[day]
+        scores = champion.score(current)
+        comparison = compare_day(calibration, current, scores, day)
+        estimate = (
+            estimate_performance(scores, champion.threshold) if scores.size and classification else None
+        )
+        drops, estimate_alarms, estimate_edges = _estimate_alarms(
+            estimate, calibration.estimate_bands, comparison.t
+        )
+
+        in_window = window_days(day, window)
+        mask = np.isin(observed_day, in_window) if observed_day.size else np.zeros(0, dtype=bool)
+        realized = realized_decay = on_labels = None
+        if not mask.any():
+            note = f"no labels on {in_window[0]}..{day}"
         else:
-            errors = np.abs(y - champion.score(labelled))
-            realized = {
-                "mae": float(errors.mean()),
-                "n": len(y),
-                "mae_se": float(errors.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0,
-            }
-        if realized["n"] < settings.min_labels:
-            note = f"{realized['n']} labels on {days[0]}..{day}, fewer than min_labels={settings.min_labels}: not judged"
-        else:
-            note = f"{realized['n']} labels on {days[0]}..{day}"
-            if champion.training_metrics:
-                realized_decay = judge_decay(
-                    champion.training_metrics,
-                    champion.training_counts,
-                    realized,
-                    (len(y), int(y.sum())),
-                    settings,
+            y, s = y_all[mask], label_scores[mask]
+            if classification:
+                realized = realized_metrics(y, s, champion.threshold)
+                est = estimate_performance(s, champion.threshold)
+                on_labels = {"accuracy": est.accuracy, "roc_auc": est.roc_auc}
+            else:
+                errors = np.abs(y - s)
+                realized = {
+                    "mae": float(errors.mean()),
+                    "n": len(y),
+                    "mae_se": float(errors.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0,
+                }
+            if realized["n"] < settings.min_labels:
+                note = (
+                    f"{realized['n']} labels on {in_window[0]}..{day}, fewer than "
+                    f"min_labels={settings.min_labels}: not judged"
                 )
-    return DailyDrift(
-        day=day,
-        champion_version=champion.version,
-        report=report,
-        prediction=prediction,
-        estimate=estimate,
-        estimated_decay=estimated_decay,
-        realized=realized,
-        realized_decay=realized_decay,
-        realized_days=days,
-        realized_note=note,
-        training_metrics=dict(champion.training_metrics),
-        current=current,
-        current_scores=scores,
-    )
+            else:
+                note = f"{realized['n']} labels on {in_window[0]}..{day}"
+                if champion.training_metrics:
+                    realized_decay = judge_decay(
+                        champion.training_metrics,
+                        champion.training_counts,
+                        realized,
+                        (len(y), int(y.sum())) if classification else None,
+                        settings,
+                    )
+        results.append(
+            DailyDrift(
+                day=day,
+                champion_version=champion.version,
+                comparison=comparison,
+                calibration=calibration,
+                estimate=estimate,
+                estimated_drops=drops,
+                estimate_alarms=estimate_alarms,
+                estimate_edges=estimate_edges,
+                realized=realized,
+                realized_decay=realized_decay,
+                realized_days=in_window,
+                realized_note=note,
+                estimated_on_labels=on_labels,
+                training_metrics=dict(champion.training_metrics),
+                current=current,
+                current_scores=scores,
+            )
+        )
+    return results
+
+
+def daily_drift(
+    store: FeatureStore,
+    champion: ChampionReference,
+    day: str,
+    settings: MonitorSettings | None = None,
+    calibration: Calibration | None = None,
+) -> DailyDrift:
+    """Data, prediction and concept drift of day ``day`` against the champion's calibrated reference."""
+    return monitor_days(store, champion, [day], settings, calibration)[0]
 
 
 # --------------------------------------------------------------------------- performance decay
@@ -468,101 +592,173 @@ def judge_decay(
 # --------------------------------------------------------------------------- verdicts
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One check's outcome over the days of a run: passed, severity, and the numbers behind it."""
-
-    check: str
-    passed: bool
-    severity: str  # "WARN" or "ERROR"
-    description: str
-    failing_days: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    skipped: bool = False
-
-
 def _drops_text(decay: Decay) -> str:
     return ", ".join(f"{m} drop {d:+.4f} (fails above {decay.limits[m]:.4f})" for m, d in decay.drops.items())
 
 
 def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verdict]:
-    """The four drift_report checks over the days of one run (a check fails when it fails on any day)."""
+    """The drift_report checks over the days of one run (a check fails when it fails on any day)."""
     if not results:
         return skipped_verdicts("no day was evaluated")
     last = results[-1]
     verdicts = []
 
     flagged = {
-        r.day: r.report.drifted_features + (["prediction"] if r.prediction.drifted else []) for r in results
+        r.day: r.drifted_features
+        + (["prediction"] if r.comparison.prediction and r.comparison.prediction.drifted else [])
+        for r in results
     }
     bad = [d for d, names in flagged.items() if names]
-    per_test = last.report.thresholds.ks_alpha
+    worst = max(results, key=lambda r: max((f.severity for f in r.comparison.tested), default=0.0))
+    top = worst.comparison.tested[0] if worst.comparison.tested else None
     verdicts.append(
         Verdict(
             FEATURE_DRIFT_CHECK,
             not bad,
             "WARN",
             (
-                f"{len(bad)} of {len(results)} day(s) with drifted features; {bad[-1]}: {', '.join(flagged[bad[-1]])}"
+                f"{len(bad)} of {len(results)} day(s) with features beyond their calibrated band; "
+                f"{bad[-1]}: {', '.join(flagged[bad[-1]])}"
                 if bad
-                else f"no feature drifted on {len(results)} day(s)"
+                else f"no feature beyond its calibrated band on {len(results)} day(s)"
             )
-            + f" (p-value tests at {per_test:.2g} per feature{' (Bonferroni)' if settings.bonferroni else ''})",
+            + (
+                f" (worst: {top.feature} on {worst.day}, {top.test} {top.statistic:.4f}, severity "
+                f"{top.severity:.2f} of its band)"
+                if top is not None and top.statistic is not None
+                else ""
+            ),
             bad,
-            {"drifted_by_day": {d: flagged[d] for d in bad}, "per_feature_alpha": per_test},
+            {
+                "drifted_by_day": {d: flagged[d] for d in bad},
+                "band_rule": settings.calibration().rule(),
+                "methods": {"numeric": settings.numeric_method, "categorical": settings.categorical_method},
+            },
         )
     )
 
-    bad = [r.day for r in results if r.report.dataset_drift]
-    worst = max(results, key=lambda r: r.report.drift_share)
+    bad = [r.day for r in results if r.comparison.drift_alarm]
+    worst = max(results, key=lambda r: r.comparison.drift_share)
+    band = worst.comparison.drift_share_band
+    tested = worst.comparison.tested
     verdicts.append(
         Verdict(
             DATASET_DRIFT_CHECK,
             not bad,
             "ERROR",
-            f"worst day {worst.day}: drift share {worst.report.drift_share:.3f} "
-            f"({len(worst.report.drifted_features)} of {len(worst.report.features)} features) "
-            f"{'>=' if worst.report.dataset_drift else '<'} max_drift_share {settings.max_drift_share}",
+            f"worst day {worst.day}: drift share {worst.comparison.drift_share:.3f} "
+            f"({len(worst.drifted_features)} of {len(tested)} judged features) "
+            f"{'>' if worst.comparison.drift_alarm else '<='} its band's upper edge "
+            f"{worst.comparison.drift_share_upper:.3f} ({band.rule})",
             bad,
             {
-                "max_drift_share": settings.max_drift_share,
-                "worst_drift_share": worst.report.drift_share,
+                "drift_share_upper": worst.comparison.drift_share_upper,
+                "worst_drift_share": worst.comparison.drift_share,
                 "worst_day": worst.day,
+                "band": band.to_dict(),
             },
         )
     )
 
-    for check, attr in (
-        (ESTIMATED_PERFORMANCE_CHECK, "estimated_decay"),
-        (REALIZED_PERFORMANCE_CHECK, "realized_decay"),
-    ):
-        judged = [(r.day, getattr(r, attr)) for r in results if getattr(r, attr) is not None]
-        if not judged:
-            reason = (
-                last.realized_note
-                if check == REALIZED_PERFORMANCE_CHECK
-                else "no scores or no training-time metrics to compare with"
+    judged = [r for r in results if r.comparison.multivariate_error is not None]
+    if not judged:
+        verdicts.append(
+            Verdict(
+                MULTIVARIATE_DRIFT_CHECK,
+                True,
+                "ERROR",
+                "skipped: fewer than two judged input columns for the reconstruction model",
+                skipped=True,
             )
-            verdicts.append(
-                Verdict(
-                    check,
-                    True,
-                    "ERROR",
-                    f"skipped: {reason}",
-                    skipped=True,
-                    metadata={"max_performance_drop": settings.max_performance_drop},
-                )
+        )
+    else:
+        bad = [r.day for r in judged if r.comparison.multivariate_alarm]
+        worst = max(
+            judged,
+            key=lambda r: abs(
+                r.comparison.multivariate_band.severity(r.comparison.multivariate_error, r.comparison.t)
+            ),
+        )
+        band = worst.comparison.multivariate_band
+        lower, upper = worst.comparison.multivariate_edges
+        verdicts.append(
+            Verdict(
+                MULTIVARIATE_DRIFT_CHECK,
+                not bad,
+                "ERROR",
+                f"worst day {worst.day}: PCA reconstruction error {worst.comparison.multivariate_error:.4f} "
+                f"{'outside' if worst.comparison.multivariate_alarm else 'within'} "
+                f"[{lower:.4f}, {upper:.4f}] on that day ({band.rule})",
+                bad,
+                {
+                    "worst_day": worst.day,
+                    "error": worst.comparison.multivariate_error,
+                    "band": band.to_dict(),
+                },
             )
-            continue
+        )
+
+    estimated = [r for r in results if r.estimate is not None and r.calibration.estimate_bands]
+    if not estimated:
+        verdicts.append(
+            Verdict(
+                ESTIMATED_PERFORMANCE_CHECK,
+                True,
+                "ERROR",
+                "skipped: no performance estimate (a regression model, or no scores)",
+                skipped=True,
+            )
+        )
+    else:
+        bad = [r.day for r in estimated if r.estimate_alarms]
+        day = next((r for r in reversed(estimated) if r.estimate_alarms), estimated[-1])
+        parts = []
+        for metric, (lower, center, _) in day.estimate_edges.items():
+            value = getattr(day.estimate, metric)
+            parts.append(
+                f"estimated {metric} {value:.4f} vs {center:.4f} expected from the reference chunks "
+                f"(alarm below {lower:.4f})"
+            )
+        verdicts.append(
+            Verdict(
+                ESTIMATED_PERFORMANCE_CHECK,
+                not bad,
+                "ERROR",
+                f"{day.day}: "
+                + "; ".join(parts)
+                + (f"; {len(bad)} of {len(estimated)} day(s) failed" if bad else ""),
+                bad,
+                {
+                    "day": day.day,
+                    "drops": day.estimated_drops,
+                    "bands": {m: b.to_dict() for m, b in day.calibration.estimate_bands.items()},
+                },
+            )
+        )
+
+    judged = [(r.day, r.realized_decay) for r in results if r.realized_decay is not None]
+    if not judged:
+        verdicts.append(
+            Verdict(
+                REALIZED_PERFORMANCE_CHECK,
+                True,
+                "ERROR",
+                f"skipped: {last.realized_note}",
+                skipped=True,
+                metadata={"max_performance_drop": settings.max_performance_drop},
+            )
+        )
+    else:
         bad = [d for d, decay in judged if decay.decayed]
         day, decay = next(((d, x) for d, x in reversed(judged) if x.decayed), judged[-1])
         verdicts.append(
             Verdict(
-                check,
+                REALIZED_PERFORMANCE_CHECK,
                 not bad,
                 "ERROR",
                 f"{day}: {_drops_text(decay)} vs training-time holdout metrics "
-                f"({'>' if decay.decayed else '<='} max_performance_drop {settings.max_performance_drop})"
+                f"({'>' if decay.decayed else '<='} max_performance_drop {settings.max_performance_drop} "
+                f"and the sampling noise)"
                 + (f"; {len(bad)} of {len(judged)} judged day(s) failed" if len(judged) > 1 else ""),
                 bad,
                 {
@@ -614,114 +810,3 @@ def degradation_alert(
             ],
         },
     )
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _num(value: float | None, digits: int = 4) -> str:
-    return (
-        "–"
-        if value is None or (isinstance(value, float) and not math.isfinite(value))
-        else f"{value:.{digits}f}"
-    )
-
-
-def performance_markdown(result: DailyDrift) -> str:
-    """Training-time vs estimated vs realized accuracy and ROC AUC, and the prediction drift row."""
-    est = result.estimate.to_dict() if result.estimate else {}
-    real = result.realized or {}
-    lines = [
-        "| metric | training (holdout) | estimated (CBPE) | realized | estimated drop | realized drop |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for m in [m for m in ("accuracy", "roc_auc", "mae") if m in result.training_metrics or m in real]:
-        e_drop = result.estimated_decay.drops.get(m) if result.estimated_decay else None
-        r_drop = result.realized_decay.drops.get(m) if result.realized_decay else None
-        lines.append(
-            f"| {m} | {_num(result.training_metrics.get(m))} | {_num(est.get(m))} | {_num(real.get(m))} | "
-            f"{_num(e_drop)} | {_num(r_drop)} |"
-        )
-    p = result.prediction
-    lines += [
-        "",
-        f"Realized: {result.realized_note}.",
-        "",
-        f"Prediction drift ({p.test}): statistic {_num(p.statistic)}, p-value {_num(p.p_value)}, "
-        f"{'**drifted**' if p.drifted else 'no drift'} ({p.reference_count} reference vs "
-        f"{p.current_count} current scores).",
-    ]
-    return "\n".join(lines)
-
-
-def embedded_images(paths: dict[str, Path], names: Sequence[str]) -> str:
-    """PNG histograms as markdown images with base64 data URIs (the Dagster UI renders ``data:`` images)."""
-    import base64
-
-    return "\n".join(
-        f"![{n}](data:image/png;base64,{base64.b64encode(paths[n].read_bytes()).decode()})"
-        for n in names
-        if n in paths
-    )
-
-
-@dataclass(frozen=True)
-class SavedDay:
-    """Files written for one day's drift report."""
-
-    markdown_path: Path
-    json_path: Path
-    image_paths: dict[str, Path]
-
-
-HISTOGRAM_MODES = ("drifted", "all", "none")
-
-
-def save_day_report(
-    result: DailyDrift,
-    champion: ChampionReference,
-    reports_dir: str | Path,
-    histograms: str = "drifted",
-    max_histograms: int | None = None,
-) -> SavedDay:
-    """Write ``drift_report_<day>.md/.json`` and PNG histograms: of the drifted features and the scores
-    (``drifted``, the default: one plot costs ~0.1-0.4 s), of every feature (``all``), or none;
-    at most ``max_histograms`` feature plots (the first ones in feature order)."""
-    from mlops_assets.storage import write_file_atomic
-
-    if histograms not in HISTOGRAM_MODES:
-        raise ValueError(f"histograms must be one of {HISTOGRAM_MODES}, got {histograms!r}")
-    name = f"drift_report_{result.day}"
-    plotted = {"all": champion.features, "drifted": result.report.drifted_features, "none": []}[histograms]
-    plotted = list(plotted)[:max_histograms] if max_histograms is not None else list(plotted)
-    saved = save_drift_report(
-        result.report,
-        champion.reference[plotted],
-        result.current[plotted],
-        reports_dir,
-        name=name,
-        histograms=bool(plotted),
-    )
-    images = dict(saved.image_paths)
-    if histograms != "none" and result.current_scores.size and champion.reference_scores.size:
-        png = plot_feature(
-            pd.Series(champion.reference_scores), pd.Series(result.current_scores), result.prediction
-        )
-        images["prediction"] = write_file_atomic(png, Path(reports_dir) / f"{name}_prediction.png")
-    markdown = (
-        render_markdown(result.report, saved.image_paths)
-        + "\n## Performance\n\n"
-        + performance_markdown(result)
-        + "\n"
-    )
-    if "prediction" in images:
-        markdown += f"\n![prediction]({images['prediction'].name})\n"
-    write_file_atomic(markdown.encode(), saved.markdown_path)
-    payload = {
-        **result.report.to_dict(),
-        "summary": result.summary(),
-        "prediction": result.prediction.to_dict(),
-        "estimate": result.estimate.to_dict() if result.estimate else None,
-    }
-    write_file_atomic(json.dumps(payload, indent=2, default=str).encode(), saved.json_path)
-    return SavedDay(saved.markdown_path, saved.json_path, images)

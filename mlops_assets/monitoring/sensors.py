@@ -8,7 +8,7 @@ import dagster as dg
 from mlops_assets.automation import sensor_interval
 from mlops_assets.monitoring.assets import DAILY_REFRESH
 from mlops_assets.monitoring.checks import DRIFT_ASSET
-from mlops_assets.monitoring.daily import ERROR_CHECKS
+from mlops_assets.monitoring.policy import ERROR_CHECKS
 from mlops_assets.project import Project
 
 RETRAINING_JOB = "retraining_job"
@@ -55,20 +55,37 @@ def failed_drift_evaluations(
     return by_run, seen
 
 
-def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
-    """One retraining run for the failed checks of one drift_report run, keyed by its days and champion."""
-    meta = {k: v.value for k, v in evaluations[0].metadata.items()}
-    days, champion = meta.get("days", "unknown"), meta.get("champion_version", "none")
+def _value(evaluation, key, default=None):
+    entry = evaluation.metadata.get(key)
+    return default if entry is None else entry.value
+
+
+def alarm_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list]]:
+    """(day, champion version, drift_report run id, failed evaluations) of every failing day, oldest first."""
+    days: dict[tuple[str, str], tuple[str, list]] = {}
+    for run_id, evaluations in by_run.items():
+        for e in evaluations:
+            champion = str(_value(e, "champion_version", "none"))
+            failing = _value(e, "failing_days") or [str(_value(e, "days", "unknown"))]
+            for day in failing:
+                _, found = days.setdefault((day, champion), (run_id, []))
+                found.append(e)
+    return sorted((day, champion, run_id, evs) for (day, champion), (run_id, evs) in days.items())
+
+
+def retraining_request(episode, drift_run_id: str, evaluations: list) -> dg.RunRequest:
+    """One retraining run for a new alarm episode (its first day's failed checks), keyed by the episode."""
     checks = sorted({e.check_name for e in evaluations})
     reason = "; ".join(f"{e.check_name}: {e.description}" for e in evaluations)
     return dg.RunRequest(
-        run_key=f"drift:{days}:champion-v{champion}",
+        run_key=episode.key,
         tags={
             "mlops/trigger": "drift",
-            "mlops/trigger_reason": f"drift_report {days} failed {', '.join(checks)} (champion v{champion}): "
-            f"{reason}"[:1000],
+            "mlops/trigger_reason": f"drift_report {episode.start} failed {', '.join(checks)} (champion "
+            f"v{episode.champion}), a new alarm episode: {reason}"[:1000],
             "mlops/drift_run_id": drift_run_id,
-            "mlops/drift_days": str(days),
+            "mlops/drift_days": episode.start,
+            "mlops/drift_episode": episode.key,
             "mlops/failed_checks": ",".join(checks),
         },
     )
@@ -79,29 +96,42 @@ def retraining_request(drift_run_id: str, evaluations: list) -> dg.RunRequest:
     job_name=RETRAINING_JOB,
     minimum_interval_seconds=sensor_interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests retraining_job once per drift_report run whose ERROR checks failed (dataset drift "
-    "share, estimated or realized performance drop); the run key is the report's days and the champion judged.",
+    description="Requests retraining_job once per alarm episode of the champion: a day on which a calibrated "
+    "ERROR check of drift_report failed (drift share or multivariate error beyond its band, estimated or realized "
+    "performance drop) starts an episode; alarm days within quiet_days of the previous one belong to it. The "
+    "reason is in the run's tags.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    seen = json.loads(context.cursor) if context.cursor else {}
-    by_run, now_seen = failed_drift_evaluations(context.instance, seen)
-    cursor = json.dumps(now_seen, sort_keys=True)
+    from mlops_assets.monitoring.episodes import EpisodeTracker
+
+    state = json.loads(context.cursor) if context.cursor else {}
+    if "seen" not in state:  # a cursor of the per-run sensor: check ids only
+        state = {"seen": state, "episodes": {}}
+    by_run, now_seen = failed_drift_evaluations(context.instance, state["seen"])
+    tracker = EpisodeTracker(state["episodes"])
+    new = []
+    for day, champion, run_id, evaluations in alarm_days(by_run):
+        episode = tracker.observe(champion, day, [e.check_name for e in evaluations])
+        if episode is not None:
+            new.append(retraining_request(episode, run_id, evaluations))
+    cursor = json.dumps({"seen": now_seen, "episodes": tracker.state}, sort_keys=True)
     if not by_run:
         return dg.SensorResult(
             skip_reason="no failed ERROR check on drift_report since the last evaluation", cursor=cursor
         )
+    if not new:
+        return dg.SensorResult(
+            skip_reason="the failed checks belong to an alarm episode already handled", cursor=cursor
+        )
     running = retraining_in_progress(context.instance)
     if running is not None:
-        context.log.info(
-            f"{len(by_run)} failed drift report(s) covered by retraining run {running}, in progress"
-        )
+        context.log.info(f"{len(new)} new alarm episode(s) covered by retraining run {running}, in progress")
         return dg.SensorResult(
             skip_reason=f"retraining run {running} is already queued or running", cursor=cursor
         )
-    requests = [retraining_request(run_id, evaluations) for run_id, evaluations in by_run.items()]
-    for request in requests:
+    for request in new:
         context.log.info(f"requesting {RETRAINING_JOB}: {request.tags['mlops/trigger_reason']}")
-    return dg.SensorResult(run_requests=requests, cursor=cursor)
+    return dg.SensorResult(run_requests=new, cursor=cursor)
 
 
 def build_new_data_sensor(project: Project) -> dg.AutomationConditionSensorDefinition:

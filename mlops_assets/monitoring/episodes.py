@@ -1,0 +1,75 @@
+"""Alarm episodes: retraining is requested once per episode of drift, not once per day of it (no Dagster).
+
+An **episode** is a run of alarm days of one champion (a day on which a dataset-level drift check or a
+performance check failed) in which no two consecutive alarm days are more than ``quiet_days`` apart; a
+new episode starts only after a quiet period of more than ``quiet_days`` days without an alarm, or
+with a new champion. The drift retraining sensor keeps the open episode of each champion in its cursor
+and requests one retraining run when an episode starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+#: Days without an alarm after which a new alarm starts a new episode.
+DEFAULT_QUIET_DAYS = 7
+
+
+def _gap(a: str, b: str) -> int:
+    return abs((date.fromisoformat(b) - date.fromisoformat(a)).days)
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode of alarm days of one champion."""
+
+    champion: str
+    start: str
+    last: str
+    checks: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"drift-episode:champion-v{self.champion}:{self.start}"
+
+
+class EpisodeTracker:
+    """The open episode of each champion (JSON-ready state for a sensor cursor)."""
+
+    def __init__(
+        self, state: Mapping[str, Mapping[str, str]] | None = None, quiet_days: int = DEFAULT_QUIET_DAYS
+    ):
+        self.quiet_days = quiet_days
+        self.state: dict[str, dict[str, str]] = {k: dict(v) for k, v in (state or {}).items()}
+
+    def observe(self, champion: str | int, day: str, checks: Iterable[str] = ()) -> Episode | None:
+        """Record an alarm day; the new episode it starts, or None when it belongs to the open one."""
+        champion = str(champion)
+        open_ = self.state.get(champion)
+        if open_ is not None and _gap(open_["last"], day) <= self.quiet_days and day >= open_["start"]:
+            if day > open_["last"]:
+                open_["last"] = day
+            return None
+        if open_ is not None and day < open_["start"] and _gap(day, open_["start"]) <= self.quiet_days:
+            open_["start"] = day  # a backfilled earlier day of the same episode
+            return None
+        if open_ is not None and day < open_["start"]:
+            return None  # an old day, long before the open episode: already handled or too old to act on
+        self.state[champion] = {"start": day, "last": day}
+        return Episode(champion, day, day, tuple(sorted(set(checks))))
+
+
+def retraining_requests(
+    day_alarms: Sequence[tuple[str, Sequence[str]]], champion: str | int, quiet_days: int = DEFAULT_QUIET_DAYS
+) -> list[Episode]:
+    """The episodes (one retraining request each) of a champion's days, given each day's failed checks."""
+    tracker = EpisodeTracker(quiet_days=quiet_days)
+    out = []
+    for day, alarms in sorted(day_alarms):
+        if alarms:
+            episode = tracker.observe(champion, day, alarms)
+            if episode is not None:
+                out.append(episode)
+    return out
