@@ -12,7 +12,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_feature_store.py", "bench_tiles.py", "bench_drift.py", "bench_serving.py")
+BENCHMARKS = (
+    "bench_import.py",
+    "bench_feature_store.py",
+    "bench_tiles.py",
+    "bench_drift.py",
+    "bench_serving.py",
+)
 
 
 def main() -> int:

@@ -67,3 +67,23 @@ def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(churn, dagster_home
         active |= set(pd.read_parquet(paths.partition_dir("raw_events", _day(offset)))["customer_id"])
     assert set(scored["customer_id"]) == active and scored["customer_id"].is_unique
     assert scored["score"].between(0, 1).all() and (scored["model_version"].astype(str) == "1").all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("days", [30, 60, 200])
+def test_a_demo_of_another_length_keeps_each_default_scenario_inside_the_run(churn, days, tmp_path):
+    """`mlops demo --days N`: the spec's scenario days (written for its own length) move with the length, so
+    the simulator accepts them, and each starts at the same share of the run as in the spec."""
+    from examples.churn.simulator import simulate
+    from mlops_assets.demo import scaled_scenarios
+
+    demo = churn.spec.demo
+    scaled, notes = scaled_scenarios(tuple(demo.scenarios), days, demo.days)
+    assert len(notes) == len(demo.scenarios)
+    for original, moved in zip(demo.scenarios, scaled, strict=True):
+        name, day = original.split("@day")
+        moved_name, moved_day = moved.split("@day")
+        assert moved_name == name and 1 <= int(moved_day) < days
+        assert abs(int(moved_day) / days - int(day) / demo.days) <= 1 / days
+    simulate(tmp_path / "landing", days=days, start="2026-01-01", seed=1, size=40, scenarios=scaled)
+    assert len(list((tmp_path / "landing" / "events").iterdir())) >= days
