@@ -8,6 +8,9 @@ export UV_LINK_MODE ?= copy
 # compile .pyc files at install: imports stay fast even where PYTHONDONTWRITEBYTECODE is set
 export UV_COMPILE_BYTECODE ?= 1
 PYTEST_ARGS ?=
+# test processes (pytest-xdist, tests handed out one at a time); 1 runs the suite in one process
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 # the project spec for demo/ui (empty: [tool.mlops] spec in pyproject.toml, the churn example)
 SPEC ?=
 SPEC_ARG = $(if $(SPEC),--spec $(SPEC))
@@ -32,10 +35,10 @@ demo: dagster-home
 	$(RUN) mlops demo --fresh $(SPEC_ARG)
 
 test: env services observability-tools
-	$(RUN) pytest $(PYTEST_ARGS)
+	$(RUN) pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: env
-	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+	$(RUN) pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # only the tests on real PostgreSQL / Redis / Celery / MLflow servers
 test-scaleout: env services
