@@ -701,7 +701,7 @@ def detect_trend(values: np.ndarray, chunks: np.ndarray, n_chunks: int, settings
 class MultivariateBaseline:
     """PCA reconstruction error (NannyML's data reconstruction drift) fitted on the reference."""
 
-    columns: list[str]  # the encoded columns, e.g. "x" or "plan=basic"
+    columns: list[str]  # the encoded columns, e.g. "x" or "<column>=<category>"
     numeric: list[str]
     shape_numeric: list[str]  # numeric features standardized within their chunk (trend features)
     categorical: dict[str, list]  # feature -> categories one-hot encoded
