@@ -92,11 +92,15 @@ def drift_metrics_text(
     return "\n".join(lines) + "\n"
 
 
-def write_drift_textfile(paths: DataPaths, day: str, champion_version: Any, report, summary: Mapping) -> Path:
+def write_drift_textfile(
+    paths: DataPaths, day: str, champion_version: Any, comparison, summary: Mapping
+) -> Path:
     """Write the latest reported day's numbers to ``reports/metrics/drift.prom`` (atomically)."""
     from mlops_assets.storage import write_file_atomic
 
-    text = drift_metrics_text(day, champion_version, report.drift_share, report.dataset_drift, summary)
+    text = drift_metrics_text(
+        day, champion_version, comparison.drift_share, comparison.dataset_drift, summary
+    )
     path = drift_textfile(paths)
     write_file_atomic(text.encode(), path)
     return path

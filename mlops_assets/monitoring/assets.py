@@ -248,7 +248,7 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
 
         # the latest day's numbers for Prometheus (re-exported by the serving app's /metrics)
         write_drift_textfile(
-            current.paths, days[-1], champion.version, results[-1].report, results[-1].summary()
+            current.paths, days[-1], champion.version, results[-1].comparison, results[-1].summary()
         )
         verdicts = judge(results, settings)
         alert = degradation_alert(verdicts, champion.version, days, context.run_id) if config.alert else None
