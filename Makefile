@@ -16,7 +16,7 @@ export MLOPS_SPEC ?= $(if $(SPEC),$(abspath $(SPEC)))
 EXTRAS ?= --extra postgres --extra celery
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema observability-tools mlflow-ui
+.PHONY: demo live test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema observability-tools mlflow-ui
 
 env: .venv/.synced
 
@@ -30,6 +30,15 @@ dagster-home: env
 
 demo: dagster-home
 	$(RUN) mlops demo --fresh $(SPEC_ARG)
+
+# the live replay: dagster-webserver + dagster-daemon on 127.0.0.1 (UI on LIVE_PORT), one simulated day landing every
+# DRIP seconds; its own data folder and Dagster instance (both wiped at start). Ctrl-C stops every process it started.
+LIVE_PORT ?= 3000
+DRIP ?= 5
+LIVE_DIR ?= $(CURDIR)/.live
+live: env
+	MLOPS_DATA_DIR=$(LIVE_DIR)/data $(RUN) mlops demo --live $(SPEC_ARG) --data-dir $(LIVE_DIR)/data \
+	  --dagster-home $(LIVE_DIR)/dagster_home --port $(LIVE_PORT) --drip-seconds $(DRIP) $(LIVE_ARGS)
 
 test: env services observability-tools
 	$(RUN) pytest $(PYTEST_ARGS)
@@ -101,4 +110,4 @@ workers-stop:
 	done
 
 clean:
-	rm -rf .venv .dagster_home .pytest_cache .ruff_cache
+	rm -rf .venv .dagster_home .dagster_live .live .pytest_cache .ruff_cache
