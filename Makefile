@@ -83,9 +83,11 @@ mlflow-ui: env
 	@mkdir -p $(MLFLOW_DATA)
 	$(RUN) mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(MLFLOW_DATA)/mlflow.db --default-artifact-root $(MLFLOW_DATA)/artifacts
 
+# chromium: the browser the UI test (mlops_assets_tests/test_ui_browser.py) drives through Playwright
 services:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then :; \
-	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server; fi
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null 2>&1; then :; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server chromium; fi
 
 # Celery workers for runs on the Celery executor (MLOPS_EXECUTOR=celery). Each worker runs in its own
 # process group, one task at a time; `make workers-stop` ends them. The broker is in CELERY_CONFIG.
