@@ -38,7 +38,8 @@ DRIP ?= 5
 LIVE_DIR ?= $(CURDIR)/.live
 live: env
 	MLOPS_DATA_DIR=$(LIVE_DIR)/data $(RUN) mlops demo --live $(SPEC_ARG) --data-dir $(LIVE_DIR)/data \
-	  --dagster-home $(LIVE_DIR)/dagster_home --port $(LIVE_PORT) --drip-seconds $(DRIP) $(LIVE_ARGS)
+	  --dagster-home $(LIVE_DIR)/dagster_home --port $(LIVE_PORT) --drip-seconds $(DRIP) \
+	  --hold-for-champion $(LIVE_ARGS)
 
 test: env services observability-tools
 	$(RUN) pytest $(PYTEST_ARGS)

@@ -104,6 +104,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             port=args.port,
             serving_port=args.serving_port,
             canary=not args.no_canary,
+            hold_for_champion=args.hold_for_champion,
+            history_days=args.history_days,
         )
         return run_live(_project(args), live)
     config = DemoConfig(
@@ -259,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--drip-seconds", type=float, default=5.0, help="--live: seconds between two landed days (default 5)"
+    )
+    demo.add_argument(
+        "--hold-for-champion",
+        action="store_true",
+        help="--live: after the history days, hold the drip until a first model was trained and judged",
+    )
+    demo.add_argument(
+        "--history-days",
+        type=int,
+        default=None,
+        help="--live: the history days (default: the spec's demo.history_days, scaled to --days)",
     )
     demo.add_argument("--port", type=int, default=3000, help="--live: the Dagster UI's port on 127.0.0.1")
     demo.add_argument(

@@ -67,6 +67,10 @@ class LiveConfig:
     sensor_interval_s: int = 1
     run_threads: int = 1
     canary: bool = True
+    # hold the drip after the history days (the spec's demo.history_days, scaled) until the first retraining run
+    # finished: the first model is trained on the history, and the new days arrive after it, as drift
+    hold_for_champion: bool = False
+    history_days: int | None = None
     ready_timeout_s: float = 240.0  # longest wait for the UI and the daemon's first ticks
 
 
@@ -222,6 +226,16 @@ def wait_for_daemon(instance, procs: Processes, sensors: set[str], timeout: floa
             return True
         time.sleep(1.0)
     return False
+
+
+def first_model_judged(instance) -> bool:  # noqa: ANN001 - DagsterInstance
+    """Whether a retraining_job run finished (its model judged by the gates, promoted or not)."""
+    import dagster as dg
+
+    finished = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+    return bool(
+        instance.get_runs(filters=dg.RunsFilter(job_name="retraining_job", statuses=finished), limit=1)
+    )
 
 
 class Progress:
@@ -411,7 +425,17 @@ def run_live(project: Project, config: LiveConfig) -> int:
         _say(
             f"dripping {len(by_day)} days into {paths.landing}, one every {config.drip_seconds:g}s; Ctrl-C stops"
         )
+        history_days = min(config.history_days or round(demo.history_days * days / demo.days), days)
+        history_end = (date.fromisoformat(start) + timedelta(days=history_days - 1)).isoformat()
         for i, (day, files) in enumerate(by_day.items(), 1):
+            if config.hold_for_champion and day > history_end and not first_model_judged(instance):
+                _say(f"history {start}..{history_end} landed: holding the drip until a first model is judged")
+                while not first_model_judged(instance):
+                    procs.check_alive()
+                    progress.poll()
+                    time.sleep(1.0)
+                progress.poll()
+                _say("a first model was judged: the new days arrive")
             drip(files)
             landed = day
             _say(f"landed {day} ({i}/{len(by_day)}): {', '.join(sorted(t.name for _, t in files))}")
