@@ -19,7 +19,7 @@ export MLOPS_SPEC ?= $(if $(SPEC),$(abspath $(SPEC)))
 EXTRAS ?= --extra postgres --extra celery
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema observability-tools mlflow-ui
+.PHONY: demo live test test-fast test-scaleout ui bench lint format env clean dagster-home services workers workers-stop schema observability-tools mlflow-ui
 
 env: .venv/.synced
 
@@ -33,6 +33,16 @@ dagster-home: env
 
 demo: dagster-home
 	$(RUN) mlops demo --fresh $(SPEC_ARG)
+
+# the live replay: dagster-webserver + dagster-daemon on 127.0.0.1 (UI on LIVE_PORT), one simulated day landing every
+# DRIP seconds; its own data folder and Dagster instance (both wiped at start). Ctrl-C stops every process it started.
+LIVE_PORT ?= 3000
+DRIP ?= 5
+LIVE_DIR ?= $(CURDIR)/.live
+live: env
+	MLOPS_DATA_DIR=$(LIVE_DIR)/data $(RUN) mlops demo --live $(SPEC_ARG) --data-dir $(LIVE_DIR)/data \
+	  --dagster-home $(LIVE_DIR)/dagster_home --port $(LIVE_PORT) --drip-seconds $(DRIP) \
+	  --hold-for-champion $(LIVE_ARGS)
 
 test: env services observability-tools
 	$(RUN) pytest $(XDIST) $(PYTEST_ARGS)
@@ -77,9 +87,11 @@ mlflow-ui: env
 	@mkdir -p $(MLFLOW_DATA)
 	$(RUN) mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(MLFLOW_DATA)/mlflow.db --default-artifact-root $(MLFLOW_DATA)/artifacts
 
+# chromium: the browser the UI test (mlops_assets_tests/test_ui_browser.py) drives through Playwright
 services:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then :; \
-	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server; fi
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null 2>&1; then :; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql redis-server chromium; fi
 
 # Celery workers for runs on the Celery executor (MLOPS_EXECUTOR=celery). Each worker runs in its own
 # process group, one task at a time; `make workers-stop` ends them. The broker is in CELERY_CONFIG.
@@ -104,4 +116,4 @@ workers-stop:
 	done
 
 clean:
-	rm -rf .venv .dagster_home .pytest_cache .ruff_cache
+	rm -rf .venv .dagster_home .dagster_live .live .pytest_cache .ruff_cache

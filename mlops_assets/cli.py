@@ -90,6 +90,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mlops_assets.demo import DemoConfig, run_demo
 
+    if args.live:
+        from mlops_assets.live import LiveConfig, run_live
+        from mlops_assets.project import project_root
+
+        live = LiveConfig(
+            dagster_home=Path(args.dagster_home) if args.dagster_home else project_root() / ".dagster_live",
+            size=args.size,
+            days=args.days,
+            seed=args.seed,
+            scenarios=tuple(args.scenario) if args.scenario else None,
+            drip_seconds=args.drip_seconds,
+            port=args.port,
+            serving_port=args.serving_port,
+            canary=not args.no_canary,
+            hold_for_champion=args.hold_for_champion,
+            history_days=args.history_days,
+        )
+        return run_live(_project(args), live)
     config = DemoConfig(
         size=args.size,
         days=args.days,
@@ -235,6 +253,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world_arguments(demo)
     demo.add_argument("--fresh", action="store_true", help="delete the data folder's runtime state first")
     demo.add_argument("--no-canary", action="store_true", help="stop after retraining (no canary rollout)")
+    demo.add_argument(
+        "--live",
+        action="store_true",
+        help="live replay: start dagster-webserver and dagster-daemon on 127.0.0.1 and drip the simulated landing "
+        "files in one day at a time; the sensors and automation conditions do the rest (Ctrl-C stops everything)",
+    )
+    demo.add_argument(
+        "--drip-seconds", type=float, default=5.0, help="--live: seconds between two landed days (default 5)"
+    )
+    demo.add_argument(
+        "--hold-for-champion",
+        action="store_true",
+        help="--live: after the history days, hold the drip until a first model was trained and judged",
+    )
+    demo.add_argument(
+        "--history-days",
+        type=int,
+        default=None,
+        help="--live: the history days (default: the spec's demo.history_days, scaled to --days)",
+    )
+    demo.add_argument("--port", type=int, default=3000, help="--live: the Dagster UI's port on 127.0.0.1")
+    demo.add_argument(
+        "--serving-port",
+        type=int,
+        default=None,
+        help="--live: the canary's serving app port (default: a free one)",
+    )
+    demo.add_argument(
+        "--dagster-home",
+        default=None,
+        help="--live: the replay's own Dagster instance folder, wiped at start (default: <project>/.dagster_live)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     drift = sub.add_parser(

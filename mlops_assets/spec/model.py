@@ -284,6 +284,8 @@ class Model(Frozen):
     warmup: Days = 0
     seed: int = 42
     threshold: float = Field(0.5, gt=0, lt=1)  # binary: score at or above which the prediction is positive
+    # label rows a training set needs before the first-champion sensor tries a first model on it
+    first_champion_min_rows: int = Field(500, ge=1)
 
 
 class GoldenCase(Frozen):

@@ -5,7 +5,7 @@ import dagster as dg
 from mlops_assets.project import Project
 from mlops_assets.training.assets import build_training_assets
 from mlops_assets.training.jobs import build_retraining_job, rollback_job
-from mlops_assets.training.sensors import first_champion_sensor, quality_gate_alert_sensor
+from mlops_assets.training.sensors import build_first_champion_sensor, quality_gate_alert_sensor
 
 
 def build_defs(project: Project) -> dg.Definitions:
@@ -14,5 +14,8 @@ def build_defs(project: Project) -> dg.Definitions:
     return dg.Definitions(
         assets=build_training_assets(project),
         jobs=[build_retraining_job(rollout=bool(project.view_names)), rollback_job],
-        sensors=[quality_gate_alert_sensor, first_champion_sensor],
+        sensors=[
+            quality_gate_alert_sensor,
+            build_first_champion_sensor(project.spec.model.first_champion_min_rows),
+        ],
     )

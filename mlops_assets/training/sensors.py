@@ -75,7 +75,7 @@ def quality_gate_alert_sensor(context: dg.RunFailureSensorContext, data: DataDir
     context.log.info(f"alert written to {delivery.file}: {alert.title}")
 
 
-FIRST_CHAMPION_MIN_ROWS = 500  # label rows a training set needs before a first model is tried on it
+FIRST_CHAMPION_MIN_ROWS = 500  # the default of the spec's model.first_champion_min_rows
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -84,51 +84,58 @@ _ACTIVE = [
 ]
 
 
-@dg.sensor(
-    name="first_champion_sensor",
-    job_name="retraining_job",
-    minimum_interval_seconds=sensor_interval(60),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=f"While the registry has no champion, requests retraining_job for each new training set of at "
-    f"least {FIRST_CHAMPION_MIN_ROWS} label rows with both outcomes, until a model passes its gates and becomes the "
-    "first champion (later retraining is triggered by drift, the schedule or a person).",
-)
-def first_champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource) -> dg.SensorResult:
-    from mlops_assets.training import registry
-    from mlops_assets.training.tracking import RegistryUnavailable
+def build_first_champion_sensor(min_rows: int = FIRST_CHAMPION_MIN_ROWS) -> dg.SensorDefinition:
+    """The bootstrap sensor; ``min_rows`` is the spec's ``model.first_champion_min_rows``."""
 
-    entry = context.instance.get_latest_materialization_event(dg.AssetKey("training_set"))
-    if entry is None or entry.asset_materialization is None:
-        return dg.SensorResult(skip_reason="no training set materialized yet")
-    meta = {k: v.value for k, v in entry.asset_materialization.metadata.items()}
-    rows, rate = int(meta.get("dagster/row_count", 0)), meta.get("label_rate")
-    if rows < FIRST_CHAMPION_MIN_ROWS or (rate is not None and not 0 < float(rate) < 1):
-        return dg.SensorResult(
-            skip_reason=f"the training set has {rows} label rows (label rate {rate}); a first model needs at "
-            f"least {FIRST_CHAMPION_MIN_ROWS} with both outcomes"
-        )
-    try:
-        champion = registry.alias_version(mlflow.client(), registry.CHAMPION, mlflow.model_name)
-    except RegistryUnavailable as exc:
-        if not exc.missing:
-            raise
-        champion = None
-    if champion is not None:
-        return dg.SensorResult(skip_reason=f"champion v{champion.version} exists: nothing to bootstrap")
-    active = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name="retraining_job", statuses=_ACTIVE), limit=1
+    @dg.sensor(
+        name="first_champion_sensor",
+        job_name="retraining_job",
+        minimum_interval_seconds=sensor_interval(60),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"While the registry has no champion, requests retraining_job for each new training set of at "
+        f"least {min_rows} label rows with both outcomes, until a model passes its gates and becomes the "
+        "first champion (later retraining is triggered by drift, the schedule or a person).",
     )
-    if active:
-        return dg.SensorResult(skip_reason=f"retraining run {active[0].run_id} is already queued or running")
-    content = str(meta.get("content_hash", entry.run_id))
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"first-champion:{content[:16]}",
-                tags={
-                    "mlops/trigger": "no_champion",
-                    "mlops/trigger_reason": f"no champion yet; training set {content[:12]} has {rows} label rows",
-                },
+    def first_champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource) -> dg.SensorResult:
+        from mlops_assets.training import registry
+        from mlops_assets.training.tracking import RegistryUnavailable
+
+        entry = context.instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+        if entry is None or entry.asset_materialization is None:
+            return dg.SensorResult(skip_reason="no training set materialized yet")
+        meta = {k: v.value for k, v in entry.asset_materialization.metadata.items()}
+        rows, rate = int(meta.get("dagster/row_count", 0)), meta.get("label_rate")
+        if rows < min_rows or (rate is not None and not 0 < float(rate) < 1):
+            return dg.SensorResult(
+                skip_reason=f"the training set has {rows} label rows (label rate {rate}); a first model needs at "
+                f"least {min_rows} with both outcomes"
             )
-        ]
-    )
+        try:
+            champion = registry.alias_version(mlflow.client(), registry.CHAMPION, mlflow.model_name)
+        except RegistryUnavailable as exc:
+            if not exc.missing:
+                raise
+            champion = None
+        if champion is not None:
+            return dg.SensorResult(skip_reason=f"champion v{champion.version} exists: nothing to bootstrap")
+        active = context.instance.get_runs(
+            filters=dg.RunsFilter(job_name="retraining_job", statuses=_ACTIVE), limit=1
+        )
+        if active:
+            return dg.SensorResult(
+                skip_reason=f"retraining run {active[0].run_id} is already queued or running"
+            )
+        content = str(meta.get("content_hash", entry.run_id))
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"first-champion:{content[:16]}",
+                    tags={
+                        "mlops/trigger": "no_champion",
+                        "mlops/trigger_reason": f"no champion yet; training set {content[:12]} has {rows} label rows",
+                    },
+                )
+            ]
+        )
+
+    return first_champion_sensor

@@ -1,0 +1,177 @@
+"""The live replay (`mlops demo --live`): a real dagster-daemon and dagster-webserver on 127.0.0.1 drive the
+lifecycle from landing files dripped in one day at a time, and Ctrl-C leaves no process behind.
+
+One small world (300 entities x 40 days, a day every second) is replayed. The test process only reads the
+replay's Dagster instance: every run in it must have been launched by a sensor or an automation condition of the
+code location (no run launched by a person or by the replay process), and the lifecycle must reach ingested days,
+every feature view, the online store and a first model trained and evaluated behind the gates (the first-champion
+sensor needs fewer label rows in a world this small: the spec's ``model.first_champion_min_rows``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from mlops_assets_tests.conftest import CHURN_SPEC
+from mlops_assets_tests.test_scaleout_backfill import processes_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
+
+PROJECT = Path(__file__).resolve().parent.parent
+WORK = Path("/tmp/live-work")  # the replay's data folder and DAGSTER_HOME live below it
+UI_PORT, SERVING_PORT = 3482, 3483
+SIZE, DAYS, DRIP_SECONDS = 300, 40, 1
+MIN_ROWS = 60  # the world has about 117 label rows: a first model is tried on the full history
+VIEWS = ("purchase_activity", "engagement", "support", "customer_profile")
+SOURCES = ("raw_events", "raw_labels", "customers")
+REACH_TIMEOUT = 480  # seconds from the start to a trained and evaluated first model
+
+
+def small_spec(folder: Path) -> Path:
+    """The churn example's spec with a first-champion threshold a 300-entity world reaches."""
+    spec = yaml.safe_load(CHURN_SPEC.read_text())
+    spec["demo"]["simulator"] = str((CHURN_SPEC.parent / spec["demo"]["simulator"]).resolve())
+    spec["model"]["first_champion_min_rows"] = MIN_ROWS
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def read_instance(home: Path) -> dg.DagsterInstance:
+    from dagster._core.instance.ref import InstanceRef
+
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def materialized_partitions(instance: dg.DagsterInstance, asset: str) -> set[str]:
+    return set(instance.get_materialized_partitions(dg.AssetKey(asset)))
+
+
+def latest(instance: dg.DagsterInstance, asset: str) -> dg.EventLogEntry | None:
+    return instance.get_latest_materialization_event(dg.AssetKey(asset))
+
+
+@pytest.fixture
+def workdir():
+    WORK.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="live-replay-", dir=WORK))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(workdir: Path) -> None:
+    home, data, log = workdir / "dagster_home", workdir / "data", workdir / "live.log"
+    spec = small_spec(workdir)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MLOPS_DATA_DIR": str(data), "MLOPS_SPEC": str(spec)}
+    for key in ("MLOPS_EXECUTOR", "MLOPS_ROLLOUT", "MLOPS_PARTITIONS_END", "MLOPS_SENSOR_INTERVAL_S"):
+        env.pop(key, None)
+    args = [
+        sys.executable,
+        "-m",
+        "mlops_assets.cli",
+        "demo",
+        "--live",
+        "--spec",
+        str(spec),
+        "--data-dir",
+        str(data),
+        "--dagster-home",
+        str(home),
+        "--size",
+        str(SIZE),
+        "--days",
+        str(DAYS),
+        "--drip-seconds",
+        str(DRIP_SECONDS),
+        "--port",
+        str(UI_PORT),
+        "--serving-port",
+        str(SERVING_PORT),
+    ]
+    started = time.monotonic()
+    reached: dict[str, float] = {}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            args, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = started + REACH_TIMEOUT
+        while time.monotonic() < deadline and "evaluated" not in reached:
+            assert proc.poll() is None, f"the replay exited with {proc.returncode}\n{log.read_text()[-4000:]}"
+            if (home / "history").is_dir():
+                instance = read_instance(home)
+                if "ingested" not in reached and all(
+                    len(materialized_partitions(instance, s)) == DAYS for s in SOURCES
+                ):
+                    reached["ingested"] = time.monotonic() - started
+                if "views" not in reached and all(latest(instance, v) for v in VIEWS):
+                    reached["views"] = time.monotonic() - started
+                if "online" not in reached and latest(instance, "online_features"):
+                    reached["online"] = time.monotonic() - started
+                if latest(instance, "evaluation_report"):
+                    reached["evaluated"] = time.monotonic() - started
+            time.sleep(2)
+        text = log.read_text()
+        assert "evaluated" in reached, f"reached only {reached} in {REACH_TIMEOUT}s\n{text[-5000:]}"
+        assert f"Dagster UI: http://127.0.0.1:{UI_PORT}" in text
+        assert re.search(rf"landed \S+ \({DAYS}/{DAYS}\)", text), text[-3000:]
+
+        instance = read_instance(home)
+        runs = list(instance.get_runs())
+        # through the daemon alone: every run was requested by a sensor or an automation condition
+        launched_by = {r.run_id: r.tags.get("dagster/sensor_name") for r in runs}
+        assert all(launched_by.values()), [r.run_id for r in runs if not launched_by[r.run_id]]
+        assert {"landing_files_sensor", "new_data_automation_sensor", "first_champion_sensor"} <= set(
+            launched_by.values()
+        )
+        # every source-day ingested, each feature view computed for the last day, the online store refreshed
+        for source in SOURCES:
+            assert len(materialized_partitions(instance, source)) == DAYS, source
+        last_day = max(materialized_partitions(instance, "raw_events"))
+        for view in VIEWS:
+            assert last_day in materialized_partitions(instance, view), view
+        assert reached.get("online") is not None
+        # the first model: trained and judged by the gates in a retraining_job the first-champion sensor launched
+        report = latest(instance, "evaluation_report")
+        run = instance.get_run_by_id(report.run_id)
+        assert run.job_name == "retraining_job"
+        assert run.tags.get("dagster/sensor_name") == "first_champion_sensor"
+        assert run.tags.get("mlops/trigger") == "no_champion"
+        gates = {
+            e.asset_check_evaluation.check_name
+            for e in instance.all_logs(report.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        }
+        assert {"beats_baseline", "training_data_valid"} <= gates, gates
+        training = latest(instance, "training_set").asset_materialization.metadata
+        assert training["dagster/row_count"].value >= MIN_ROWS
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        try:
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = None
+        left = processes_of(str(home))
+        for pid in left:  # never leave them running, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        print(f"reached (seconds from start): {reached}")
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "SIGINT: stopping" in text
+    assert "stopped dagster-daemon" in text and "stopped dagster-webserver" in text
+    assert left == [], f"processes left with DAGSTER_HOME={home}: {left}"

@@ -1,0 +1,173 @@
+"""The Dagster UI after a small demo, in a real browser: Playwright (from PyPI) driving Debian's chromium (never a
+downloaded browser), against a dagster-webserver the test starts on 127.0.0.1 and stops by pid.
+
+The demo is the small world of test_demo_story.py (400 entities x 62 days, a concept drift the drift alarm
+fires on). The pages a person opens first are checked: the global asset lineage shows every asset group with no
+error banner, the evaluation_report asset's checks list every quality gate, and the runs page lists the named
+jobs. Screenshots go to ``$MLOPS_SCREENSHOTS_DIR`` (default ``.artifacts/browser`` in the project; the CI
+integration job uploads that folder)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.demo import DemoConfig, run_demo
+from mlops_assets.project import Project
+from mlops_assets.training.gates import GATE_NAMES
+from mlops_assets_tests.conftest import CHURN_SPEC, stop_process
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+PROJECT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+UI_PORT, SERVING_PORT = 3486, 3487
+SCREENSHOTS = Path(os.environ.get("MLOPS_SCREENSHOTS_DIR") or PROJECT / ".artifacts" / "browser")
+GROUPS = ("ingestion", "features", "training", "monitoring", "serving")
+NAMED_JOBS = ("ingestion_job", "feature_views_job", "retraining_job", "drift_report_job")
+ERROR_TEXTS = ("Unexpected GraphQL error", "Something went wrong", "An error occurred", "Error loading")
+
+
+@pytest.fixture(scope="module")
+def ui():
+    """A small demo in a temporary folder, then dagster-webserver on its instance; the UI's URL."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (make services installs it)")
+    base = Path("/tmp/live-work") if Path("/tmp/live-work").is_dir() else None
+    root = Path(tempfile.mkdtemp(prefix="ui-browser-", dir=base))
+    data, home = root / "data", root / "dagster_home"
+    data.mkdir()
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {"DAGSTER_HOME": str(home), "MLOPS_DATA_DIR": str(data), "MLOPS_SPEC": str(CHURN_SPEC)}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        config = DemoConfig(
+            size=400,
+            days=62,
+            history_days=50,
+            monitor_days_before=2,
+            scenarios=("quality_incident@day10", "covariate_drift@day50", "concept_drift@day50"),
+            model_type="logistic_regression",
+            serving_port=SERVING_PORT,
+        )
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = run_demo(Project.load(CHURN_SPEC, data), config)
+    assert code == 0, out.getvalue()[-4000:]
+    server_env = {**os.environ, **env}
+    server_env.pop("MLOPS_PARTITIONS_END", None)
+    log = open(root / "webserver.log", "wb")  # noqa: SIM115 - closed after the server stops
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(UI_PORT),
+        ],
+        cwd=PROJECT,
+        env=server_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{UI_PORT}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (root / "webserver.log").read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url + "/server_info", timeout=2):
+                    break
+            assert time.monotonic() < deadline, "dagster-webserver did not answer"
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process(server)  # by its pid
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One browser context for the module (a dismissed welcome dialog stays dismissed)."""
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium.new_context(viewport={"width": 1600, "height": 1000})
+        finally:
+            chromium.close()
+
+
+def open_page(browser, url: str, wait_for: str, shot: str, settled: str | None = None) -> str:
+    """The page at ``url`` once ``wait_for`` is visible (and ``settled`` gone), screenshotted; its visible text."""
+    page = browser.new_page()
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    page.get_by_text(wait_for, exact=False).first.wait_for(timeout=120_000)
+    skip = page.get_by_role("button", name="Skip")  # the UI's first-visit community dialog
+    with contextlib.suppress(Exception):
+        skip.wait_for(timeout=3000)
+        skip.click()
+    if settled:
+        page.get_by_text(settled).first.wait_for(state="detached", timeout=120_000)
+    page.wait_for_timeout(1500)  # let the remaining queries settle
+    page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+    text = page.inner_text("body")
+    page.close()
+    return text
+
+
+def assert_no_error_banner(text: str) -> None:
+    for error in ERROR_TEXTS:
+        assert error not in text, f"error banner {error!r} on the page:\n{text[:3000]}"
+
+
+def test_global_lineage_shows_every_group_without_errors(ui, browser):
+    text = open_page(browser, f"{ui}/asset-groups", "serving", "lineage", settled="fetching statuses")
+    assert_no_error_banner(text)
+    for group in GROUPS:  # once in the asset tree, once as a node of the graph
+        assert text.count(group) >= 2, f"group {group!r} missing from the lineage graph:\n{text[:3000]}"
+
+
+def test_evaluation_report_checks_list_every_gate(ui, browser):
+    text = open_page(
+        browser,
+        f"{ui}/assets/evaluation_report?view=checks",
+        "training_data_valid",
+        "evaluation_report_checks",
+    )
+    assert_no_error_banner(text)
+    for gate in GATE_NAMES:
+        assert gate in text, f"gate {gate!r} missing from the checks tab:\n{text[:3000]}"
+
+
+def test_runs_page_lists_named_jobs(ui, browser):
+    text = open_page(browser, f"{ui}/runs", "retraining_job", "runs")
+    assert_no_error_banner(text)
+    for job in NAMED_JOBS:
+        assert job in text, f"job {job!r} missing from the runs page:\n{text[:3000]}"
