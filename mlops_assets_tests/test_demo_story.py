@@ -18,7 +18,7 @@ from mlops_assets.demo import DemoConfig, run_demo
 from mlops_assets.project import Project
 from mlops_assets_tests.conftest import CHURN_SPEC
 
-DAYS, HISTORY, BEFORE = 62, 50, 2
+DAYS, HISTORY, BEFORE = 62, 40, 2
 SERVING_PORT = 3471  # the canary's serving app on 127.0.0.1
 MLFLOW_UI = "http://127.0.0.1:3475"
 NAMED_JOBS = {
@@ -59,7 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
             days=DAYS,
             history_days=HISTORY,
             monitor_days_before=BEFORE,
-            scenarios=("quality_incident@day10", "covariate_drift@day50", "concept_drift@day50"),
+            scenarios=("quality_incident@day10", "covariate_drift@day40", "concept_drift@day40"),
             model_type="logistic_regression",
             serving_port=SERVING_PORT,
         )
