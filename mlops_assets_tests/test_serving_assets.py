@@ -156,6 +156,28 @@ def test_rollout_sensor_rolls_back_on_errors_and_records_an_observation(churn, d
     assert observation.metadata["promotion"].value == "not requested"
 
 
+def test_a_canary_step_judges_only_its_own_experiments_traffic(churn, dagster_home):
+    """Failing traffic of an earlier experiment, logged inside the new canary's window, is not the new canary's:
+    the step is judged on the new experiment's healthy requests alone."""
+    controller = RolloutController(churn.paths.root)
+    controller.start_canary("new")
+    begun = datetime.fromisoformat(controller.state().changed_at)
+    _log(churn.paths.root, 400, begun + timedelta(milliseconds=1), lambda c: "challenger", experiment="new")
+    _log(
+        churn.paths.root,
+        400,
+        begun + timedelta(milliseconds=2),
+        lambda c: "challenger",
+        experiment="old",
+        error_arm="challenger",
+        seed=1,
+    )
+    _wait_past(begun + timedelta(seconds=1))
+    decision = controller.step_from_log()
+    assert decision.action == "advance", decision.reason
+    assert decision.metrics["challenger_requests"] == 400.0
+
+
 # --------------------------------------------------------------------------- canary completion -> promotion policy
 
 

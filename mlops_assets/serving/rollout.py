@@ -400,14 +400,18 @@ class RolloutController:
     def step_from_log(
         self, guardrails: Guardrails = Guardrails(), log_directory: str | Path | None = None
     ) -> Decision:
-        """:meth:`step` on the prediction-log records written since the current step began."""
+        """:meth:`step` on the prediction-log records of the current experiment written since its step began
+        (traffic of an earlier experiment still arriving in that window is not this canary's)."""
         from mlops_assets.serving.prediction_log import read_since
 
         state = self.state()
         since = (
             datetime.fromisoformat(state.changed_at) if state.changed_at else datetime(1970, 1, 1, tzinfo=UTC)
         )
-        return self.step(metrics_window(read_since(since, self.data_root, log_directory)), guardrails)
+        log = read_since(since, self.data_root, log_directory)
+        if state.experiment and "experiment" in log.columns:
+            log = log.loc[log["experiment"] == state.experiment]
+        return self.step(metrics_window(log), guardrails)
 
     def rollback(self, reason: str) -> RolloutState:
         """Send all traffic back to the champion now."""
