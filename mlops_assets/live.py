@@ -206,6 +206,25 @@ def wait_for_ui(url: str, procs: Processes, timeout: float) -> bool:
     return False
 
 
+def open_instance(home: Path):  # noqa: ANN202 - DagsterInstance
+    """The instance under ``home``, its storage created if needed; another process creating it at the same moment
+    (a reader polling it) makes SQLite report a table that already exists: open it again, it is complete then."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(5):
+        try:
+            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+            instance.get_runs(limit=1)
+            return instance
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 def sensor_ticks(instance) -> dict[str, int]:  # noqa: ANN001 - DagsterInstance
     """How many ticks each sensor of the instance recorded."""
     from dagster._core.scheduler.instigation import InstigatorType
@@ -337,9 +356,6 @@ class CanaryTraffic:
 
 def run_live(project: Project, config: LiveConfig) -> int:
     """Run the replay until SIGINT/SIGTERM; every process it started is stopped before it returns."""
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
     from mlops_assets.daemon_ticks import project_environment
     from mlops_assets.demo import fresh_data, load_simulator, scaled_scenarios
 
@@ -394,8 +410,7 @@ def run_live(project: Project, config: LiveConfig) -> int:
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     url = f"http://127.0.0.1:{config.port}"
     # the storage is created here, once: a daemon and a webserver creating it together stamp its schema twice
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    instance.get_runs(limit=1)
+    instance = open_instance(home)
     try:
         procs.start(
             "dagster-daemon",

@@ -50,9 +50,9 @@ def small_spec(folder: Path) -> Path:
 
 
 def read_instance(home: Path) -> dg.DagsterInstance:
-    from dagster._core.instance.ref import InstanceRef
+    from mlops_assets.live import open_instance  # retries while the replay is still creating the storage
 
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    return open_instance(home)
 
 
 def materialized_partitions(instance: dg.DagsterInstance, asset: str) -> set[str]:
