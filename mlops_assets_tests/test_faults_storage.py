@@ -300,7 +300,8 @@ def _write_the_same_partition(target: str, writer: int, times: int, mode: str) -
 def test_concurrent_writers_of_one_partition_all_succeed_and_the_last_swap_wins(tmp_path, mode):
     root = tmp_path / "data"
     target = _target(root)
-    with FORK.Pool(4) as pool:
+    # spawned, not forked: a fork of a test process holding Arrow's thread pools (a pytest-xdist worker) can deadlock
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         results = pool.starmap(_write_the_same_partition, [(str(target), w, 40, mode) for w in range(4)])
     assert [e for errors in results for e in errors] == []
     assert [p.name for p in target.iterdir()] == [PART_FILE]
