@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -261,3 +262,13 @@ def mlflow_store(empty_mlflow_db: Path, data_dir: DataPaths, monkeypatch: pytest
     """An empty MLflow store at the test data folder's default location (no $MLFLOW_TRACKING_URI)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return copy_mlflow_db(empty_mlflow_db, data_dir.root)
+
+
+class Clock:
+    """A fixed "now" for code that takes a clock (the online store's TTL, the serving app's freshness)."""
+
+    def __init__(self, now: pd.Timestamp) -> None:
+        self.now = now.to_pydatetime()
+
+    def __call__(self) -> datetime:
+        return self.now

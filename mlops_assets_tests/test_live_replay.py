@@ -24,8 +24,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from mlops_assets.live import processes_with_home
 from mlops_assets_tests.conftest import CHURN_SPEC
-from mlops_assets_tests.test_scaleout_backfill import processes_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
 
@@ -165,7 +165,7 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             code = None
-        left = processes_of(str(home))
+        left = processes_with_home(home)
         for pid in left:  # never leave them running, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

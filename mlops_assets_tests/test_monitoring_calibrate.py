@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
-from scipy.special import rel_entr
 
 from mlops_assets.monitoring.calibrate import (
     EXCLUDED,
@@ -29,19 +28,7 @@ from mlops_assets.monitoring.calibrate import (
     numeric_chunk_statistics,
     save_calibration,
 )
-
-TOL = {"rel": 1e-9, "abs": 1e-9}
-
-
-def reference_psi(ref: np.ndarray, cur: np.ndarray, bins: int = 10, eps: float = 1e-4) -> float:
-    """Brute-force PSI: reference-quantile bins [lo, hi) with open outer bins, eps for empty bins."""
-    inner = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
-    edges = np.concatenate([[-np.inf], inner, [np.inf]])
-    r = np.array([np.mean((ref >= lo) & (ref < hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
-    c = np.array([np.mean((cur >= lo) & (cur < hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
-    r[r == 0] = eps
-    c[c == 0] = eps
-    return float(np.sum(rel_entr(c, r) + rel_entr(r, c)))
+from mlops_assets_tests.test_monitoring_drift import TOL, reference_psi
 
 
 def categorical_psi(r: np.ndarray, c: np.ndarray, eps: float = 1e-4) -> float:

@@ -11,7 +11,6 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -23,7 +22,7 @@ from mlops_assets.serving.models import InMemoryModelSource
 from mlops_assets.serving.routing import MemoryAssignments
 from mlops_assets.training.task import ModelTask
 from mlops_assets.training.train import TrainConfig, fit_model
-from mlops_assets_tests.conftest import CHURN_SPEC, REPO
+from mlops_assets_tests.conftest import CHURN_SPEC, REPO, Clock
 from mlops_assets_tests.serving_world import T, churn_world
 from mlops_assets_tests.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
 
@@ -35,14 +34,6 @@ NO_PROMTOOL = "promtool not installed (Debian's `prometheus` package: `make obse
 VIEWS = ["customer_profile", "engagement", "purchase_activity", "support"]
 REFRESHED_AT = T("2026-01-11 01:00")
 EXPIRED_AT = T("2026-01-13 12:00")  # event views (TTL 2 days) are expired, customer_profile is not
-
-
-class Clock:
-    def __init__(self, now: pd.Timestamp) -> None:
-        self.now = now.to_pydatetime()
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from mlops_assets.live import processes_with_home
 from mlops_assets.project import Project
 from mlops_assets.settings import DataPaths
 from mlops_assets_tests.conftest import CHURN_SPEC, definitions, stop_process, write_events
@@ -122,18 +123,7 @@ def job_backfill(env: dict, job: str, first: str, last: str) -> None:
 
 def processes_of(home: str) -> list[int]:
     """Live processes started for this instance: their environment names its DAGSTER_HOME."""
-    marker = f"DAGSTER_HOME={home}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+    return processes_with_home(Path(home))
 
 
 def stop_leftovers(home: str, timeout: float = 20) -> None:

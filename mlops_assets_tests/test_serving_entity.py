@@ -27,7 +27,7 @@ from mlops_assets.serving.routing import MemoryAssignments
 from mlops_assets.storage import write_partition
 from mlops_assets.training.task import ModelTask, select_inputs
 from mlops_assets.training.train import TrainConfig, fit_model, model_inputs, predict_scores
-from mlops_assets_tests.conftest import BIKES_SPEC, CHURN_SPEC
+from mlops_assets_tests.conftest import BIKES_SPEC, CHURN_SPEC, Clock
 from mlops_assets_tests.serving_world import CHURN_DAYS, T, bikes_world, churn_world
 from mlops_assets_tests.synthetic import CATEGORICAL_FEATURES, NUMERIC_FEATURES, synthetic_training_set
 
@@ -38,14 +38,6 @@ FRESH_AT = T(
     "2026-01-11 12:00"
 )  # the online store holds values as of 01-11 00:00; event views' TTL is 2 days
 EXPIRED_AT = T("2026-01-13 12:00")
-
-
-class Clock:
-    def __init__(self, now: pd.Timestamp) -> None:
-        self.now = now.to_pydatetime()
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")
