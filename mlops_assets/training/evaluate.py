@@ -193,10 +193,14 @@ class EvaluationReport:
             "",
             "## Coverage",
             "",
-            f"- rows scored: {fmt(self.row_coverage)}",
-            f"- segments observed in the training set and scored in the holdout: {fmt(self.segment_coverage)} "
-            f"of {self.segments_checked}"
-            + (f" (uncovered: {', '.join(self.uncovered_segments)})" if self.uncovered_segments else ""),
+            f"- share of holdout rows scored: {fmt(self.row_coverage)}",
+            (
+                f"- segments observed in the training set and scored in the holdout: "
+                f"{self.segments_checked - len(self.uncovered_segments)} of {self.segments_checked}"
+                + (f" (uncovered: {', '.join(self.uncovered_segments)})" if self.uncovered_segments else "")
+                if self.segments_checked
+                else "- segments: none declared (`model.segments`), only rows are covered"
+            ),
             "",
             "## Golden cases",
             "",
