@@ -75,7 +75,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # pandas is not imported with the Dagster definitions (pyarrow converts frames itself)
@@ -116,6 +118,63 @@ def table_hash(table: pa.Table) -> str:
         digest.update(sink.getvalue().to_pybytes())
     digest.update(str(table.num_rows).encode())
     return digest.hexdigest()
+
+
+# --- canonical layout ----------------------------------------------------------------------------
+
+
+def canonical_table(table: pa.Table) -> pa.Table:
+    """The table in one canonical Arrow layout, so that equal values give an equal :func:`table_hash`.
+
+    ``table_hash`` hashes Arrow IPC bytes, which follow the buffers (chunking, a slice's unused bytes,
+    the bytes under nulls, the unused bits of the validity bitmap), not only the values. Canonical:
+    one chunk per column in exactly-sized buffers starting at offset 0; a validity bitmap only where
+    there are nulls, its unused bits set; under a null, NaN in a float column, 0 in another fixed-width
+    column, an empty string in a string column. Other types are rebuilt from their values.
+    """
+    if table.num_rows == 0:
+        return table.schema.empty_table()
+    return pa.Table.from_arrays(
+        [_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema
+    )
+
+
+def _validity_bitmap(arr: pa.Array) -> pa.Buffer | None:
+    if arr.null_count == 0:
+        return None
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    padded = np.ones(-(-len(arr) // 8) * 8, dtype=bool)
+    padded[: len(arr)] = valid
+    return pa.py_buffer(np.packbits(padded, bitorder="little"))
+
+
+def _canonical_array(arr: pa.Array) -> pa.Array:
+    n, typ = len(arr), arr.type
+    if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_temporal(typ):
+        width = typ.bit_width // 8
+        if typ.bit_width % 8 or width not in (1, 2, 4, 8):
+            return pa.array(arr.to_pylist(), type=typ)
+        dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
+        values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + n)[arr.offset :].copy()
+        if arr.null_count:
+            fill = np.array(np.nan, dtype=f"f{width}").view(dtype) if pa.types.is_floating(typ) else 0
+            values[~arr.is_valid().to_numpy(zero_copy_only=False)] = fill
+        return pa.Array.from_buffers(typ, n, [_validity_bitmap(arr), pa.py_buffer(values)], arr.null_count)
+    if pa.types.is_string(typ) or pa.types.is_binary(typ):
+        filled = pc.fill_null(arr, "" if pa.types.is_string(typ) else b"") if arr.null_count else arr
+        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[
+            filled.offset :
+        ]
+        data = filled.buffers()[2]
+        first, last = int(offsets[0]), int(offsets[-1])
+        body = data.slice(first, last - first) if data is not None else pa.py_buffer(b"")
+        return pa.Array.from_buffers(
+            typ,
+            n,
+            [_validity_bitmap(arr), pa.py_buffer(offsets - np.int32(first)), pa.py_buffer(body.to_pybytes())],
+            arr.null_count,
+        )
+    return pa.array(arr.to_pylist(), type=typ)
 
 
 def frame_hash(frame: pd.DataFrame) -> str:

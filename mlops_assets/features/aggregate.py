@@ -316,13 +316,15 @@ def snapshot_features(
     return ViewValues(out, valid)
 
 
-def lifetime_from_state(
+def features_from_fold(
     layout: ViewLayout, state: pa.Table, query_keys: pa.Array, query_day: int, features: list[str]
 ) -> ViewValues:
-    """Lifetime features of an event view at ``query_day`` from its state as of the day before.
+    """Features of an event view at ``query_day`` from a fold of its tiles as of the day before.
 
-    The state row of an entity is the fold of all its tiles, so this equals :func:`event_features` over
-    every tile (same operations in the same order) without reading them.
+    A fold has one row per entity in the tile schema: the lifetime state folds all of an entity's
+    tiles, a window state (:mod:`.windows`) those inside its window. Read as the one tile of the day
+    before, it gives the features it covers as :func:`event_features` over those tiles does (same
+    operations in the same order), without reading them.
     """
     day_column = pa.array(np.full(state.num_rows, query_day - 1, dtype=np.int32), pa.date32())
     state = state.set_column(state.schema.get_field_index(DAY_COLUMN), DAY_COLUMN, day_column)
@@ -330,4 +332,4 @@ def lifetime_from_state(
     return event_features(layout, state, query_keys, days, features)
 
 
-__all__ = ["RECORD_TS", "ViewValues", "event_features", "lifetime_from_state", "snapshot_features"]
+__all__ = ["RECORD_TS", "ViewValues", "event_features", "features_from_fold", "snapshot_features"]

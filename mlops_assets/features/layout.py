@@ -133,6 +133,21 @@ class ViewLayout:
         return next(m for m in self.measures if (m.condition, m.column) == key)
 
     @cached_property
+    def windows(self) -> tuple[int, ...]:
+        """The distinct window lengths (days) of the view's windowed features, ascending (event views)."""
+        if self.kind != "events":
+            return ()
+        return tuple(sorted({f.window for f in self.view.features.values() if f.window is not None}))
+
+    def window_parts(self, window: int) -> dict[int, tuple[str, ...]]:
+        """Per measure index, the parts the features with this window read (a measure's count is always kept)."""
+        parts: dict[int, set[str]] = {}
+        for name, feat in self.view.features.items():
+            if feat.window == window:
+                parts.setdefault(self.measure_of(name).index, set()).update(_PARTS[feat.agg])
+        return {index: tuple(sorted(p)) for index, p in parts.items()}
+
+    @cached_property
     def snapshot_columns(self) -> tuple[str, ...]:
         """Source columns a snapshot view keeps (each feature's column, in first-use order)."""
         return tuple(dict.fromkeys(f.column for f in self.view.features.values() if f.column))

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.features import online
-from mlops_assets.features.aggregate import ViewValues, event_features, lifetime_from_state, snapshot_features
+from mlops_assets.features.aggregate import ViewValues, event_features, features_from_fold, snapshot_features
 from mlops_assets.features.layout import ViewLayout, layouts, select_features
 from mlops_assets.features.pit import TS_SUFFIX, assert_no_leakage
 from mlops_assets.features.tiles import (
@@ -32,6 +32,7 @@ from mlops_assets.features.tiles import (
     snapshot_state_from_source,
     stored_days,
     view_files,
+    window_state_rows,
 )
 from mlops_assets.project import Project
 from mlops_assets.storage import frame_hash, partition_glob, write_partition
@@ -191,29 +192,53 @@ class FeatureStore:
                 q_days,
                 features,
             )
-        lifetime = [f for f in features if layout.feature(f).window is None]
-        windowed = [f for f in features if layout.feature(f).window is not None]
-        single_day = len(np.unique(q_days)) == 1
-        if single_day and lifetime:
-            state_day, _, _ = read_state(self.paths, layout)
-            if state_day is not None and state_day <= _day_text(hi):
-                values: dict[str, pa.Array] = {}
-                found = np.zeros(len(keys), dtype=bool)
-                part = lifetime_from_state(
-                    layout, event_state_at(self.paths, layout, _day_text(hi)), keys, int(q_days[0]), lifetime
-                )
-                values.update(part.columns)
-                found |= part.found
-                if windowed:
-                    w_lo = max(
-                        _day_index(self.spec.partitions.start),
-                        int(q_days[0]) - max(layout.feature(f).window for f in windowed),
-                    )
-                    tiles = self._read_days(layout, [_day_text(d) for d in range(w_lo, hi + 1)])
-                    values.update(event_features(layout, tiles, keys, q_days, windowed).columns)
-                return ViewValues({f: values[f] for f in features}, found)
+        if len(np.unique(q_days)) == 1:
+            return self._values_of_one_day(layout, keys, int(q_days[0]), features)
         tiles = self._read_days(layout, [_day_text(d) for d in range(lo, hi + 1)])
         return event_features(layout, tiles, keys, q_days, features)
+
+    def _values_of_one_day(
+        self, layout: ViewLayout, keys: pa.Array, q: int, features: list[str]
+    ) -> ViewValues:
+        """An event view's values at one feature day: the lifetime state and each window's state stand in
+        for the tiles they fold; features without a current state are read from the tiles."""
+        day = _day_text(q - 1)
+        values: dict[str, pa.Array] = {}
+        found = np.zeros(len(keys), dtype=bool)
+        rest: list[str] = []
+        by_window: dict[int | None, list[str]] = {}
+        for f in features:
+            by_window.setdefault(layout.feature(f).window, []).append(f)
+        for window, names in by_window.items():
+            if window is None:
+                state_day, _, _ = read_state(self.paths, layout)
+                fold = (
+                    event_state_at(self.paths, layout, day)
+                    if state_day is not None and state_day <= day
+                    else None
+                )
+            else:
+                fold = window_state_rows(self.paths, layout, window, day)
+            if fold is None:
+                rest += names
+                continue
+            part = features_from_fold(layout, fold, keys, q, names)
+            values.update(part.columns)
+            found |= part.found
+        if rest:
+            start = _day_index(self.spec.partitions.start)
+            windows = [layout.feature(f).window for f in rest]
+            lo = start if None in windows else max(start, q - max(windows))
+            part = event_features(
+                layout,
+                self._read_days(layout, [_day_text(d) for d in range(lo, q)]),
+                keys,
+                np.full(len(keys), q),
+                rest,
+            )
+            values.update(part.columns)
+            found |= part.found
+        return ViewValues({f: values[f] for f in features}, found)
 
     def _entity_keys(self, frame: pd.DataFrame, column: str, layout: ViewLayout) -> pa.Array:
         values = frame[column]

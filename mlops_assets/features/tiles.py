@@ -25,11 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mlops_assets.features import windows
 from mlops_assets.features.exact import dd_add, group_sums
 from mlops_assets.features.layout import DAY_COLUMN, RECORD_TS, ViewLayout, quote
 from mlops_assets.features.pit import duckdb_cursor
 from mlops_assets.settings import DataPaths
-from mlops_assets.storage import PART_FILE, table_hash, write_file_atomic, write_partition
+from mlops_assets.storage import PART_FILE, canonical_table, table_hash, write_file_atomic, write_partition
 
 STATE_FILE = "state.parquet"
 STATE_META = "state.json"
@@ -298,7 +299,10 @@ def read_state(paths: DataPaths, layout: ViewLayout) -> tuple[str | None, pa.Tab
         return None, None, {}
     if meta.get("version") != layout.version() or not (folder / STATE_FILE).is_file():
         return None, None, {}
-    table = canonical_table(pq.read_table(folder / STATE_FILE))  # hashed in the form it was written in
+    try:  # hashed in the form it was written in (Parquet names a list's item 'element': cast back)
+        table = canonical_table(pq.read_table(folder / STATE_FILE).cast(layout.schema))
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return None, None, {}
     if table_hash(table) != meta.get("content_hash"):
         return None, None, {}
     return meta["day"], table, meta
@@ -316,6 +320,7 @@ def _write_state(
 def _drop_state(paths: DataPaths, view: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         (state_dir(paths, view) / STATE_META).unlink()
+    windows.drop(state_dir(paths, view))
 
 
 def drop_state(paths: DataPaths, view: str) -> None:
@@ -499,6 +504,7 @@ def materialize_days(
                 out[day] = _partition_metadata(layout, day, table, len(files[day]), path)
                 if layout.kind == "events":
                     _advance_event_state(paths, layout, day, table, out[day]["content_hash"])
+                    _advance_window_states(paths, layout, day, table, out[day]["content_hash"], start)
                 if progress is not None:
                     progress(day, len(out), len(days))
     return out
@@ -550,6 +556,60 @@ def _advance_event_state(
             _drop_state(paths, layout.name)
 
 
+def _stored_tiles(paths: DataPaths, layout: ViewLayout, day: int) -> pa.Table:
+    """The stored tiles of a day (no rows when the day is before the first or was never written)."""
+    path = partition_path(paths, layout.name, windows.day_text(day)) / PART_FILE
+    return pq.read_table(path) if path.is_file() else layout.schema.empty_table()
+
+
+def _advance_window_states(
+    paths: DataPaths, layout: ViewLayout, day: str, tiles: pa.Table, content_hash: str, start: str
+) -> None:
+    """Bring each window state of the view to a just-written day (see :mod:`.windows`).
+
+    The state of the day before advances by one day; an older state catches up when every day between
+    is stored; a missing state is built from the stored tiles of the window when this is the newest
+    stored day (the next day after a backfill or a re-run), else left to the day that is. A re-run of a
+    day inside the window that changed its content drops the state.
+    """
+    root = state_dir(paths, layout.name)
+    d = windows.day_index(day)
+    with _state_lock(paths, layout.name):
+        stored = set(stored_days(paths, layout.name))
+        for window in layout.windows:
+            state, meta = windows.read(root, layout, window)
+            recorded = dict(meta.get("tiles", {})) if state is not None else {}
+            if state is not None and d <= state.day:
+                if d <= state.day - window or recorded.get(day) == content_hash:
+                    continue
+                windows.drop(root, window)
+                state, recorded = None, {}
+            if state is not None and all(windows.day_text(x) in stored for x in range(state.day + 1, d)):
+                x = state.day + 1
+            elif state is None and (not any(x < day for x in stored) or max(stored) == day):
+                x = max(windows.day_index(start), d - window + 1)
+                state = windows.empty(layout, window, x - 1)
+            else:
+                continue
+            while x <= d or windows.day_text(x) in stored:  # on through the stored days after it
+                new = tiles if x == d else _stored_tiles(paths, layout, x)
+                leaving = windows.day_text(x - window)
+                old = (
+                    _stored_tiles(paths, layout, x - window)
+                    if leaving in recorded
+                    else layout.schema.empty_table()
+                )
+                state = windows.advance(layout, state, new, old)
+                recorded[windows.day_text(x)] = content_hash if x == d else table_hash(canonical_table(new))
+                x += 1
+            windows.write(root, layout, state, recorded)
+
+
+def window_state_rows(paths: DataPaths, layout: ViewLayout, window: int, day: str) -> pa.Table | None:
+    """The window state's per-entity rows as of the end of ``day`` (None: no current state; read the tiles)."""
+    return windows.read_main(state_dir(paths, layout.name), layout, window, day)
+
+
 def _recent(recorded: dict[str, str], keep: int = 400) -> dict[str, str]:
     """The content hashes of the last folded days (enough to notice a re-run of a recent day that changed)."""
     return dict(sorted(recorded.items())[-keep:])
@@ -569,60 +629,3 @@ def event_state_at(paths: DataPaths, layout: ViewLayout, day: str) -> pa.Table:
             )
         return state
     return build_event_state(paths, layout, day)
-
-
-# ------------------------------------------------------------------------------------ canonical layout
-
-
-def canonical_table(table: pa.Table) -> pa.Table:
-    """The table in one canonical Arrow layout, so that equal values give an equal :func:`table_hash`.
-
-    ``table_hash`` hashes Arrow IPC bytes, which follow the buffers (chunking, a slice's unused bytes,
-    the bytes under nulls, the unused bits of the validity bitmap), not only the values. Canonical:
-    one chunk per column in exactly-sized buffers starting at offset 0; a validity bitmap only where
-    there are nulls, its unused bits set; under a null, NaN in a float column, 0 in another fixed-width
-    column, an empty string in a string column. Other types are rebuilt from their values.
-    """
-    if table.num_rows == 0:
-        return table.schema.empty_table()
-    return pa.Table.from_arrays(
-        [_canonical_array(c.combine_chunks()) for c in table.columns], schema=table.schema
-    )
-
-
-def _validity_bitmap(arr: pa.Array) -> pa.Buffer | None:
-    if arr.null_count == 0:
-        return None
-    valid = arr.is_valid().to_numpy(zero_copy_only=False)
-    padded = np.ones(-(-len(arr) // 8) * 8, dtype=bool)
-    padded[: len(arr)] = valid
-    return pa.py_buffer(np.packbits(padded, bitorder="little"))
-
-
-def _canonical_array(arr: pa.Array) -> pa.Array:
-    n, typ = len(arr), arr.type
-    if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_temporal(typ):
-        width = typ.bit_width // 8
-        if typ.bit_width % 8 or width not in (1, 2, 4, 8):
-            return pa.array(arr.to_pylist(), type=typ)
-        dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
-        values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + n)[arr.offset :].copy()
-        if arr.null_count:
-            fill = np.array(np.nan, dtype=f"f{width}").view(dtype) if pa.types.is_floating(typ) else 0
-            values[~arr.is_valid().to_numpy(zero_copy_only=False)] = fill
-        return pa.Array.from_buffers(typ, n, [_validity_bitmap(arr), pa.py_buffer(values)], arr.null_count)
-    if pa.types.is_string(typ) or pa.types.is_binary(typ):
-        filled = pc.fill_null(arr, "" if pa.types.is_string(typ) else b"") if arr.null_count else arr
-        offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32, count=filled.offset + n + 1)[
-            filled.offset :
-        ]
-        data = filled.buffers()[2]
-        first, last = int(offsets[0]), int(offsets[-1])
-        body = data.slice(first, last - first) if data is not None else pa.py_buffer(b"")
-        return pa.Array.from_buffers(
-            typ,
-            n,
-            [_validity_bitmap(arr), pa.py_buffer(offsets - np.int32(first)), pa.py_buffer(body.to_pybytes())],
-            arr.null_count,
-        )
-    return pa.array(arr.to_pylist(), type=typ)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mlops_assets.settings import DataPaths
-from mlops_assets.storage import read_partition, table_hash, write_file_atomic
+from mlops_assets.storage import canonical_table, read_partition, table_hash, write_file_atomic
 
 #: A fingerprint: Parquet file name -> [size in bytes, modification time in ns].
 Fingerprint = dict[str, list[int]]
@@ -37,9 +37,7 @@ class Manifest:
 
 def content_hash(table: pa.Table) -> str:
     """The content hash of a table as stored: the same for the table written and the table read back
-    (Arrow buffers differ between the two; :func:`~mlops_assets.features.tiles.canonical_table` evens them)."""
-    from mlops_assets.features.tiles import canonical_table
-
+    (Arrow buffers differ between the two; :func:`~mlops_assets.storage.canonical_table` evens them)."""
     return table_hash(canonical_table(table))
 
 
