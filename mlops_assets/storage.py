@@ -563,8 +563,12 @@ def write_partition(table: pa.Table | pd.DataFrame, directory: Path, filename: s
     return Path(directory) / filename
 
 
-def write_file_atomic(data: bytes, path: Path) -> Path:
-    """Write bytes to ``path`` through a temporary name, an fsync and a rename."""
+def write_file_atomic(data: bytes, path: Path, *, durable: bool = True) -> Path:
+    """Write bytes to ``path`` through a temporary name, an fsync and a rename.
+
+    ``durable=False`` skips the fsyncs: for caches whose readers check a content hash (a file lost or
+    torn by a power cut is then rebuilt, not trusted); readers still see the old file or the new one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
@@ -572,10 +576,12 @@ def write_file_atomic(data: bytes, path: Path) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
-        with suppress(OSError):
-            _fsync_path(path.parent)
+        if durable:
+            with suppress(OSError):
+                _fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

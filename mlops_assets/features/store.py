@@ -174,11 +174,18 @@ class FeatureStore:
             )
 
     def _view_values(
-        self, layout: ViewLayout, keys: pa.Array, q_days: np.ndarray, features: list[str]
+        self,
+        layout: ViewLayout,
+        keys: pa.Array,
+        q_days: np.ndarray,
+        features: list[str],
+        stored: set[str] | None = None,
     ) -> ViewValues:
-        """Values of one view; the stored state stands in for every older tile when all queries share a day."""
+        """Values of one view; the stored state stands in for every older tile when all queries share a day.
+
+        ``stored``: the view's stored days, when the caller has just listed them."""
         lo, hi = self._needed_days(layout, features, int(q_days.min()), int(q_days.max()))
-        stored = set(stored_days(self.paths, layout.name))
+        stored = set(stored_days(self.paths, layout.name)) if stored is None else stored
         self._check_stored(layout, lo, hi, stored)
         if layout.kind == "snapshot":
             if len(np.unique(q_days)) == 1:
@@ -211,12 +218,11 @@ class FeatureStore:
             by_window.setdefault(layout.feature(f).window, []).append(f)
         for window, names in by_window.items():
             if window is None:
-                state_day, _, _ = read_state(self.paths, layout)
-                fold = (
-                    event_state_at(self.paths, layout, day)
-                    if state_day is not None and state_day <= day
-                    else None
-                )
+                state_day, fold, _ = read_state(self.paths, layout)
+                if state_day is None or state_day > day:
+                    fold = None
+                elif state_day < day:  # folded forward over the days since (not written back)
+                    fold = event_state_at(self.paths, layout, day)
             else:
                 fold = window_state_rows(self.paths, layout, window, day)
             if fold is None:
@@ -300,7 +306,7 @@ class FeatureStore:
                 )
             newest = _day_index(stored[-1]) + 1
             q = np.minimum(q_all, newest)  # the newest feature time the store can answer
-            values = self._view_values(layout, keys, q, feats)
+            values = self._view_values(layout, keys, q, feats, set(stored))
             ft_us = q * _DAY_US
             stale = np.zeros(len(q), dtype=bool)
             if layout.view.ttl is not None:  # the newest stored day is older than the TTL at the row's time
@@ -377,7 +383,11 @@ class FeatureStore:
             ids = self.known_entities(name, day)
             feature_time = pd.Timestamp(date.fromisoformat(day) + timedelta(days=1), tz="UTC")
             q = np.full(len(ids), _day_index(day) + 1, dtype=np.int64)
-            values = self._view_values(layout, ids, q, list(layout.view.features)) if len(ids) else None
+            values = (
+                self._view_values(layout, ids, q, list(layout.view.features), set(stored))
+                if len(ids)
+                else None
+            )
             columns = {"entity": pc.cast(ids, pa.string())}
             for f in layout.view.features:
                 columns[f] = (

@@ -312,9 +312,9 @@ def _write_state(
     paths: DataPaths, layout: ViewLayout, day: str, table: pa.Table, tile_hashes: dict[str, str]
 ) -> None:
     folder = state_dir(paths, layout.name)
-    write_file_atomic(_parquet_bytes(table), folder / STATE_FILE)
+    write_file_atomic(_parquet_bytes(table), folder / STATE_FILE, durable=False)
     meta = {"day": day, "version": layout.version(), "content_hash": table_hash(table), "tiles": tile_hashes}
-    write_file_atomic(json.dumps(meta, sort_keys=True).encode(), folder / STATE_META)
+    write_file_atomic(json.dumps(meta, sort_keys=True).encode(), folder / STATE_META, durable=False)
 
 
 def _drop_state(paths: DataPaths, view: str) -> None:
@@ -575,7 +575,7 @@ def _advance_window_states(
     root = state_dir(paths, layout.name)
     d = windows.day_index(day)
     with _state_lock(paths, layout.name):
-        stored = set(stored_days(paths, layout.name))
+        stored: set[str] | None = None  # listed only when a state catches up or is built
         for window in layout.windows:
             state, meta = windows.read(root, layout, window)
             recorded = dict(meta.get("tiles", {})) if state is not None else {}
@@ -584,14 +584,18 @@ def _advance_window_states(
                     continue
                 windows.drop(root, window)
                 state, recorded = None, {}
-            if state is not None and all(windows.day_text(x) in stored for x in range(state.day + 1, d)):
+            if state is None or state.day < d - 1:
+                stored = set(stored_days(paths, layout.name)) if stored is None else stored
+            if state is not None and (
+                state.day == d - 1 or all(windows.day_text(x) in stored for x in range(state.day + 1, d))
+            ):
                 x = state.day + 1
             elif state is None and (not any(x < day for x in stored) or max(stored) == day):
                 x = max(windows.day_index(start), d - window + 1)
                 state = windows.empty(layout, window, x - 1)
             else:
                 continue
-            while x <= d or windows.day_text(x) in stored:  # on through the stored days after it
+            while x <= d or (stored is not None and windows.day_text(x) in stored):  # on through stored days
                 new = tiles if x == d else _stored_tiles(paths, layout, x)
                 leaving = windows.day_text(x - window)
                 old = (

@@ -299,7 +299,7 @@ def write(state_root: Path, layout: ViewLayout, state: WindowState, tile_hashes:
     path = folder(state_root, state.window)
     files = {MAIN: state.main, **state.queues}
     for name, table in files.items():
-        write_file_atomic(_parquet_bytes(table), path / f"{name}.parquet")
+        write_file_atomic(_parquet_bytes(table), path / f"{name}.parquet", durable=False)
     meta = {
         "day": day_text(state.day),
         "window": state.window,
@@ -307,7 +307,7 @@ def write(state_root: Path, layout: ViewLayout, state: WindowState, tile_hashes:
         "files": {name: table_hash(table) for name, table in files.items()},
         "tiles": dict(sorted(tile_hashes.items())[-(state.window + 1) :]),
     }
-    write_file_atomic(json.dumps(meta, sort_keys=True).encode(), path / META)
+    write_file_atomic(json.dumps(meta, sort_keys=True).encode(), path / META, durable=False)
 
 
 def drop(state_root: Path, window: int | None = None) -> None:
