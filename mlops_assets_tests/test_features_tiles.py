@@ -327,3 +327,74 @@ def test_a_read_needing_days_not_in_the_store_names_them(tmp_path):
         match=r"activity: 2 day\(s\) needed by this read are not in the offline store \(2026-03-03, 2026-03-04\)",
     ):
         store.get_historical_features(entity_df)
+
+
+def _random_tiles(layout, day: int, rng: np.random.Generator) -> pa.Table:
+    """One day's tiles of a few users, each measure's parts consistent with its count."""
+    users = sorted(rng.choice([f"u{i}" for i in range(8)], size=int(rng.integers(0, 6)), replace=False))
+    base = (pd.Timestamp(START, tz="UTC").value // 1000) + day * DAY_US
+    cols: dict[str, list] = {name: [] for name in layout.schema.names}
+    for user in users:
+        cols["user_id"].append(user)
+        cols["day"].append(date(1970, 1, 1) + timedelta(days=day))
+        for m in layout.measures:
+            n = int(rng.integers(0, 4))
+            cols[m.col("n")].append(n)
+            lo_ts, hi_ts = sorted(int(x) for x in rng.integers(0, DAY_US, 2))
+            values = sorted(int(x) / 100 for x in rng.integers(0, 10_000, max(n, 1)))
+            for part in m.parts:
+                if part == "sum":
+                    cols[m.col("sum_hi")].append(math.fsum(values) if n else 0.0)
+                    cols[m.col("sum_lo")].append(0.0)
+                elif part in ("min", "max"):
+                    cols[m.col(part)].append((values[0] if part == "min" else values[-1]) if n else None)
+                elif part in ("first", "last"):
+                    ts = base + (lo_ts if part == "first" else hi_ts)
+                    cols[m.col(f"{part}_ts")].append(pd.Timestamp(ts, unit="us", tz="UTC") if n else None)
+                elif part == "value":
+                    cols[m.col("value")].append(str(rng.choice(PAGES)) if n else None)
+                    cols[m.col("value_ts")].append(
+                        pd.Timestamp(base + hi_ts, unit="us", tz="UTC") if n else None
+                    )
+                elif part == "distinct":
+                    pages = sorted(set(rng.choice(PAGES, size=n).tolist())) if n else []
+                    cols[m.col("distinct")].append(pages)
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in layout.schema], schema=layout.schema)
+
+
+def test_window_state_steps_equal_a_fold_of_the_tiles_inside_the_window():
+    """Each day's window state (add the new day, take out the one leaving) equals folding the window's tiles afresh."""
+    from mlops_assets.features import windows
+    from mlops_assets.features.exact import to_float
+    from mlops_assets.features.layout import layouts
+    from mlops_assets.features.tiles import fold_event_state
+
+    layout = layouts(clickstream_spec(60))["activity"]
+    rng = np.random.default_rng(23)
+    tiles = [_random_tiles(layout, d, rng) for d in range(60)]
+    assert layout.windows == (2, 3, 7)
+    for window in layout.windows:
+        kept = layout.window_parts(window)
+        state = windows.empty(layout, window, -1)
+        for d in range(60):
+            old = tiles[d - window] if d >= window else layout.schema.empty_table()
+            state = windows.advance(layout, state, tiles[d], old)
+            expected = layout.schema.empty_table()
+            for x in range(max(0, d - window + 1), d + 1):
+                expected = fold_event_state(layout, expected, tiles[x])
+            got = state.main
+            assert got.column("user_id").to_pylist() == expected.column("user_id").to_pylist(), (window, d)
+            for m in layout.measures:
+                assert got.column(m.col("n")).to_pylist() == expected.column(m.col("n")).to_pylist()
+                for part in kept.get(m.index, ()):
+                    if part == "sum":
+                        a = to_float(*(got.column(m.col(c)).to_numpy() for c in ("sum_hi", "sum_lo")))
+                        b = to_float(*(expected.column(m.col(c)).to_numpy() for c in ("sum_hi", "sum_lo")))
+                        assert a.tolist() == b.tolist(), (window, d, m.prefix)
+                        continue
+                    names = {"first": ["first_ts"], "last": ["last_ts"], "value": ["value", "value_ts"]}
+                    for c in names.get(part, [part]):
+                        a, b = got.column(m.col(c)).to_pylist(), expected.column(m.col(c)).to_pylist()
+                        if part == "distinct":  # no value: an empty list or null, both a count of 0
+                            a, b = [x or [] for x in a], [x or [] for x in b]
+                        assert a == b, f"window {window}, day {d}: {m.col(c)}"

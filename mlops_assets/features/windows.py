@@ -45,12 +45,13 @@ META = "state.json"
 MAIN = "main"
 _EPOCH = date(1970, 1, 1)
 
-#: Queue parts: how the tile column of the part is reduced over the queue, and how a new value prunes it.
+#: Queue parts: the reduction over a queue; how a day's values meet its entries (a join) and which met entries
+#: stay (a max keeps the values above the new one: the others can never be the maximum again).
 _QUEUES = {
-    "max": ("max(v)", "a.v <= n.v"),
-    "min": ("min(v)", "a.v >= n.v"),
-    "first": ("arg_min(v, d)", None),
-    "distinct": ("list_sort(list(v))", "a.v = n.v"),
+    "max": ("max(v)", "n.k = a.k", "a.v > n.v"),
+    "min": ("min(v)", "n.k = a.k", "a.v < n.v"),
+    "first": ("arg_min(v, d)", None, None),
+    "distinct": ("list_sort(list(v))", "n.k = a.k AND n.v = a.v", "FALSE"),
 }
 
 
@@ -214,13 +215,15 @@ def _push(con, queue: pa.Table, incoming: pa.Table, part: str, day: int, expire:
     con.register("__queue", queue)
     con.register("__incoming", incoming)
     try:
-        prune = _QUEUES[part][1]
-        dominated = (
-            f" AND NOT EXISTS (SELECT 1 FROM __incoming n WHERE n.k = a.k AND {prune})" if prune else ""
+        _, meet, stays = _QUEUES[part]
+        kept = (
+            f"SELECT a.k, a.d, a.v FROM __queue a LEFT JOIN __incoming n ON {meet} "
+            f"WHERE a.d > {expire} AND (n.k IS NULL OR {stays})"
+            if meet
+            else f"SELECT k, d, v FROM __queue WHERE d > {expire}"
         )
         table = con.sql(
-            f"SELECT k, d, v FROM __queue a WHERE d > {expire}{dominated} "
-            f"UNION ALL SELECT k, CAST({day} AS INTEGER) AS d, v FROM __incoming ORDER BY k, d, v"
+            f"{kept} UNION ALL SELECT k, CAST({day} AS INTEGER) AS d, v FROM __incoming"
         ).to_arrow_table()
     finally:
         con.unregister("__queue")
