@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -55,13 +56,16 @@ def partition_path(paths: DataPaths, view: str, day: str) -> Path:
 def stored_days(paths: DataPaths, view: str) -> list[str]:
     """Days of ``view`` written to the offline store, ascending."""
     folder = view_dir(paths, view)
-    if not folder.is_dir():
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    days = []
-    for part in folder.iterdir():
-        if part.name.startswith("date=") and (part / PART_FILE).is_file():
-            days.append(part.name[len("date=") :])
-    return sorted(days)
+    # plain strings and os.path: a read of the newest day lists every stored day, so this is per-day cost
+    return sorted(
+        e.name[5:]
+        for e in entries
+        if e.name.startswith("date=") and os.path.isfile(os.path.join(e.path, PART_FILE))
+    )
 
 
 def view_files(paths: DataPaths, view: str, days: Iterable[str]) -> dict[str, str]:
