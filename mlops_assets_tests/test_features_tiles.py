@@ -159,6 +159,24 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def clickstream_world(root, rows: list[tuple], days: int) -> tuple[Project, pd.DataFrame, FeatureStore]:
+    """A clickstream project of ``days`` days whose source holds the generated records."""
+    project = Project.from_spec(clickstream_spec(days), root)
+    records = frame_of(rows)
+    write_source(project, records, days)
+    return project, records, FeatureStore(project)
+
+
+def _assert_row(got: pd.DataFrame, i: int, expected: dict, where: str) -> None:
+    """Row ``i`` of a read has the brute force's value for every feature, bit for bit."""
+    for name, value in expected.items():
+        actual = got.at[i, name]
+        actual = None if actual is pd.NA or (isinstance(actual, float) and math.isnan(actual)) else actual
+        if isinstance(actual, np.generic):
+            actual = actual.item()
+        assert _same(value, actual), f"{name} of {where}: {actual!r} != {value!r}"
+
+
 def check_dense_read(project: Project, records: pd.DataFrame, day: str, *, from_states: bool) -> None:
     """``features_at(day)`` for every user (and one never seen) equals the brute force at the next midnight.
 
@@ -175,12 +193,7 @@ def check_dense_read(project: Project, records: pd.DataFrame, day: str, *, from_
     got = store.features_at(day, users)
     feature_day = (date.fromisoformat(day) - START).days + 1
     for i, user in enumerate(users):
-        for name, value in brute_force(records, user, feature_day).items():
-            actual = got.at[i, name]
-            actual = None if actual is pd.NA or (isinstance(actual, float) and math.isnan(actual)) else actual
-            if isinstance(actual, np.generic):
-                actual = actual.item()
-            assert _same(value, actual), f"{name} of {user} as of {day}: {actual!r} != {value!r}"
+        _assert_row(got, i, brute_force(records, user, feature_day), f"{user} as of {day}")
 
 
 def check_against_brute_force(store: FeatureStore, records: pd.DataFrame, days: int) -> None:
@@ -196,27 +209,15 @@ def check_against_brute_force(store: FeatureStore, records: pd.DataFrame, days: 
     entity_df = pd.DataFrame({"user_id": [q[0] for q in queries], "event_timestamp": [q[1] for q in queries]})
     got = store.get_historical_features(entity_df)
     for i, (user, _, feature_day) in enumerate(queries):
-        expected = brute_force(records, user, feature_day)
-        for name, value in expected.items():
-            actual = got.at[i, name]
-            actual = None if actual is pd.NA or (isinstance(actual, float) and math.isnan(actual)) else actual
-            if isinstance(actual, np.generic):
-                actual = actual.item()
-            assert _same(value, actual), (
-                f"{name} of {user} at feature day {feature_day}: {actual!r} != {value!r}"
-            )
+        _assert_row(got, i, brute_force(records, user, feature_day), f"{user} at feature day {feature_day}")
 
 
 @pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(record, min_size=0, max_size=120))
 def test_tiled_aggregates_equal_brute_force(tmp_path_factory, rows):
-    root = tmp_path_factory.mktemp("tiles")
     days = 14
-    project = Project.from_spec(clickstream_spec(days), root)
-    records = frame_of(rows)
-    write_source(project, records, days)
-    store = FeatureStore(project)
+    project, records, store = clickstream_world(tmp_path_factory.mktemp("tiles"), rows, days)
     all_days = project.partition_days()
     store.materialize(all_days)
     check_against_brute_force(store, records, days)
@@ -235,16 +236,12 @@ def test_tiled_aggregates_equal_brute_force(tmp_path_factory, rows):
                 assert _same(a, b), name
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(record, min_size=1, max_size=80))
 def test_window_states_serve_each_next_day_exactly(tmp_path_factory, rows):
     """Materialized one day at a time, every day's dense read comes from the states alone, bit for bit."""
-    root = tmp_path_factory.mktemp("windows")
-    days = 12
-    project = Project.from_spec(clickstream_spec(days), root)
-    records = frame_of(rows)
-    write_source(project, records, days)
-    store = FeatureStore(project)
+    project, records, store = clickstream_world(tmp_path_factory.mktemp("windows"), rows, 12)
     for day in project.partition_days():
         store.materialize([day])
         check_dense_read(project, records, day, from_states=True)
