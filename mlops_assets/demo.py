@@ -251,7 +251,12 @@ def drift_summary(result) -> str:
             f"{fmt(meta, 'estimated_accuracy')} | {fmt(meta, 'realized_accuracy' if 'realized_mae' not in meta else 'realized_mae')} ({labels}) |"
         )
     for check in result.get_asset_check_evaluations():
-        verdict = "pass" if check.passed else f"FAIL ({check.severity.value})"
+        status = check.metadata.get("status")
+        verdict = (
+            "not applicable"
+            if status is not None and status.value == "not applicable"
+            else ("pass" if check.passed else f"FAIL ({check.severity.value})")
+        )
         lines.append(f"  check {check.check_name}: {verdict} {(check.description or '')[:160]}")
     return "\n".join(lines)
 

@@ -318,6 +318,7 @@ def test_catalog_metadata_dependencies_and_automation(churn):
     assert {d.asset_key.path[-1] for d in specs["training_set"].deps} == {*churn.view_names, "raw_labels"}
     sensor = defs.resolve_sensor_def("features_automation_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.run_tags["mlops/trigger"] == "feature_update"  # its runs name their trigger
     assert specs["online_features"].automation_condition is not None
     job = defs.resolve_job_def(FEATURE_VIEWS_JOB)
     assert {k.path[-1] for k in job.asset_layer.selected_asset_keys} == set(churn.view_names)

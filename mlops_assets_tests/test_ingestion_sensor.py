@@ -8,11 +8,11 @@ import os
 import dagster as dg
 
 from mlops_assets.ingestion.assets import build_ingestion_assets
-from mlops_assets.ingestion.sensors import LANDING_SENSOR, build_landing_sensor
+from mlops_assets.ingestion.sensors import INGESTION_JOB, LANDING_SENSOR, build_landing_sensor
 from mlops_assets.partitions import daily_partitions
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
-from mlops_assets_tests.conftest import events_frame, write_events
+from mlops_assets_tests.conftest import definitions, events_frame, write_events
 
 DAY = "2026-01-10"
 
@@ -166,10 +166,15 @@ def test_cursor_is_json_and_survives_a_restart(churn):
     assert restarted.tick().run_requests == []
 
 
-def test_the_sensor_watches_every_source_of_the_spec(churn):
+def test_the_sensor_watches_every_source_of_the_spec_and_launches_the_named_ingestion_job(churn):
     write_events(churn.paths, DAY)
     partitions = daily_partitions(churn)
     sensor = build_landing_sensor(churn, partitions)
     assert sensor.name == LANDING_SENSOR and sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    watched = sensor.asset_selection.resolve(build_ingestion_assets(churn, partitions))
+    # its runs are ingestion_job runs (the UI names them), each a subset: the source whose files changed
+    assert sensor.job_name == INGESTION_JOB
+    job = definitions(churn).resolve_job_def(INGESTION_JOB)
+    watched = job.asset_layer.executable_asset_keys
     assert {key.to_user_string() for key in watched} == set(churn.spec.sources)
+    (request,) = SensorHarness(churn).tick().run_requests
+    assert request.job_name == INGESTION_JOB and request.asset_selection == [dg.AssetKey("raw_events")]

@@ -3,7 +3,8 @@ lifecycle from landing files dripped in one day at a time, and Ctrl-C leaves no 
 
 One small world (300 entities x 40 days, a day every second) is replayed. The test process only reads the
 replay's Dagster instance: every run in it must have been launched by a sensor or an automation condition of the
-code location (no run launched by a person or by the replay process), and the lifecycle must reach ingested days,
+code location (no run launched by a person or by the replay process), tagged with its trigger and of a named job
+(ingestion_job, retraining_job) wherever a sensor can name one, and the lifecycle must reach ingested days,
 every feature view, the online store and a first model trained and evaluated behind the gates (the first-champion
 sensor needs fewer label rows in a world this small: the spec's ``model.first_champion_min_rows``)."""
 
@@ -25,13 +26,12 @@ import pytest
 import yaml
 
 from mlops_assets.live import processes_with_home
-from mlops_assets_tests.conftest import CHURN_SPEC
+from mlops_assets_tests.conftest import CHURN_SPEC, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
 
 PROJECT = Path(__file__).resolve().parent.parent
 WORK = Path("/tmp/live-work")  # the replay's data folder and DAGSTER_HOME live below it
-UI_PORT, SERVING_PORT = 3482, 3483
 SIZE, DAYS, DRIP_SECONDS = 300, 40, 1
 MIN_ROWS = 60  # the world has about 117 label rows: a first model is tried on the full history
 VIEWS = ("purchase_activity", "engagement", "support", "customer_profile")
@@ -74,6 +74,10 @@ def workdir():
 def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(workdir: Path) -> None:
     home, data, log = workdir / "dagster_home", workdir / "data", workdir / "live.log"
     spec = small_spec(workdir)
+    ui_port, serving_port = (
+        free_port(),
+        free_port(),
+    )  # chosen by the OS: no clash with another run on the machine
     env = {**os.environ, "DAGSTER_HOME": str(home), "MLOPS_DATA_DIR": str(data), "MLOPS_SPEC": str(spec)}
     for key in ("MLOPS_EXECUTOR", "MLOPS_ROLLOUT", "MLOPS_PARTITIONS_END", "MLOPS_SENSOR_INTERVAL_S"):
         env.pop(key, None)
@@ -96,9 +100,9 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         "--drip-seconds",
         str(DRIP_SECONDS),
         "--port",
-        str(UI_PORT),
+        str(ui_port),
         "--serving-port",
-        str(SERVING_PORT),
+        str(serving_port),
     ]
     started = time.monotonic()
     reached: dict[str, float] = {}
@@ -125,7 +129,7 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
             time.sleep(2)
         text = log.read_text()
         assert "evaluated" in reached, f"reached only {reached} in {REACH_TIMEOUT}s\n{text[-5000:]}"
-        assert f"Dagster UI: http://127.0.0.1:{UI_PORT}" in text
+        assert f"Dagster UI: http://127.0.0.1:{ui_port}" in text
         assert re.search(rf"landed \S+ \({DAYS}/{DAYS}\)", text), text[-3000:]
 
         instance = read_instance(home)
@@ -136,6 +140,24 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         assert {"landing_files_sensor", "new_data_automation_sensor", "first_champion_sensor"} <= set(
             launched_by.values()
         )
+        # named jobs, each run tagged with its trigger: the landing sensor's runs are ingestion_job runs (one
+        # source each), the first-champion sensor's retraining_job; only the automation-condition sensors launch
+        # the implicit __ASSET_JOB (Dagster names no job for a run an automation condition requests)
+        jobs = {}
+        for r in runs:
+            jobs.setdefault(launched_by[r.run_id], set()).add(r.job_name)
+            assert r.tags.get("mlops/trigger"), (r.job_name, r.tags)
+        print(f"run jobs by sensor: {jobs}")
+        assert jobs["landing_files_sensor"] == {"ingestion_job"}, jobs
+        assert jobs["first_champion_sensor"] == {"retraining_job"}, jobs
+        named = {s for s, names in jobs.items() if "__ASSET_JOB" not in names}
+        assert set(jobs) - named <= {"new_data_automation_sensor", "features_automation_sensor"}, jobs
+        landing_runs = [r for r in runs if launched_by[r.run_id] == "landing_files_sensor"]
+        assert len(landing_runs) >= DAYS * len(SOURCES)
+        assert {r.tags["mlops/trigger"] for r in landing_runs} <= {"new_landing_data", "reconcile"}
+        assert {len(r.asset_selection or ()) for r in landing_runs} == {
+            1
+        }  # the changed source, not all three
         # every source-day ingested, each feature view computed for the last day, the online store refreshed
         for source in SOURCES:
             assert len(materialized_partitions(instance, source)) == DAYS, source
@@ -154,6 +176,7 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
             for e in instance.all_logs(report.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
         }
         assert {"beats_baseline", "training_data_valid"} <= gates, gates
+        print(f"batch_predictions partitions: {len(materialized_partitions(instance, 'batch_predictions'))}")
         training = latest(instance, "training_set").asset_materialization.metadata
         assert training["dagster/row_count"].value >= MIN_ROWS
     finally:

@@ -279,3 +279,41 @@ def test_a_completed_canary_promotes_only_through_the_promotion_policy(
     assert "quality gates passed against champion v1 (evaluation run-3)" in by_canary["reason"]
     assert by_canary["metrics"]["challenger_requests"] == 300.0  # the canary's numbers are kept with it
     assert by_canary["run_id"] == client.get_model_version(name, "3").run_id
+
+
+def test_batch_predictions_score_each_arriving_day_once_a_champion_is_promoted(churn):
+    """The live replay's daemon materializes batch_predictions through its automation condition: every day whose
+    feature views arrived, once a champion was promoted; a later promotion does not re-score past days."""
+    batch = _assets(churn)["batch_predictions"]
+    upstream = [
+        dg.AssetSpec("promotion"),
+        *(dg.AssetSpec(v, partitions_def=PARTITIONS) for v in churn.view_names),
+    ]
+    defs = dg.Definitions(assets=[batch, *upstream], resources=_resources(churn))
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = None
+
+    def tick() -> set[str]:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(batch.key), cursor=cursor
+        )
+        cursor = result.cursor
+        return set(result.get_requested_partitions(batch.key))
+
+    def land(*keys: str, days=()) -> None:
+        for key in keys:
+            for day in days or [None]:
+                instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=day))
+
+    assert tick() == set()  # the first evaluation is the baseline
+    days = ["2026-01-05", "2026-01-06"]
+    land(*churn.view_names, days=days)
+    assert tick() == set()  # no champion promoted yet: nothing to score with
+    land("promotion")
+    assert tick() == set(days)
+    assert tick() == set()  # requested once
+    land("promotion")  # a new champion
+    assert tick() == set()
+    land(*churn.view_names, days=["2026-01-07"])
+    assert tick() == {"2026-01-07"}

@@ -1,5 +1,5 @@
-"""The training shell in Dagster: train → evaluate (blocking gates, the ones that do not apply skipped) → the
-promotion policy, the alert sensor, rollback, caching, and the one policy behind every path that promotes."""
+"""The training shell in Dagster: train → evaluate (blocking gates; one that does not apply passes, naming why) →
+the promotion policy, the alert sensor, rollback, caching, and the one policy behind every path that promotes."""
 
 from __future__ import annotations
 
@@ -128,7 +128,8 @@ def test_graph_trains_evaluates_and_promotes_a_first_champion(churn, mlflow_stor
     )
     assert client.get_run(cand["run_id"]).data.tags["dagster_run_id"] == result.run_id
 
-    # the verdicts recorded on the version; a check result only for the gates that apply
+    # the verdicts recorded on the version; a check result for every gate, the ones that do not apply passed
+    # with the reason (the UI's Checks tab shows no gate "not executed")
     verdicts = json.loads(mv.tags[promotion.GATES_TAG])
     assert list(verdicts) == sorted(GATE_NAMES) and mv.tags[promotion.EVALUATED_AGAINST_TAG] == "none"
     skipped = {name for name, status in verdicts.items() if status == NOT_APPLICABLE}
@@ -142,9 +143,22 @@ def test_graph_trains_evaluates_and_promotes_a_first_champion(churn, mlflow_stor
         for e in result.get_asset_check_evaluations()
         if e.asset_key == dg.AssetKey("evaluation_report")
     }
-    assert set(checks) == set(GATE_NAMES) - skipped and all(c.passed for c in checks.values())
+    assert set(checks) == set(GATE_NAMES) and all(c.passed for c in checks.values())
+    reasons = {}
     for name in GATE_NAMES:
-        assert _check_status(instance, name) == ("SKIPPED" if name in skipped else "SUCCEEDED"), name
+        assert _check_status(instance, name) == "SUCCEEDED", name
+        record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey("evaluation_report"), name)
+        )
+        latest = record.event.asset_check_evaluation
+        assert record.run_id == result.run_id and latest.passed, name
+        meta = {k: v.value for k, v in latest.metadata.items()}
+        assert meta["status"] == verdicts[name], name
+        if "reason" in meta:
+            reasons[name] = meta["reason"]
+    assert set(reasons) == skipped
+    assert reasons["metric_vs_champion"] == "no champion yet"
+    assert "no golden cases" in reasons["sanity"]
 
     report = _meta(result, "evaluation_report")
     assert report["challenger_version"] == version and report["champion_version"] == "none"
@@ -336,7 +350,7 @@ def test_definitions_wire_the_training_jobs_sensors_and_blocking_gates(churn):
         ("training_set", "no_feature_after_label")
     } <= checks
     evaluation = defs.resolve_assets_def("evaluation_report")
-    assert evaluation.can_subset  # a gate that does not apply yields no result: it shows as skipped
+    assert evaluation.can_subset
     specs = {s.name: s for s in evaluation.check_specs}
     assert set(specs) == set(GATE_NAMES) and all(s.blocking for s in specs.values())
     assert defs.resolve_job_def("rollback_job") is not None

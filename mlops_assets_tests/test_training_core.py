@@ -715,22 +715,30 @@ def test_invalid_training_data_fails_its_gate(data):
     assert gates["training_data_valid"].status == FAIL and not all_passed(gates.values())
 
 
-def test_only_applicable_gates_become_dagster_check_results(data):
+def test_every_gate_becomes_a_dagster_check_result_not_applicable_ones_passed_with_the_reason(data):
     import dagster as dg
 
     _, train, holdout, good = data
     task = dataclasses.replace(TASK, sensitive=("region",))
     results = evaluate_gates(_report(RegionBiased(good), None, train, holdout, task), Gates())
     checks = gate_check_results(results, 3, "synthetic-churn")
-    applicable = [g for g in results if g.status != NOT_APPLICABLE]
-    assert {"metric_vs_champion", "sanity"} <= {g.name for g in results if g.status == NOT_APPLICABLE}
-    assert [c.check_name for c in checks] == [g.name for g in applicable]
-    for check, gate in zip(checks, applicable, strict=True):
-        assert check.passed == (gate.status == PASS) and check.severity == dg.AssetCheckSeverity.ERROR
+    not_applicable = {g.name for g in results if g.status == NOT_APPLICABLE}
+    assert {"metric_vs_champion", "sanity"} <= not_applicable
+    assert [c.check_name for c in checks] == [g.name for g in results]  # every declared gate, in order
+    for check, gate in zip(checks, results, strict=True):
+        assert check.passed == (gate.status != FAIL) and check.severity == dg.AssetCheckSeverity.ERROR
         assert check.description == gate.message
         assert check.metadata["challenger_version"].value == 3
-        assert check.metadata["measured"].value == pytest.approx(gate.measured, abs=1e-6)
-    assert not {c.check_name: c for c in checks}["bias"].passed
+        assert check.metadata["status"].value == gate.status
+        if gate.measured is not None:
+            assert check.metadata["measured"].value == pytest.approx(gate.measured, abs=1e-6)
+        assert ("reason" in check.metadata) == (gate.name in not_applicable)
+    by_name = {c.check_name: c for c in checks}
+    assert not by_name["bias"].passed
+    champion = by_name["metric_vs_champion"]
+    assert champion.passed and champion.metadata["status"].value == "not applicable"
+    assert champion.metadata["reason"].value == "no champion yet"
+    assert "no golden cases declared" in by_name["sanity"].metadata["reason"].value
 
 
 # ----------------------------------------------------------------------------------------- alerts, tracking

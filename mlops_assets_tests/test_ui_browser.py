@@ -2,9 +2,10 @@
 downloaded browser), against a dagster-webserver the test starts on 127.0.0.1 and stops by pid.
 
 The demo is the small world of test_demo_story.py (400 entities x 62 days, a concept drift the drift alarm
-fires on). The pages a person opens first are checked: the global asset lineage shows every asset group with no
-error banner, the evaluation_report asset's checks list every quality gate, and the runs page lists the named
-jobs. Screenshots go to ``$MLOPS_SCREENSHOTS_DIR`` (default ``.artifacts/browser`` in the project; the CI
+fires on, the retrained challenger's canary). The pages a person opens first are checked: the global asset lineage
+shows every asset group with no error banner, the evaluation_report asset's checks list every quality gate, the
+Automation page lists the sensors with their ticks (the drift alarm's tick requested the retraining run), and the
+runs page lists the named jobs, those the sensors launched filtered by "Launched by". Screenshots go to ``$MLOPS_SCREENSHOTS_DIR`` (default ``.artifacts/browser`` in the project; the CI
 integration job uploads that folder)."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 from mlops_assets.demo import DemoConfig, run_demo
 from mlops_assets.project import Project
 from mlops_assets.training.gates import GATE_NAMES
-from mlops_assets_tests.conftest import CHURN_SPEC, stop_process
+from mlops_assets_tests.conftest import CHURN_SPEC, free_port, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -40,10 +41,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-UI_PORT, SERVING_PORT = 3486, 3487
 SCREENSHOTS = Path(os.environ.get("MLOPS_SCREENSHOTS_DIR") or PROJECT / ".artifacts" / "browser")
 GROUPS = ("ingestion", "features", "training", "monitoring", "serving")
 NAMED_JOBS = ("ingestion_job", "feature_views_job", "retraining_job", "drift_report_job")
+#: The named jobs a sensor of the demo launches (the drift alarm's retraining, the serving log's report).
+SENSOR_JOBS = {"drift_retraining_sensor": "retraining_job", "serving_log_sensor": "serving_report_job"}
+SENSORS = ("landing_files_sensor", "first_champion_sensor", "canary_rollout_sensor", *SENSOR_JOBS)
 ERROR_TEXTS = ("Unexpected GraphQL error", "Something went wrong", "An error occurred", "Error loading")
 
 
@@ -65,16 +68,17 @@ def ui():
         config = DemoConfig(
             size=400,
             days=62,
-            history_days=50,
+            history_days=40,
             monitor_days_before=2,
-            scenarios=("quality_incident@day10", "covariate_drift@day50", "concept_drift@day50"),
+            scenarios=("quality_incident@day10", "covariate_drift@day40", "concept_drift@day40"),
             model_type="logistic_regression",
-            serving_port=SERVING_PORT,
+            serving_port=free_port(),
         )
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             code = run_demo(Project.load(CHURN_SPEC, data), config)
     assert code == 0, out.getvalue()[-4000:]
+    port = free_port()  # chosen by the OS: no clash with another run on the machine
     server_env = {**os.environ, **env}
     server_env.pop("MLOPS_PARTITIONS_END", None)
     log = open(root / "webserver.log", "wb")  # noqa: SIM115 - closed after the server stops
@@ -86,14 +90,14 @@ def ui():
             "-h",
             "127.0.0.1",
             "-p",
-            str(UI_PORT),
+            str(port),
         ],
         cwd=PROJECT,
         env=server_env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{UI_PORT}"
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -171,3 +175,28 @@ def test_runs_page_lists_named_jobs(ui, browser):
     assert_no_error_banner(text)
     for job in NAMED_JOBS:
         assert job in text, f"job {job!r} missing from the runs page:\n{text[:3000]}"
+
+
+def test_automation_page_lists_the_sensors_with_their_ticks(ui, browser):
+    text = open_page(browser, f"{ui}/automation", "drift_retraining_sensor", "automation")
+    assert_no_error_banner(text)
+    for sensor in SENSORS:
+        assert sensor in text, f"sensor {sensor!r} missing from the Automation page:\n{text[:3000]}"
+    assert " ago" in text, f"no sensor shows a latest tick:\n{text[:3000]}"
+    # the drift alarm: its tick requested the retraining run (a recorded tick, not "never run")
+    text = open_page(
+        browser, f"{ui}/locations/mlops_assets/sensors/drift_retraining_sensor", "Latest tick", "drift_sensor"
+    )
+    assert_no_error_banner(text)
+    assert "Sensor has never run" not in text, text[:3000]
+    assert "1 run requested" in text and "retraining_job" in text, text[:3000]
+
+
+def test_runs_list_shows_named_jobs_launched_by_sensors(ui, browser):
+    for sensor, job in SENSOR_JOBS.items():
+        query = f"q%5B0%5D=tag%3Adagster%2Fsensor_name%3D{sensor}"  # the runs list's "Launched by" filter
+        text = open_page(browser, f"{ui}/runs?{query}", job, f"runs_by_{sensor}")
+        assert_no_error_banner(text)
+        assert "Launched by" in text and sensor in text, text[:3000]
+        assert job in text, f"no {job} run launched by {sensor}:\n{text[:3000]}"
+        assert "Manually launched" not in text and "__ASSET_JOB" not in text, text[:3000]

@@ -20,6 +20,10 @@ def build_defs(project: Project, partitions: dg.PartitionsDefinition) -> dg.Defi
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=sensor_interval(30),
                 description="Refreshes the online store when new feature partitions land.",
+                run_tags={
+                    "mlops/trigger": "feature_update",
+                    "mlops/trigger_reason": "new feature-view partitions: the online store refreshes",
+                },
             )
         )
         jobs.append(

@@ -3,10 +3,8 @@
 import dagster as dg
 
 from mlops_assets.ingestion.assets import build_ingestion_assets
-from mlops_assets.ingestion.sensors import build_landing_sensor
+from mlops_assets.ingestion.sensors import INGESTION_JOB, build_landing_sensor
 from mlops_assets.project import Project
-
-INGESTION_JOB = "ingestion_job"
 
 
 def build_defs(project: Project, partitions: dg.PartitionsDefinition) -> dg.Definitions:

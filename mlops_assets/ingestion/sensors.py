@@ -12,6 +12,7 @@ from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 
 LANDING_SENSOR = "landing_files_sensor"
+INGESTION_JOB = "ingestion_job"  # the job its runs are of (a subset: the changed source), named in the UI
 
 
 def reconcile_requests(
@@ -42,6 +43,7 @@ def reconcile_requests(
             requests.append(
                 dg.RunRequest(
                     run_key=f"reconcile:{d.asset}:{d.day}:{d.kind}:{state}",
+                    job_name=INGESTION_JOB,
                     partition_key=d.day,
                     asset_selection=[dg.AssetKey(d.asset)],
                     tags={"mlops/trigger": "reconcile", "mlops/disagreement": d.kind},
@@ -70,7 +72,9 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
     @dg.sensor(
         name=LANDING_SENSOR,
         description="Watches the landing folders; requests ingestion of a day when its files' content is new.",
-        asset_selection=dg.AssetSelection.assets(*[c.name for c in contracts]),
+        # runs of the named job, each a subset (the changed source): the UI lists them as ingestion_job, not as
+        # the implicit __ASSET_JOB an asset_selection target launches
+        job_name=INGESTION_JOB,
         minimum_interval_seconds=sensor_interval(30),
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
@@ -89,6 +93,7 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
         run_requests = [
             dg.RunRequest(
                 run_key=f"{change.table}:{change.day}:{change.landing_hash[:16]}",
+                job_name=INGESTION_JOB,
                 partition_key=change.day,
                 asset_selection=[dg.AssetKey(change.table)],
                 tags={

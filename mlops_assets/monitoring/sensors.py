@@ -12,6 +12,7 @@ from mlops_assets.monitoring.policy import ERROR_CHECKS
 from mlops_assets.project import Project
 
 RETRAINING_JOB = "retraining_job"
+BATCH_PREDICTIONS = "batch_predictions"  # the serving domain's daily scores of the champion
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -135,8 +136,9 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
 
 
 def build_new_data_sensor(project: Project) -> dg.AutomationConditionSensorDefinition:
-    """Trigger (b): new raw partitions refresh the feature views, the training set and the latest drift report."""
-    target = dg.AssetSelection.assets(*project.view_names, "training_set", DRIFT_ASSET)
+    """Trigger (b): new raw partitions refresh the feature views, the training set, the drift reports and the batch
+    predictions (each asset's own automation condition; DAILY_REFRESH for one without)."""
+    target = dg.AssetSelection.assets(*project.view_names, "training_set", DRIFT_ASSET, BATCH_PREDICTIONS)
     return dg.AutomationConditionSensorDefinition(
         "new_data_automation_sensor",
         target=target,
@@ -146,9 +148,10 @@ def build_new_data_sensor(project: Project) -> dg.AutomationConditionSensorDefin
         minimum_interval_seconds=sensor_interval(30),
         run_tags={
             "mlops/trigger": "new_data",
-            "mlops/trigger_reason": "new raw partitions: the latest feature views, the training set and the "
-            "drift report refresh when an upstream partition they read was updated",
+            "mlops/trigger_reason": "new raw partitions: the feature views, the training set, the drift reports "
+            "and the batch predictions refresh when an upstream partition they read was updated",
         },
-        description="New ingested partitions refresh the latest day's feature views, the training set and the "
-        "latest drift report (automation conditions; the online store has its own sensor).",
+        description="New ingested partitions refresh the feature views, the training set, the drift reports and "
+        "the champion's batch predictions of each arriving day (automation conditions; the online store has its "
+        "own sensor).",
     )

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from mlops_assets.automation import arriving_days
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource, runtime_project
 from mlops_assets.serving.routing import read_state, state_path
@@ -192,6 +193,9 @@ def build_serving_assets(
         deps=["promotion", *project.view_names],
         code_version="batch-predictions-2",
         kinds={"parquet", "mlflow"},
+        # each day once its feature views arrived and a champion was promoted (new_data_automation_sensor); a
+        # new champion does not re-score past days (batch_scoring_job does, when asked)
+        automation_condition=arriving_days(ignore=("promotion",)),
         description="The champion's score for every entity of the monitored population on the day (and the "
         "challenger's in shadow mode), from features as of the day's end, with the model version.",
     )

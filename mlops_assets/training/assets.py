@@ -228,7 +228,8 @@ def build_training_assets(project: Project) -> list[dg.AssetsDefinition]:
                 kinds={"mlflow", "markdown"},
                 description="Challenger vs champion vs trivial baselines on the challenger's holdout: quality, "
                 "overfitting, latency, fairness, coverage, golden cases; saved under reports/. Each quality gate "
-                "is a blocking check; a gate that does not apply is skipped with the reason in the gate table.",
+                "is a blocking check; a gate that does not apply passes (it blocks nothing) with status 'not applicable' "
+                "and the reason in its metadata and in the gate table.",
             )
         ],
         check_specs=gate_check_specs(),

@@ -67,15 +67,31 @@ def _metadata_number(value: float | None) -> float | None:
     )
 
 
+def not_applicable_reason(gate: GateResult) -> str:
+    """Why a gate does not apply: its message without the leading "not applicable: "."""
+    prefix = f"{NOT_APPLICABLE}:"
+    message = gate.message.strip()
+    return message[len(prefix) :].strip() if message.startswith(prefix) else message
+
+
 def gate_check_results(
     gates: Sequence[GateResult], challenger_version: int, model_name: str
 ) -> list[dg.AssetCheckResult]:
-    """Check results of the gates that apply (the others are not emitted: Dagster shows them as skipped)."""
+    """One check result per gate, so every declared gate has an execution in the UI.
+
+    A gate that does not apply blocks nothing: its result is passed, with ``status: not applicable`` and the
+    reason in its metadata and description (the gate table and the version's tags say "not applicable" too).
+    """
     results = []
     for gate in gates:
-        if gate.status == NOT_APPLICABLE:
-            continue
-        metadata: dict = {"challenger_version": challenger_version, "model_name": model_name}
+        applies = gate.status != NOT_APPLICABLE
+        metadata: dict = {
+            "status": gate.status,
+            "challenger_version": challenger_version,
+            "model_name": model_name,
+        }
+        if not applies:
+            metadata["reason"] = not_applicable_reason(gate)
         for key, value in (("measured", gate.measured), ("threshold", gate.threshold)):
             number = _metadata_number(value)
             if number is not None:
@@ -83,7 +99,7 @@ def gate_check_results(
         results.append(
             dg.AssetCheckResult(
                 check_name=gate.name,
-                passed=gate.status == PASS,
+                passed=gate.status != FAIL,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=gate.message,
                 metadata=metadata,

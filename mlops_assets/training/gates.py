@@ -2,7 +2,8 @@
 
 Each gate passes, fails, or does not apply (a champion comparison without a champion, a bias gate with
 fewer than two groups large enough, a sanity gate without golden cases): a gate that does not apply says
-why and is shown as skipped, never as a pass.
+why and is shown as skipped in the gate table and reports. Its Dagster check result is passed (it blocks
+nothing) with ``status: not applicable`` and the reason in its metadata, so the UI shows every gate executed.
 """
 
 from __future__ import annotations

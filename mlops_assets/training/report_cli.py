@@ -68,7 +68,7 @@ def instance_gate_lookup(instance) -> GateLookup:
     """
     import dagster as dg
 
-    from mlops_assets.training.gates import GATE_NAMES
+    from mlops_assets.training.gates import GATE_NAMES, NOT_APPLICABLE
 
     def lookup(path: Path) -> tuple[str, list[GateRow]] | None:
         entry = instance.get_latest_materialization_event(dg.AssetKey(EVALUATION_ASSET))
@@ -87,13 +87,16 @@ def instance_gate_lookup(instance) -> GateLookup:
             )
             evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
             if evaluation is None or record.run_id != entry.run_id:
-                # a gate that does not apply is not emitted: the evaluation's gate table says why
+                # no result of that run (an older instance emitted none for a gate that does not apply)
                 rows.append(
                     GateRow(name, SKIPPED, None, None, "not applicable (see the evaluation's gate table)")
                 )
                 continue
             meta = {k: v.value for k, v in evaluation.metadata.items()}
-            status = PASS if evaluation.passed else FAIL
+            # a gate that does not apply is recorded as passed (it blocks nothing): shown as skipped
+            status = (
+                SKIPPED if meta.get("status") == NOT_APPLICABLE else (PASS if evaluation.passed else FAIL)
+            )
             rows.append(
                 GateRow(
                     name,
