@@ -134,12 +134,28 @@ def export_inputs(
 
 def run_peer(peer: Peer, python: Path, folder: Path, timeout: float = 3600.0) -> dict:
     """One peer over one scenario's inputs in its own subprocess: its rows, wall time and peak RSS, or the error."""
+    folder = Path(folder).absolute()  # the worker runs in ``folder``
     out, err = folder / f"{peer.name}.out", folder / f"{peer.name}.err"
-    cmd = [str(python), str(Path(__file__).resolve()), "--worker", peer.name, "--data", str(folder)]
+    cmd = [
+        str(Path(python).absolute()),
+        str(Path(__file__).resolve()),
+        "--worker",
+        peer.name,
+        "--data",
+        str(folder),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     t0 = time.perf_counter()
     with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=dict(env, **PEER_ENV), cwd=folder)
+        try:
+            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=dict(env, **PEER_ENV), cwd=folder)
+        except OSError as exc:
+            return {
+                "wall_seconds": 0.0,
+                "peak_rss_mb": 0.0,
+                "cpu_seconds": 0.0,
+                "error": f"could not start: {exc}",
+            }
         deadline = t0 + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -160,8 +176,8 @@ def run_peer(peer: Peer, python: Path, folder: Path, timeout: float = 3600.0) ->
     if wall > timeout:
         return {**result, "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
-        tail = err.read_text().strip().splitlines()[-3:]
-        return {**result, "error": f"exit {proc.returncode}: {' / '.join(tail)[-300:]}"}
+        last = (err.read_text().strip().splitlines() or ["no output on stderr"])[-1]  # the exception, if any
+        return {**result, "error": f"exit {proc.returncode}: {last[-300:]} (see {err})"}
     try:
         payload = json.loads(out.read_text().strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError) as exc:

@@ -210,20 +210,48 @@ def _peer_row(scenario: Scenario, label: str, rule: str, s: dict, start: str | N
     )
 
 
+def _peer_rows(scenario: Scenario, peer, version: str, out: dict, ours: dict, start: str | None) -> list[str]:
+    """The table rows of one peer's run over one scenario (NannyML: its PCA and its univariate alerts)."""
+    compute = f"{out['compute_seconds']:.1f}" if "compute_seconds" in out else "–"
+    cost = f"{out['wall_seconds']:.1f} ({compute}) | {out['peak_rss_mb']:.0f}"
+    label = f"{peer.label} {version}"
+    if "error" in out:
+        return [
+            f"| {scenario.name} | {label} | failed: {out['error'].replace('|', '/')} |"
+            + " – |" * 5
+            + f" {cost} |"
+        ]
+    notes = []
+    if [r["day"] for r in out["rows"]] != [r["day"] for r in ours["rows"]]:
+        notes.append(f"judged {len(out['rows'])} days, ours {len(ours['rows'])}")
+    mismatched = [
+        r["day"] for r in out["rows"] if r.get("drifted_count", len(r["drifted"])) != len(r["drifted"])
+    ]
+    if mismatched:
+        notes.append(f"per-column rule disagrees with Evidently's count on {len(mismatched)} days")
+    rule = out["rule"] + (f" ({'; '.join(notes)})" if notes else "")
+    rows = [_peer_row(scenario, label, rule, summarize_alarms(out["rows"], start), start, cost)]
+    if (
+        peer.name == "nannyml"
+    ):  # its univariate alerts as a dataset-level rule of their own: any feature alerting
+        any_alert = [{**r, "dataset_alarm": bool(r["drifted"])} for r in out["rows"]]
+        rule = "any univariate alert (default Jensen-Shannon, reference daily chunks, mean + 3 sd)"
+        rows.append(
+            _peer_row(scenario, label, rule, summarize_alarms(any_alert, start), start, "same run | same run")
+        )
+    return rows
+
+
 def compare_peers(
     scenario: Scenario, ours: dict, start: str | None, peers: dict, folder: Path, timeout: float
-):
+) -> tuple[list[str], dict]:
     """The peer-table rows of one scenario (ours first) and each peer's output; a failed peer gets a row saying so."""
-    s = summarize_alarms(ours["rows"], start)
     seconds = ours["calibration_seconds"] + ours["days_seconds"]
+    rule = "drift share or PCA error outside its calibrated band"
+    cost = f"{seconds:.1f} (in-process) | –"
     lines = [
         _peer_row(
-            scenario,
-            "mlops_assets (calibrated)",
-            "drift share or PCA error outside its calibrated band",
-            s,
-            start,
-            f"{seconds:.1f} (in-process) | – ",
+            scenario, "mlops_assets (calibrated)", rule, summarize_alarms(ours["rows"], start), start, cost
         )
     ]
     outputs = {}
@@ -235,41 +263,13 @@ def compare_peers(
                 + " – |" * 7
             )
             continue
-        out = run_peer(peer, python, folder, timeout=timeout)
-        outputs[name] = out
-        cost = f"{out['wall_seconds']:.1f} ({out.get('compute_seconds', float('nan')):.1f}) | {out['peak_rss_mb']:.0f}"
-        if "error" in out:
-            error = out["error"].replace("|", "/")
+        try:
+            outputs[name] = run_peer(peer, python, folder, timeout=timeout)
+            lines += _peer_rows(scenario, peer, version, outputs[name], ours, start)
+        except Exception as exc:  # a peer's surprise is its row's news, never the end of the benchmark
             lines.append(
-                f"| {scenario.name} | {peer.label} {version} | failed: {error} |" + " – |" * 5 + f" {cost} |"
-            )
-            continue
-        days = [r["day"] for r in out["rows"]]
-        if days != [r["day"] for r in ours["rows"]]:
-            out["note"] = f"judged {len(days)} days, ours {len(ours['rows'])}"
-        if name == "evidently":
-            mismatched = [r["day"] for r in out["rows"] if r["drifted_count"] != len(r["drifted"])]
-            if mismatched:
-                out["note"] = f"per-column rule disagrees with Evidently's count on {len(mismatched)} days"
-        rule = out["rule"] + (f" ({out['note']})" if out.get("note") else "")
-        lines.append(
-            _peer_row(
-                scenario, f"{peer.label} {version}", rule, summarize_alarms(out["rows"], start), start, cost
-            )
-        )
-        if (
-            name == "nannyml"
-        ):  # its univariate alerts as a dataset-level rule of their own: any feature alerting
-            any_rows = [{**r, "dataset_alarm": bool(r["drifted"])} for r in out["rows"]]
-            lines.append(
-                _peer_row(
-                    scenario,
-                    f"{peer.label} {version}",
-                    "any univariate alert (default Jensen-Shannon, reference daily chunks, mean + 3 sd)",
-                    summarize_alarms(any_rows, start),
-                    start,
-                    "same run | same run",
-                )
+                f"| {scenario.name} | {peer.label} {version} | failed: {type(exc).__name__}: {exc} |"
+                + " – |" * 7
             )
     return lines, outputs
 
