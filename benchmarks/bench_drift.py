@@ -215,28 +215,11 @@ def worker(args: argparse.Namespace) -> None:
 
 def ensure_evidently() -> tuple[Path | None, str]:
     """Python of the Evidently venv (created when missing), or None and what failed."""
-    python = EVIDENTLY_VENV / "bin" / "python"
-    if not python.exists():
-        steps = [
-            [
-                "uv",
-                "venv",
-                "--python",
-                f"{sys.version_info.major}.{sys.version_info.minor}",
-                str(EVIDENTLY_VENV),
-            ],
-            ["uv", "pip", "install", "--python", str(python), "-r", str(EVIDENTLY_REQUIREMENTS)],
-        ]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                return None, f"`{' '.join(step)}` failed: {done.stderr.strip()[-800:]}"
-    check = subprocess.run(
-        [str(python), "-c", "import evidently; print(evidently.__version__)"], capture_output=True, text=True
-    )
-    if check.returncode != 0:
-        return None, f"`import evidently` failed in {EVIDENTLY_VENV}: {check.stderr.strip()[-800:]}"
-    return python, check.stdout.strip()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.drift_peers import ensure_venv
+
+    return ensure_venv(EVIDENTLY_VENV, EVIDENTLY_REQUIREMENTS, "evidently")
 
 
 def _spawn(python: Path, side: str, data: Path, config: str, repeats: int, task: str = "drift") -> dict:
