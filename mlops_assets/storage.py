@@ -177,6 +177,13 @@ def _canonical_array(arr: pa.Array) -> pa.Array:
     return pa.array(arr.to_pylist(), type=typ)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the bytes of a zstd Parquet file (for :func:`write_file_atomic`)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
 def frame_hash(frame: pd.DataFrame) -> str:
     """Content hash of a DataFrame (see :func:`table_hash`)."""
     return table_hash(pa.Table.from_pandas(frame, preserve_index=False))

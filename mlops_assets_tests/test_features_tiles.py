@@ -267,7 +267,6 @@ def test_a_damaged_window_state_is_not_used(tmp_path):
         check_dense_read(project, records, all_days[-1], from_states=True)
     check_dense_read(project, records, all_days[-1], from_states=False)
     # the next day's run rebuilds it from the tiles; the read after it needs no tile again
-    (tmp_path / "extra").mkdir()
     longer = Project.from_spec(clickstream_spec(days + 1), tmp_path)
     write_source(longer, records, days + 1)
     FeatureStore(longer).materialize([longer.partition_days()[-1]])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from functools import cached_property
 
 import pyarrow as pa
@@ -31,6 +32,18 @@ LAYOUT_VERSION = "tiles-1"
 DAY_COLUMN = "day"
 RECORD_TS = "record_timestamp"  # snapshot change rows: the time of the record that set the values
 FEATURE_TS = "feature_timestamp"
+_EPOCH = date(1970, 1, 1)
+
+
+def day_index(day: str | date) -> int:
+    """A day as its index since 1970-01-01 (the day numbers of tiles and queries)."""
+    value = date.fromisoformat(day) if isinstance(day, str) else day
+    return (value - _EPOCH).days
+
+
+def day_text(index: int) -> str:
+    return (_EPOCH + timedelta(days=int(index))).isoformat()
+
 
 #: Parts of a measure each aggregation needs.
 _PARTS = {
@@ -232,6 +245,8 @@ __all__ = [
     "Measure",
     "ViewLayout",
     "combine_conditions",
+    "day_index",
+    "day_text",
     "layouts",
     "quote",
     "select_features",

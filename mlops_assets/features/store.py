@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 from mlops_assets.features import online
 from mlops_assets.features.aggregate import ViewValues, event_features, features_from_fold, snapshot_features
 from mlops_assets.features.layout import ViewLayout, layouts, select_features
+from mlops_assets.features.layout import day_index as _day_index
+from mlops_assets.features.layout import day_text as _day_text
 from mlops_assets.features.pit import TS_SUFFIX, assert_no_leakage
 from mlops_assets.features.tiles import (
     FeatureInputError,
@@ -39,21 +41,11 @@ from mlops_assets.storage import frame_hash, partition_glob, write_partition
 
 TRAINING_SET_DIR = "training_set"
 _META_KEY = b"mlops_assets.training_set"
-_EPOCH = date(1970, 1, 1)
 _DAY_US = 86_400_000_000
 
 
 class FeatureDataMissing(FeatureInputError):
     """A read needs days of a view that are not in the offline store."""
-
-
-def _day_index(day: str | date) -> int:
-    value = date.fromisoformat(day) if isinstance(day, str) else day
-    return (value - _EPOCH).days
-
-
-def _day_text(index: int) -> str:
-    return (_EPOCH + timedelta(days=int(index))).isoformat()
 
 
 def _feature_days(times: pd.Series, what: str) -> np.ndarray:

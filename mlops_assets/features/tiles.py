@@ -28,10 +28,17 @@ import pyarrow.parquet as pq
 
 from mlops_assets.features import windows
 from mlops_assets.features.exact import dd_add, group_sums
-from mlops_assets.features.layout import DAY_COLUMN, RECORD_TS, ViewLayout, quote
+from mlops_assets.features.layout import DAY_COLUMN, RECORD_TS, ViewLayout, day_index, day_text, quote
 from mlops_assets.features.pit import duckdb_cursor
 from mlops_assets.settings import DataPaths
-from mlops_assets.storage import PART_FILE, canonical_table, table_hash, write_file_atomic, write_partition
+from mlops_assets.storage import (
+    PART_FILE,
+    canonical_table,
+    parquet_bytes,
+    table_hash,
+    write_file_atomic,
+    write_partition,
+)
 
 STATE_FILE = "state.parquet"
 STATE_META = "state.json"
@@ -316,7 +323,7 @@ def _write_state(
     paths: DataPaths, layout: ViewLayout, day: str, table: pa.Table, tile_hashes: dict[str, str]
 ) -> None:
     folder = state_dir(paths, layout.name)
-    write_file_atomic(_parquet_bytes(table), folder / STATE_FILE, durable=False)
+    write_file_atomic(parquet_bytes(table), folder / STATE_FILE, durable=False)
     meta = {"day": day, "version": layout.version(), "content_hash": table_hash(table), "tiles": tile_hashes}
     write_file_atomic(json.dumps(meta, sort_keys=True).encode(), folder / STATE_META, durable=False)
 
@@ -331,12 +338,6 @@ def drop_state(paths: DataPaths, view: str) -> None:
     """Forget the view's state (a cache: the next read that needs it rebuilds it from the stored days)."""
     with _state_lock(paths, view):
         _drop_state(paths, view)
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 def event_state_schema(layout: ViewLayout) -> pa.Schema:
@@ -562,7 +563,7 @@ def _advance_event_state(
 
 def _stored_tiles(paths: DataPaths, layout: ViewLayout, day: int) -> pa.Table:
     """The stored tiles of a day (no rows when the day is before the first or was never written)."""
-    path = partition_path(paths, layout.name, windows.day_text(day)) / PART_FILE
+    path = partition_path(paths, layout.name, day_text(day)) / PART_FILE
     return pq.read_table(path) if path.is_file() else layout.schema.empty_table()
 
 
@@ -577,7 +578,7 @@ def _advance_window_states(
     day inside the window that changed its content drops the state.
     """
     root = state_dir(paths, layout.name)
-    d = windows.day_index(day)
+    d = day_index(day)
     with _state_lock(paths, layout.name):
         stored: set[str] | None = None  # listed only when a state catches up or is built
         for window in layout.windows:
@@ -591,24 +592,24 @@ def _advance_window_states(
             if state is None or state.day < d - 1:
                 stored = set(stored_days(paths, layout.name)) if stored is None else stored
             if state is not None and (
-                state.day == d - 1 or all(windows.day_text(x) in stored for x in range(state.day + 1, d))
+                state.day == d - 1 or all(day_text(x) in stored for x in range(state.day + 1, d))
             ):
                 x = state.day + 1
             elif state is None and (not any(x < day for x in stored) or max(stored) == day):
-                x = max(windows.day_index(start), d - window + 1)
+                x = max(day_index(start), d - window + 1)
                 state = windows.empty(layout, window, x - 1)
             else:
                 continue
-            while x <= d or (stored is not None and windows.day_text(x) in stored):  # on through stored days
+            while x <= d or (stored is not None and day_text(x) in stored):  # on through stored days
                 new = tiles if x == d else _stored_tiles(paths, layout, x)
-                leaving = windows.day_text(x - window)
+                leaving = day_text(x - window)
                 old = (
                     _stored_tiles(paths, layout, x - window)
                     if leaving in recorded
                     else layout.schema.empty_table()
                 )
                 state = windows.advance(layout, state, new, old)
-                recorded[windows.day_text(x)] = content_hash if x == d else table_hash(canonical_table(new))
+                recorded[day_text(x)] = content_hash if x == d else table_hash(canonical_table(new))
                 x += 1
             windows.write(root, layout, state, recorded)
 

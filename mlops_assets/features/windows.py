@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +34,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.features.exact import dd_add, dd_sub
-from mlops_assets.features.layout import DAY_COLUMN, ViewLayout
+from mlops_assets.features.layout import DAY_COLUMN, ViewLayout, day_index, day_text
 from mlops_assets.features.pit import duckdb_cursor
 from mlops_assets.ingestion.schema import UTC_TS
-from mlops_assets.storage import canonical_table, table_hash, write_file_atomic
+from mlops_assets.storage import canonical_table, parquet_bytes, table_hash, write_file_atomic
 
 TILES = "__tiles"  # per entity: how many of its tiles are inside the window
 META = "state.json"
 MAIN = "main"
-_EPOCH = date(1970, 1, 1)
 
 #: Queue parts: the reduction over a queue; how a day's values meet its entries (a join) and which met entries
 #: stay (a max keeps the values above the new one: the others can never be the maximum again).
@@ -53,14 +51,6 @@ _QUEUES = {
     "first": ("arg_min(v, d)", None, None),
     "distinct": ("list_sort(list(v))", "n.k = a.k AND n.v = a.v", "FALSE"),
 }
-
-
-def day_index(day: str) -> int:
-    return (date.fromisoformat(day) - _EPOCH).days
-
-
-def day_text(index: int) -> str:
-    return (_EPOCH + timedelta(days=index)).isoformat()
 
 
 def _tile_column(measure, part: str) -> str:
@@ -248,12 +238,6 @@ def folder(state_root: Path, window: int) -> Path:
     return state_root / f"window-{window}d"
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
 def _meta(path: Path, layout: ViewLayout, window: int) -> dict:
     try:
         meta = json.loads((path / META).read_text())
@@ -302,7 +286,7 @@ def write(state_root: Path, layout: ViewLayout, state: WindowState, tile_hashes:
     path = folder(state_root, state.window)
     files = {MAIN: state.main, **state.queues}
     for name, table in files.items():
-        write_file_atomic(_parquet_bytes(table), path / f"{name}.parquet", durable=False)
+        write_file_atomic(parquet_bytes(table), path / f"{name}.parquet", durable=False)
     meta = {
         "day": day_text(state.day),
         "window": state.window,
@@ -320,4 +304,4 @@ def drop(state_root: Path, window: int | None = None) -> None:
             (path / META).unlink()
 
 
-__all__ = ["WindowState", "advance", "day_index", "day_text", "drop", "empty", "read", "read_main", "write"]
+__all__ = ["WindowState", "advance", "drop", "empty", "read", "read_main", "write"]
