@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -149,6 +150,80 @@ def small_world_template(tmp_path_factory) -> Path:
     with dg.DagsterInstance.ephemeral() as instance:
         ingest_small_world(project, instance)
     return root
+
+
+# --------------------------------------------------------------------------- the small demo, run once
+#: Where the small demo's metadata links point (links only: no MLflow UI needs to run).
+DEMO_MLFLOW_UI = "http://127.0.0.1:3475"
+#: The small demo: 62 days, 40 of history, a quality incident on day 10 and covariate + concept drift from day 40.
+DEMO_DAYS, DEMO_HISTORY, DEMO_BEFORE, DEMO_INCIDENT_DAY, DEMO_DRIFT_DAY = 62, 40, 2, 10, 40
+
+
+@dataclass(frozen=True)
+class SmallDemo:
+    """A finished `mlops demo` on a small churn world: its project, Dagster home, exit code, printed story."""
+
+    project: Project
+    home: Path
+    code: int
+    out: str
+    serving_port: int
+
+    def instance(self):
+        import dagster as dg
+        from dagster._core.instance.ref import InstanceRef
+
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> SmallDemo:
+    """The small demo, run once per test session and read by every test of the demo's story, the end-to-end
+    demo test and the browser test (tests only read it). Under pytest-xdist the first worker to ask runs it
+    while holding a lock in the session's shared temporary folder; the others wait for it and read its result."""
+    import contextlib
+    import fcntl
+    import io
+    import json
+
+    from mlops_assets.demo import DemoConfig, run_demo
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base
+    root = shared / "small_demo"
+    data, home, result = root / "data", root / "dagster_home", root / "result.json"
+    with open(shared / "small_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            data.mkdir(parents=True)
+            home.mkdir()
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            port = free_port()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("DAGSTER_HOME", str(home))
+                mp.setenv("MLOPS_DATA_DIR", str(data))
+                mp.setenv("MLOPS_SPEC", str(CHURN_SPEC))
+                mp.setenv("MLOPS_MLFLOW_UI_URL", DEMO_MLFLOW_UI)
+                config = DemoConfig(
+                    size=400,
+                    days=DEMO_DAYS,
+                    history_days=DEMO_HISTORY,
+                    monitor_days_before=DEMO_BEFORE,
+                    scenarios=(
+                        f"quality_incident@day{DEMO_INCIDENT_DAY}",
+                        f"covariate_drift@day{DEMO_DRIFT_DAY}",
+                        f"concept_drift@day{DEMO_DRIFT_DAY}",
+                    ),
+                    model_type="logistic_regression",
+                    serving_port=port,
+                )
+                buffer = io.StringIO()
+                with contextlib.redirect_stdout(buffer):
+                    code = run_demo(Project.load(CHURN_SPEC, data), config)
+            result.write_text(json.dumps({"code": code, "out": buffer.getvalue(), "serving_port": port}))
+    done = json.loads(result.read_text())
+    return SmallDemo(Project.load(CHURN_SPEC, data), home, done["code"], done["out"], done["serving_port"])
 
 
 @pytest.fixture

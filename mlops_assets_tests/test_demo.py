@@ -8,11 +8,16 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from mlops_assets.demo import DemoConfig, run_demo
+from mlops_assets_tests.conftest import (
+    DEMO_BEFORE,
+    DEMO_DAYS,
+    DEMO_HISTORY,
+    DEMO_INCIDENT_DAY,
+    SmallDemo,
+)
 
 START = date(2026, 1, 1)
-DAYS, HISTORY, BEFORE = 62, 50, 2
-INCIDENT_DAY = 10
+DAYS, HISTORY, BEFORE, INCIDENT_DAY = DEMO_DAYS, DEMO_HISTORY, DEMO_BEFORE, DEMO_INCIDENT_DAY
 
 
 def _day(offset: int) -> str:
@@ -20,18 +25,11 @@ def _day(offset: int) -> str:
 
 
 @pytest.mark.slow
-def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(churn, dagster_home, capsys):
-    config = DemoConfig(
-        size=400,
-        days=DAYS,
-        history_days=HISTORY,
-        monitor_days_before=BEFORE,
-        scenarios=(f"quality_incident@day{INCIDENT_DAY}", "covariate_drift@day50"),
-        model_type="logistic_regression",
-    )
-    code = run_demo(churn, config)
-    out = capsys.readouterr().out
-    assert code == 0, out[-5000:]
+def test_demo_runs_the_lifecycle_end_to_end_on_a_small_world(small_demo: SmallDemo):
+    """The session's small demo (conftest's ``small_demo``): 400 customers x 62 days, a quality incident on day 10,
+    covariate and concept drift from day 40, a logistic regression."""
+    out, churn = small_demo.out, small_demo.project
+    assert small_demo.code == 0, out[-5000:]
     paths = churn.paths
 
     # every source's history is ingested in one range, then the new days in another

@@ -2,8 +2,8 @@
 sensor decisions as recorded ticks, the canary as rollout_state / prediction_log / ab_test_report materializations,
 and a connected asset graph.
 
-One small demo (the sizes of test_demo.py, with a concept drift so that the drift alarm fires) is run once for the
-module; each test reads what it left in the instance and on disk."""
+The session's small demo (conftest's ``small_demo``, with a concept drift so that the drift alarm fires) is run
+once; each test reads what it left in the instance and on disk."""
 
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import TickStatus
 
-from mlops_assets.demo import DemoConfig, run_demo
-from mlops_assets.project import Project
 from mlops_assets.training.gates import GATE_NAMES
-from mlops_assets_tests.conftest import CHURN_SPEC
+from mlops_assets_tests.conftest import DEMO_MLFLOW_UI, SmallDemo
 
-DAYS, HISTORY, BEFORE = 62, 40, 2
-SERVING_PORT = 3471  # the canary's serving app on 127.0.0.1
-MLFLOW_UI = "http://127.0.0.1:3475"
 NAMED_JOBS = {
     "ingestion_job",
     "feature_views_job",
@@ -32,45 +27,9 @@ NAMED_JOBS = {
 }
 
 
-class Demo:
-    def __init__(self, project: Project, home: Path, code: int, out: str) -> None:
-        self.project, self.home, self.code, self.out = project, home, code, out
-
-    def instance(self) -> dg.DagsterInstance:
-        from dagster._core.instance.ref import InstanceRef
-
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
-    root = tmp_path_factory.mktemp("demo_story")
-    data, home = root / "data", root / "dagster_home"
-    data.mkdir()
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(home))
-        mp.setenv("MLOPS_DATA_DIR", str(data))
-        mp.setenv("MLOPS_SPEC", str(CHURN_SPEC))
-        mp.setenv("MLOPS_MLFLOW_UI_URL", MLFLOW_UI)  # links only: no MLflow UI needs to run
-        project = Project.load(CHURN_SPEC, data)
-        config = DemoConfig(
-            size=400,
-            days=DAYS,
-            history_days=HISTORY,
-            monitor_days_before=BEFORE,
-            scenarios=("quality_incident@day10", "covariate_drift@day40", "concept_drift@day40"),
-            model_type="logistic_regression",
-            serving_port=SERVING_PORT,
-        )
-        import contextlib
-        import io
-
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            code = run_demo(project, config)
-    return Demo(project, home, code, buffer.getvalue())
+@pytest.fixture
+def demo(small_demo: SmallDemo) -> SmallDemo:
+    return small_demo
 
 
 def _ticks(instance: dg.DagsterInstance) -> dict[str, list]:
@@ -82,7 +41,7 @@ def _ticks(instance: dg.DagsterInstance) -> dict[str, list]:
 
 
 @pytest.mark.slow
-def test_demo_runs_are_named_jobs_tagged_with_phase_and_trigger(demo: Demo):
+def test_demo_runs_are_named_jobs_tagged_with_phase_and_trigger(demo: SmallDemo):
     assert demo.code == 0, demo.out[-4000:]
     with demo.instance() as instance:
         runs = instance.get_runs()
@@ -106,7 +65,7 @@ def test_demo_runs_are_named_jobs_tagged_with_phase_and_trigger(demo: Demo):
 
 
 @pytest.mark.slow
-def test_the_sensor_decisions_of_the_demo_are_ticks_in_the_instance(demo: Demo):
+def test_the_sensor_decisions_of_the_demo_are_ticks_in_the_instance(demo: SmallDemo):
     assert demo.code == 0, demo.out[-4000:]
     with demo.instance() as instance:
         ticks = _ticks(instance)
@@ -142,7 +101,7 @@ def test_the_sensor_decisions_of_the_demo_are_ticks_in_the_instance(demo: Demo):
 
 
 @pytest.mark.slow
-def test_the_canary_is_recorded_on_rollout_state_prediction_log_and_ab_test_report(demo: Demo):
+def test_the_canary_is_recorded_on_rollout_state_prediction_log_and_ab_test_report(demo: SmallDemo):
     assert demo.code == 0, demo.out[-4000:]
     from mlops_assets.training import registry
     from mlops_assets.training.tracking import TrackingConfig, client_for
@@ -189,7 +148,7 @@ def test_the_canary_is_recorded_on_rollout_state_prediction_log_and_ab_test_repo
 
 
 @pytest.mark.slow
-def test_the_demo_prints_its_story(demo: Demo):
+def test_the_demo_prints_its_story(demo: SmallDemo):
     assert demo.code == 0, demo.out[-4000:]
     out = demo.out
     for line in (
@@ -198,7 +157,7 @@ def test_the_demo_prints_its_story(demo: Demo):
         "== phase 3: retraining triggered by the drift sensor",
         "drift_retraining_sensor launched retraining_job",
         "== phase 4: canary rollout",
-        f"serving app on http://127.0.0.1:{SERVING_PORT}",
+        f"serving app on http://127.0.0.1:{demo.serving_port}",
         "serving_report_job run",
     ):
         assert line in out, line
@@ -206,7 +165,7 @@ def test_the_demo_prints_its_story(demo: Demo):
 
 
 @pytest.mark.slow
-def test_training_metadata_links_to_the_mlflow_run_and_model_version(demo: Demo):
+def test_training_metadata_links_to_the_mlflow_run_and_model_version(demo: SmallDemo):
     assert demo.code == 0, demo.out[-4000:]
     from mlops_assets.training.tracking import TrackingConfig, client_for
 
@@ -221,7 +180,7 @@ def test_training_metadata_links_to_the_mlflow_run_and_model_version(demo: Demo)
                 version = meta["challenger_version"].value if "challenger_version" in meta else None
                 link = meta["mlflow_model_version"]
                 assert isinstance(link, dg.UrlMetadataValue), asset
-                assert link.url.startswith(f"{MLFLOW_UI}/#/models/")
+                assert link.url.startswith(f"{DEMO_MLFLOW_UI}/#/models/")
                 run_link = meta["mlflow_run"].url
                 run_id = run_link.rsplit("/", 1)[-1]
                 # the run linked is the registered version's own run
@@ -234,7 +193,7 @@ def test_training_metadata_links_to_the_mlflow_run_and_model_version(demo: Demo)
 
 
 @pytest.mark.slow
-def test_gate_verdicts_reach_the_mlflow_run_and_the_version_description(demo: Demo):
+def test_gate_verdicts_reach_the_mlflow_run_and_the_version_description(demo: SmallDemo):
     """The evaluation_report's checks as Dagster recorded them are the gate tags on the evaluated version's MLflow
     run, its ``evaluation/gates.json`` artifact and its registry description."""
     assert demo.code == 0, demo.out[-4000:]

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -300,9 +301,12 @@ def _write_the_same_partition(target: str, writer: int, times: int, mode: str) -
 def test_concurrent_writers_of_one_partition_all_succeed_and_the_last_swap_wins(tmp_path, mode):
     root = tmp_path / "data"
     target = _target(root)
-    # spawned, not forked: a fork of a test process holding Arrow's thread pools (a pytest-xdist worker) can deadlock
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.starmap(_write_the_same_partition, [(str(target), w, 40, mode) for w in range(4)])
+    # spawned, not forked: a fork of a test process holding Arrow's thread pools (a pytest-xdist worker) can
+    # deadlock. An executor, not multiprocessing.Pool: its exit stops the workers by a sentinel and waits for them,
+    # where Pool's exit SIGTERMs them and once hung ten minutes in waitpid on a worker that never exited.
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_write_the_same_partition, str(target), w, 40, mode) for w in range(4)]
+        results = [job.result(timeout=180) for job in jobs]
     assert [e for errors in results for e in errors] == []
     assert [p.name for p in target.iterdir()] == [PART_FILE]
     assert read_partition(target).column("writer").unique().to_pylist() in [[w] for w in range(4)]

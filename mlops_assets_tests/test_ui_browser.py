@@ -1,7 +1,7 @@
 """The Dagster UI after a small demo, in a real browser: Playwright (from PyPI) driving Debian's chromium (never a
 downloaded browser), against a dagster-webserver the test starts on 127.0.0.1 and stops by pid.
 
-The demo is the small world of test_demo_story.py (400 entities x 62 days, a concept drift the drift alarm
+The demo is the session's small demo (conftest's ``small_demo``, shared with test_demo_story.py: 400 entities x 62 days, a concept drift the drift alarm
 fires on, the retrained challenger's canary). The pages a person opens first are checked: the global asset lineage
 shows every asset group with no error banner, the evaluation_report asset's checks list every quality gate, the
 Automation page lists the sensors with their ticks (the drift alarm's tick requested the retraining run), and the
@@ -11,7 +11,6 @@ integration job uploads that folder)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import subprocess
@@ -23,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from mlops_assets.demo import DemoConfig, run_demo
-from mlops_assets.project import Project
 from mlops_assets.training.gates import GATE_NAMES
 from mlops_assets_tests.conftest import CHURN_SPEC, free_port, stop_process
 
@@ -51,33 +48,17 @@ ERROR_TEXTS = ("Unexpected GraphQL error", "Something went wrong", "An error occ
 
 
 @pytest.fixture(scope="module")
-def ui():
-    """A small demo in a temporary folder, then dagster-webserver on its instance; the UI's URL."""
+def ui(small_demo):
+    """dagster-webserver on the instance of the session's small demo; the UI's URL."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (make services installs it)")
-    base = Path("/tmp/live-work") if Path("/tmp/live-work").is_dir() else None
-    root = Path(tempfile.mkdtemp(prefix="ui-browser-", dir=base))
-    data, home = root / "data", root / "dagster_home"
-    data.mkdir()
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {"DAGSTER_HOME": str(home), "MLOPS_DATA_DIR": str(data), "MLOPS_SPEC": str(CHURN_SPEC)}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        config = DemoConfig(
-            size=400,
-            days=62,
-            history_days=40,
-            monitor_days_before=2,
-            scenarios=("quality_incident@day10", "covariate_drift@day40", "concept_drift@day40"),
-            model_type="logistic_regression",
-            serving_port=free_port(),
-        )
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = run_demo(Project.load(CHURN_SPEC, data), config)
-    assert code == 0, out.getvalue()[-4000:]
+    assert small_demo.code == 0, small_demo.out[-4000:]
+    root = Path(tempfile.mkdtemp(prefix="ui-browser-"))
+    env = {
+        "DAGSTER_HOME": str(small_demo.home),
+        "MLOPS_DATA_DIR": str(small_demo.project.paths.root),
+        "MLOPS_SPEC": str(CHURN_SPEC),
+    }
     port = free_port()  # chosen by the OS: no clash with another run on the machine
     server_env = {**os.environ, **env}
     server_env.pop("MLOPS_PARTITIONS_END", None)
