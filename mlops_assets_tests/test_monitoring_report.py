@@ -112,3 +112,113 @@ def test_saved_report_has_markdown_json_and_one_png_per_feature(tmp_path: Path) 
         assert f"| {row.feature} | {row.kind} | {row.test} |" in saved.markdown
     embedded = render_markdown(report, saved.image_paths, embed_images=True)
     assert embedded.count("data:image/png;base64,") == len(saved.image_paths)
+
+
+# --------------------------------------------------------------------------- --reference-period
+
+
+def _reading_day(rng: np.random.Generator, day: str, n: int, shift: float = 0.0) -> pd.DataFrame:
+    """One day of a sensor log: a timestamp, two readings and a site."""
+    return pd.DataFrame(
+        {
+            "read_at": pd.Timestamp(day, tz="UTC") + pd.to_timedelta(rng.integers(0, 86_400, n), unit="s"),
+            "temperature": rng.normal(20.0 + shift, 5.0, n),
+            "load": rng.gamma(2.0, 3.0, n),
+            "site": rng.choice(["north", "south", "east"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def reading_period(tmp_path_factory) -> dict[str, Path]:
+    """28 reference days of 2,000 readings, then a quiet day and a day 1.5 degrees warmer (as files)."""
+    rng = np.random.default_rng(11)
+    folder = tmp_path_factory.mktemp("reading_period")
+    days = [f"2026-03-{d:02d}" for d in range(1, 29)]
+    reference = pd.concat([_reading_day(rng, d, 2000) for d in days], ignore_index=True)
+    files = {"reference": folder / "reference.parquet", "quiet": folder / "quiet.parquet"}
+    reference.to_parquet(files["reference"])
+    _reading_day(rng, "2026-04-01", 2000).to_parquet(files["quiet"])
+    files["warmer"] = folder / "warmer.csv"
+    _reading_day(rng, "2026-04-02", 2000, shift=1.5).drop(columns="read_at").to_csv(
+        files["warmer"], index=False
+    )
+    return files
+
+
+def test_reference_period_bands_are_the_brute_force_chunk_spread_and_a_quiet_day_passes(
+    reading_period,
+) -> None:
+    ref_file, quiet = reading_period["reference"], reading_period["quiet"]
+    # fixed thresholds at this size: any test is significant, so the question is what the effect sizes say
+    code, out, err = _run(
+        [str(ref_file), str(quiet), "--reference-period", "read_at", "--json", "--fail-on-drift"]
+    )
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["mode"] == "calibrated" and got["dataset_drift"] is False and got["n_drifted"] == 0
+    period = got["reference_period"]
+    assert (period["first_day"], period["last_day"], period["chunks"]) == ("2026-03-01", "2026-03-28", 28)
+    assert got["skipped"]["read_at"] == "the reference period's day column"
+    # the temperature's band: mean + 3 sd of each reference day's normalized Wasserstein against the other days
+    reference = pd.read_parquet(ref_file)
+    day = reference["read_at"].dt.strftime("%Y-%m-%d")
+    loop = []
+    for d in sorted(day.unique()):
+        cur, rest = reference.loc[day == d, "temperature"], reference.loc[day != d, "temperature"]
+        loop.append(stats.wasserstein_distance(rest, cur) / np.std(rest))
+    loop = np.array(loop)
+    [row] = [f for f in got["features"] if f["feature"] == "temperature"]
+    assert row["test"] == "wasserstein"
+    assert row["threshold"] == pytest.approx(max(loop.mean() + 3 * loop.std(ddof=1), 0.03), rel=1e-9)
+    current = pd.read_parquet(quiet)["temperature"]
+    assert row["statistic"] == pytest.approx(
+        stats.wasserstein_distance(reference["temperature"], current) / np.std(reference["temperature"]),
+        rel=1e-9,
+    )
+    assert row["drifted"] is False and row["statistic"] < row["threshold"]
+
+
+def test_reference_period_flags_a_shifted_day_worst_feature_first_and_writes_its_report(
+    reading_period, tmp_path
+) -> None:
+    report_dir = tmp_path / "report"
+    argv = [str(reading_period["reference"]), str(reading_period["warmer"]), "--reference-period", "read_at"]
+    code, out, err = _run([*argv, "--fail-on-drift", "--report-dir", str(report_dir)])
+    assert code == 1, err
+    assert out.startswith("# Drift report (calibrated on the reference period)")
+    assert "**Dataset drift**" in out and "28 daily chunks" in out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "| feature |" not in line]
+    assert table[0].startswith("| temperature | numeric | wasserstein |") and "**yes**" in table[0]
+    assert "- `temperature`: wasserstein" in out  # why flagged
+    saved = json.loads((report_dir / "drift_report.json").read_text())
+    assert saved["features"][0]["feature"] == "temperature" and saved["features"][0]["drifted"] is True
+    assert (report_dir / "drift_report.md").read_text() == out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--reference-period", "taken_at"], "column 'taken_at' is not in the reference data"),
+        (["--reference-period", "site"], "column 'site' is not a date or timestamp"),
+        (["--reference-period", "read_at", "--method", "chi2"], "--method chi2 cannot be calibrated"),
+    ],
+)
+def test_reference_period_errors_name_the_file_and_the_column(reading_period, extra, message) -> None:
+    code, out, err = _run([str(reading_period["reference"]), str(reading_period["quiet"]), *extra])
+    assert code == 2 and out == ""
+    assert message in err
+    if "--method" not in extra:
+        assert str(reading_period["reference"]) in err
+
+
+def test_reference_period_of_too_few_days_is_refused_with_its_span(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    short = pd.concat([_reading_day(rng, f"2026-03-0{d}", 300) for d in range(1, 6)], ignore_index=True)
+    short.to_parquet(tmp_path / "short.parquet")
+    _reading_day(rng, "2026-03-09", 300).to_parquet(tmp_path / "day.parquet")
+    code, _, err = _run(
+        [str(tmp_path / "short.parquet"), str(tmp_path / "day.parquet"), "--reference-period", "read_at"]
+    )
+    assert code == 2
+    assert "holds 5 day(s) of 'read_at' (2026-03-01..2026-03-05); calibrating needs at least 10" in err

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mlops_assets.monitoring.calibrate import EXCLUDED, SHAPE, CalibratedFeature, FeatureBaseline, standardize
+from mlops_assets.monitoring.calibrate import (
+    EXCLUDED,
+    SHAPE,
+    CalibratedFeature,
+    CalibrationSettings,
+    DayComparison,
+    FeatureBaseline,
+    standardize,
+)
 
 if TYPE_CHECKING:
     from mlops_assets.monitoring.daily import DailyDrift
@@ -88,17 +96,12 @@ def performance_markdown(result: DailyDrift) -> str:
     return "\n".join(lines)
 
 
-def render_day_markdown(result: DailyDrift, images: Mapping[str, str | Path] | None = None) -> str:
-    """The day's report: verdicts, the band rule, every feature worst first, excluded ones with their reason."""
-    c = result.comparison
-    cal = result.calibration
-    tested = c.tested
+def verdict_line(c: DayComparison) -> str:
+    """The dataset verdict: drift share against its band, and the multivariate error against its band."""
     verdict = "**Dataset drift**" if c.dataset_drift else "No dataset drift"
     lower, upper = c.multivariate_edges if c.multivariate_edges else (None, None)
-    lines = [
-        f"# Drift report {result.day}",
-        "",
-        f"{verdict}: {len(c.drifted_features)} of {len(tested)} judged features beyond their band (drift share "
+    return (
+        f"{verdict}: {len(c.drifted_features)} of {len(c.tested)} judged features beyond their band (drift share "
         f"{c.drift_share:.3f}, band upper edge {c.drift_share_upper:.3f}{' **exceeded**' if c.drift_alarm else ''})"
         + (
             f"; multivariate PCA reconstruction error {_num(c.multivariate_error)} in band [{_num(lower)}, "
@@ -106,21 +109,27 @@ def render_day_markdown(result: DailyDrift, images: Mapping[str, str | Path] | N
             if c.multivariate_error is not None
             else ""
         )
-        + ".",
-        "",
-        f"Reference: the monitored population's daily snapshots {cal.days[0]}..{cal.days[-1]} "
-        f"({len(cal.days)} chunks, {cal.reference_rows} rows){' — this day is inside it' if result.in_reference else ''}; "
-        f"current {c.current_rows} rows. Bands: {cal.settings.rule()}, each chunk against the rest; "
-        f"alarms use effect sizes ({cal.settings.numeric_method} for numeric, {cal.settings.categorical_method} "
-        "for categorical features, and the change of the null share); p-values are information only.",
-        "",
-        f"Alarms: {', '.join(result.alarms) if result.alarms else 'none'}.",
-        "",
+        + "."
+    )
+
+
+def bands_text(settings: CalibrationSettings) -> str:
+    """How the bands were drawn and which statistics decide, in words."""
+    return (
+        f"Bands: {settings.rule()}, each chunk against the rest; alarms use effect sizes ({settings.numeric_method} "
+        f"for numeric, {settings.categorical_method} for categorical features, and the change of the null share); "
+        "p-values are information only."
+    )
+
+
+def feature_table_lines(c: DayComparison) -> list[str]:
+    """Every judged feature worst first, then the notes (excluded features with their reason) and why flagged."""
+    lines = [
         "| feature | kind | judged on | statistic | band center | alarm above | severity | drifted | p-value (info) "
         "| null % ref / cur |",
         "|---|---|---|---:|---:|---:|---:|:---:|---:|---:|",
     ]
-    for row in tested:
+    for row in c.tested:
         flag = "**yes**" if row.drifted else "no"
         nulls = f"{100 * row.reference_null_share:.1f} / {100 * row.current_null_share:.1f}"
         judged = f"{row.test}{' (shape)' if row.mode == SHAPE else ''}"
@@ -133,9 +142,29 @@ def render_day_markdown(result: DailyDrift, images: Mapping[str, str | Path] | N
         lines += ["", "Notes:"] + [
             f"- `{r.feature}`{' (not judged)' if r.mode == EXCLUDED else ''}: {r.note}" for r in notes
         ]
-    reasons = [r for r in tested if r.drifted]
+    reasons = [r for r in c.tested if r.drifted]
     if reasons:
         lines += ["", "Why flagged:"] + [f"- `{r.feature}`: {r.reason}" for r in reasons]
+    return lines
+
+
+def render_day_markdown(result: DailyDrift, images: Mapping[str, str | Path] | None = None) -> str:
+    """The day's report: verdicts, the band rule, every feature worst first, excluded ones with their reason."""
+    c = result.comparison
+    cal = result.calibration
+    lines = [
+        f"# Drift report {result.day}",
+        "",
+        verdict_line(c),
+        "",
+        f"Reference: the monitored population's daily snapshots {cal.days[0]}..{cal.days[-1]} "
+        f"({len(cal.days)} chunks, {cal.reference_rows} rows){' — this day is inside it' if result.in_reference else ''}; "
+        f"current {c.current_rows} rows. {bands_text(cal.settings)}",
+        "",
+        f"Alarms: {', '.join(result.alarms) if result.alarms else 'none'}.",
+        "",
+        *feature_table_lines(c),
+    ]
     lines += ["", "## Performance", "", performance_markdown(result)]
     if images:
         lines += ["", "## Distributions of the flagged and worst features (reference vs current)", ""]

@@ -449,29 +449,19 @@ def _looks_like_id(series: pd.Series) -> bool:
     return len(values) >= _ID_LIKE_MIN_ROWS and values.nunique() > _ID_LIKE_UNIQUE_SHARE * len(values)
 
 
-def compute_drift(
+def feature_columns(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     columns: Sequence[str] | None = None,
     categorical: Sequence[str] | None = None,
-    thresholds: DriftThresholds | None = None,
-    method: str | None = None,
-    *,
-    numeric_method: str | None = None,
-    categorical_method: str | None = None,
-    per_column_method: Mapping[str, str] | None = None,
-) -> DriftReport:
-    """Per-feature and dataset drift of ``current`` against ``reference``.
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The columns to test with their kind (numeric or categorical), and the columns left out with why.
 
     ``columns`` defaults to the columns both frames share, leaving out datetimes and categorical
-    columns that look like identifiers (listed in ``skipped``). Numeric dtypes are numeric unless
-    named in ``categorical``; everything else is categorical. The method of a column is the first
-    given of ``per_column_method[column]``, ``method``, ``numeric_method``/``categorical_method``,
-    and the default (``ks`` numeric, ``chi2`` categorical).
+    columns that look like identifiers. Numeric dtypes are numeric unless named in ``categorical``;
+    everything else is categorical.
     """
-    thresholds = thresholds or DriftThresholds()
     categorical_set = set(categorical or ())
-    per_column_method = dict(per_column_method or {})
     skipped: dict[str, str] = {}
 
     if columns is None:
@@ -510,9 +500,34 @@ def compute_drift(
                 )
         selected = list(columns)
 
+    return {col: _kind_of(col, reference[col], current[col], categorical_set) for col in selected}, skipped
+
+
+def compute_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
+    thresholds: DriftThresholds | None = None,
+    method: str | None = None,
+    *,
+    numeric_method: str | None = None,
+    categorical_method: str | None = None,
+    per_column_method: Mapping[str, str] | None = None,
+) -> DriftReport:
+    """Per-feature and dataset drift of ``current`` against ``reference``.
+
+    ``columns`` defaults to the columns both frames share, leaving out datetimes and categorical
+    columns that look like identifiers (listed in ``skipped``). Numeric dtypes are numeric unless
+    named in ``categorical``; everything else is categorical. The method of a column is the first
+    given of ``per_column_method[column]``, ``method``, ``numeric_method``/``categorical_method``,
+    and the default (``ks`` numeric, ``chi2`` categorical).
+    """
+    thresholds = thresholds or DriftThresholds()
+    per_column_method = dict(per_column_method or {})
+    kinds, skipped = feature_columns(reference, current, columns, categorical)
     rows = []
-    for col in selected:
-        kind = _kind_of(col, reference[col], current[col], categorical_set)
+    for col, kind in kinds.items():
         col_method = (
             per_column_method.get(col)
             or method

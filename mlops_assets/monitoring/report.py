@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -216,6 +216,15 @@ def build_parser(prog: str = "mlops drift") -> argparse.ArgumentParser:
     parser.add_argument(
         "--fail-on-drift", action="store_true", help="exit with status 1 when the dataset drifted"
     )
+    parser.add_argument(
+        "--reference-period",
+        metavar="COLUMN",
+        help="the reference is a period: split it into one chunk per day of this date/timestamp column and judge "
+        "the current data against bands calibrated on the chunks' natural variation (each chunk against the "
+        "rest, mean +- 3 sd, NannyML-style) instead of fixed thresholds; effect sizes decide (wasserstein or "
+        "ks or psi for numeric, jensenshannon or psi for categorical columns), plus a multivariate PCA "
+        "reconstruction error; needs at least 10 days. The bands fit a current file of about one day's rows",
+    )
     return parser
 
 
@@ -233,10 +242,30 @@ def run_drift(
     fail_on_drift: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    reference_period: str | None = None,
 ) -> int:
-    """Drift of two files printed as a table or JSON; 0 on success (1 on drift with fail_on_drift), 2 on bad input."""
+    """Drift of two files printed as a table or JSON; 0 on success (1 on drift with fail_on_drift), 2 on bad input.
+
+    With ``reference_period`` (a date/timestamp column of the reference), the thresholds are calibrated on the
+    reference's days (:func:`run_calibrated_drift`)."""
     out = out or sys.stdout
     err = err or sys.stderr
+    if reference_period is not None:
+        return run_calibrated_drift(
+            reference,
+            current,
+            reference_period,
+            as_json=as_json,
+            columns=columns,
+            categorical=categorical,
+            method=method,
+            numeric_method=numeric_method,
+            categorical_method=categorical_method,
+            report_dir=report_dir,
+            fail_on_drift=fail_on_drift,
+            out=out,
+            err=err,
+        )
     try:
         ref = read_table(reference, "reference")
         cur = read_table(current, "current")
@@ -268,6 +297,192 @@ def run_drift(
     return 1 if (fail_on_drift and report.dataset_drift) else 0
 
 
+# --------------------------------------------------------------------------- calibrated on a reference period
+
+
+def _calibration_settings(method: str | None, numeric_method: str | None, categorical_method: str | None):
+    from mlops_assets.monitoring.calibrate import (
+        CATEGORICAL_STATISTICS,
+        NUMERIC_STATISTICS,
+        CalibrationSettings,
+    )
+
+    numeric = numeric_method or (method if method in NUMERIC_STATISTICS else None)
+    categorical = categorical_method or (method if method in CATEGORICAL_STATISTICS else None)
+    for option, value, allowed in (
+        ("--numeric-method", numeric, NUMERIC_STATISTICS),
+        ("--categorical-method", categorical, CATEGORICAL_STATISTICS),
+        ("--method", method if not (numeric or categorical) else None, ()),
+    ):
+        if value is not None and value not in allowed:
+            raise DriftInputError(
+                f"{option} {value} cannot be calibrated with --reference-period: "
+                f"numeric columns take one of {NUMERIC_STATISTICS}, categorical ones one of {CATEGORICAL_STATISTICS}"
+            )
+    defaults = CalibrationSettings()
+    return CalibrationSettings(
+        numeric_method=numeric or defaults.numeric_method,
+        categorical_method=categorical or defaults.categorical_method,
+    )
+
+
+def reference_chunks(frame: pd.DataFrame, column: str, source: str | Path) -> tuple[list[str], np.ndarray]:
+    """The days of ``column`` (oldest first) and each row's chunk index, with an error naming the file and column."""
+    if column not in frame.columns:
+        raise DriftInputError(
+            f"{source}: --reference-period column {column!r} is not in the reference data "
+            f"(columns: {list(frame.columns)[:20]})"
+        )
+    try:
+        times = pd.to_datetime(frame[column], utc=True, format="mixed")
+    except (ValueError, TypeError) as exc:
+        raise DriftInputError(
+            f"{source}: --reference-period column {column!r} is not a date or timestamp ({exc})"
+        ) from exc
+    missing = int(times.isna().sum())
+    if missing:
+        raise DriftInputError(
+            f"{source}: --reference-period column {column!r} has {missing} empty value(s); every reference "
+            "row needs its day"
+        )
+    labels = times.dt.strftime("%Y-%m-%d")
+    days = sorted(labels.unique())
+    return days, labels.map({d: i for i, d in enumerate(days)}).to_numpy(dtype="int64")
+
+
+@dataclass
+class CalibratedDrift:
+    """``mlops drift --reference-period``: the current data against bands calibrated on the reference's days."""
+
+    comparison: Any
+    calibration: Any
+    column: str
+    skipped: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        c, cal = self.comparison, self.calibration
+        lower, upper = c.multivariate_edges if c.multivariate_edges else (None, None)
+        return {
+            "mode": "calibrated",
+            "reference_period": {
+                "column": self.column,
+                "first_day": cal.days[0],
+                "last_day": cal.days[-1],
+                "chunks": len(cal.days),
+                "rows": cal.reference_rows,
+            },
+            "band_rule": cal.settings.rule(),
+            "dataset_drift": bool(c.dataset_drift),
+            "drift_share": float(c.drift_share),
+            "drift_share_upper": float(c.drift_share_upper),
+            "drift_share_alarm": bool(c.drift_alarm),
+            "multivariate_error": c.multivariate_error,
+            "multivariate_band": [lower, upper],
+            "multivariate_alarm": bool(c.multivariate_alarm),
+            "n_features": len(c.tested),
+            "n_drifted": len(c.drifted_features),
+            "current_rows": c.current_rows,
+            "features": [row.to_dict() for row in c.features],  # worst first; excluded ones last
+            "skipped": dict(self.skipped),
+        }
+
+    def markdown(self) -> str:
+        from mlops_assets.monitoring.day_report import bands_text, feature_table_lines, verdict_line
+
+        c, cal = self.comparison, self.calibration
+        lines = [
+            "# Drift report (calibrated on the reference period)",
+            "",
+            verdict_line(c),
+            "",
+            f"Reference: {cal.days[0]}..{cal.days[-1]} by `{self.column}` ({len(cal.days)} daily chunks, "
+            f"{cal.reference_rows} rows); current {c.current_rows} rows. {bands_text(cal.settings)}",
+            "",
+            *feature_table_lines(c),
+        ]
+        if self.skipped:
+            lines += ["", "Not tested:"] + [f"- `{k}`: {v}" for k, v in self.skipped.items()]
+        return "\n".join(lines) + "\n"
+
+
+def calibrated_drift(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    column: str,
+    columns: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
+    settings=None,
+    source: str | Path = "reference",
+) -> CalibratedDrift:
+    """``cur`` against bands calibrated on the daily chunks of ``ref`` (split by its ``column``)."""
+    from mlops_assets.monitoring.calibrate import CalibrationSettings, ReferenceData, calibrate, compare_day
+    from mlops_assets.monitoring.drift import feature_columns
+
+    days, chunks = reference_chunks(ref, column, source)
+    kinds, skipped = feature_columns(
+        ref.drop(columns=[column]), cur.drop(columns=[column], errors="ignore"), columns, categorical
+    )
+    skipped = {column: "the reference period's day column", **skipped}
+    if not kinds:
+        raise DriftInputError(f"{source}: no column to test besides the reference period's {column!r}")
+    frame = ref[list(kinds)].reset_index(drop=True)
+    reference = ReferenceData(
+        days=days,
+        frame=frame,
+        chunks=chunks,
+        numeric=[c for c, k in kinds.items() if k == "numeric"],
+        categorical=[c for c, k in kinds.items() if k == "categorical"],
+    )
+    settings = settings or CalibrationSettings()
+    if len(days) < settings.min_chunks:
+        raise DriftInputError(
+            f"{source}: the reference period holds {len(days)} day(s) of {column!r} "
+            f"({days[0]}..{days[-1]}); calibrating needs at least {settings.min_chunks}"
+        )
+    calibration = calibrate(reference, settings)
+    return CalibratedDrift(compare_day(calibration, cur[list(kinds)]), calibration, column, skipped)
+
+
+def run_calibrated_drift(
+    reference: str | Path,
+    current: str | Path,
+    column: str,
+    as_json: bool = False,
+    columns: Sequence[str] | None = None,
+    categorical: Sequence[str] | None = None,
+    method: str | None = None,
+    numeric_method: str | None = None,
+    categorical_method: str | None = None,
+    report_dir: str | Path | None = None,
+    fail_on_drift: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """`mlops drift --reference-period COLUMN`: 0 on success (1 on drift with fail_on_drift), 2 on bad input."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        settings = _calibration_settings(method, numeric_method, categorical_method)
+        ref = read_table(reference, "reference")
+        cur = read_table(current, "current")
+        result = calibrated_drift(ref, cur, column, columns, categorical, settings, source=reference)
+    except (DriftInputError, ValueError) as exc:
+        err.write(f"error: {exc}\n")
+        return 2
+    text = json.dumps(result.to_dict(), indent=2) + "\n" if as_json else result.markdown()
+    out.write(text)
+    if report_dir is not None:
+        folder = Path(report_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        markdown = folder / "drift_report.md"
+        write_file_atomic(result.markdown().encode(), markdown)
+        write_file_atomic(
+            (json.dumps(result.to_dict(), indent=2) + "\n").encode(), folder / "drift_report.json"
+        )
+        err.write(f"report written to {markdown}\n")
+    return 1 if (fail_on_drift and result.comparison.dataset_drift) else 0
+
+
 def drift_command(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -290,6 +505,7 @@ def drift_command(
         fail_on_drift=args.fail_on_drift,
         out=out,
         err=err,
+        reference_period=args.reference_period,
     )
 
 
