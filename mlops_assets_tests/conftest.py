@@ -28,6 +28,37 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
+# --------------------------------------------------------------------------- test order
+#: The longest test modules (minutes each on 2 cores), grouped where they share a session fixture. pytest-xdist's
+#: worksteal scheduler hands each worker a contiguous half of the collection and steals from the tails, so these
+#: go to the heads of the two halves, alternately: they start at once, on different workers, and the short tests
+#: fill in around them instead of a long test starting last.
+LONGEST_FIRST = (
+    ("test_live_replay.py",),
+    ("test_scaleout_backfill.py",),
+    ("test_monitoring_targets.py",),
+    ("test_demo.py", "test_demo_story.py", "test_ui_browser.py"),  # the session's small demo
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Two lanes (the halves xdist hands out): the longest groups alternately at their heads, then the other
+    slow tests module by module (a module's fixtures stay on one worker), alternately too, then the short tests."""
+    group_of = {name: i for i, group in enumerate(LONGEST_FIRST) for name in group}
+    for item in items:
+        if item.path.name not in group_of and item.get_closest_marker("slow") is not None:
+            group_of.setdefault(item.path.name, len(group_of))
+    lanes: list[list[pytest.Item]] = [[], []]
+    for i in sorted(set(group_of.values())):
+        lanes[i % 2] += [
+            item for item in items if group_of.get(item.path.name) == i and item.get_closest_marker("slow")
+        ]
+    placed = {id(item) for lane in lanes for item in lane}
+    rest = [item for item in items if id(item) not in placed]
+    fill = max(0, len(items) // 2 - len(lanes[0]))
+    items[:] = lanes[0] + rest[:fill] + lanes[1] + rest[fill:]
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataPaths:
     """A fresh data folder, also exported as MLOPS_DATA_DIR for code that reads the environment."""
