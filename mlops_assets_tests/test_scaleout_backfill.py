@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -317,23 +318,35 @@ def landing_customers(paths: DataPaths) -> list[str]:
     return sorted(ids)
 
 
-@pytest.mark.slow
-@pytest.mark.scaleout
-@pytest.mark.timeout(1800)
-def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypatch):
-    import pandas as pd
+@dataclass
+class BackfillRace:
+    """The two backfills (ingestion_job, then feature_views_job) of one world under the daemon on Postgres, and the
+    same days materialized sequentially in process: what the test asserts and the backfill benchmark reports."""
 
+    days: list[str]
+    parallel: DataPaths
+    sequential: DataPaths
+    project: Project
+    home: Path
+    log: Path
+    runs: dict[str, list[dg.DagsterRun]]
+    events: dict[str, list[dg.EventLogEntry]]
+    all_runs: list[dg.DagsterRun]
+    samples: list[int]
+    parallel_seconds: float
+    sequential_seconds: float
+
+
+def race_backfills(tmp_path: Path, postgres, monkeypatch, days: list[str], customers: int) -> BackfillRace:
+    """Simulate ``days`` from the first partition (labels from day 4: a 3-day label window instead of 30, so labels
+    fall inside the backfill; a data-quality incident on day 6 that ingestion quarantines), then backfill every
+    day through the daemon's queue and, on a copy of the landing files, sequentially in process."""
     from examples.churn.simulator import WorldParams, simulate_world
-    from mlops_assets.featurestore import FeatureStore
 
-    # 8 days from the first partition: labels from day 4 (a 3-day label window instead of 30, so labels
-    # fall inside the backfill), a data-quality incident on 2026-01-06 that ingestion quarantines; the
-    # backfills cover every day. (The 30-day run is a benchmark's business, not a test's.)
-    days = days_between("2026-01-01", "2026-01-08")
     parallel, sequential = DataPaths(tmp_path / "parallel"), DataPaths(tmp_path / "sequential")
     summary = simulate_world(
         out=parallel.landing,
-        customers=150,
+        customers=customers,
         days=len(days),
         start=days[0],
         seed=11,
@@ -356,12 +369,54 @@ def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypat
         for job in ("ingestion_job", "feature_views_job"):
             job_backfill(env, job, days[0], days[-1])
             [backfill] = [b for b in instance.get_backfills() if b.job_name == job]
-            runs[job] = wait_for_backfill(instance, backfill.backfill_id, proc, log, 900, samples)
+            runs[job] = wait_for_backfill(
+                instance, backfill.backfill_id, proc, log, 900 + 60 * len(days), samples
+            )
         parallel_seconds = time.monotonic() - started
         events = {r.run_id: run_events(instance, r.run_id) for rs in runs.values() for r in rs}
         all_runs = list(instance.get_runs())
+    return BackfillRace(
+        days=days,
+        parallel=parallel,
+        sequential=sequential,
+        project=project,
+        home=home,
+        log=log,
+        runs=runs,
+        events=events,
+        all_runs=all_runs,
+        samples=samples,
+        parallel_seconds=parallel_seconds,
+        sequential_seconds=sequential_materialization(sequential.root, days),
+    )
 
-    sequential_seconds = sequential_materialization(sequential.root, days)
+
+def differing_outputs(race: BackfillRace) -> dict[str, list[str]]:
+    """Per output tree, the files whose bytes differ between the parallel and the sequential run (or exist in one
+    only). A view's lifetime state (warehouse/_state/) is a cache that days computed out of order leave alone:
+    it is compared by the values read through it, not by its bytes."""
+    out = {}
+    for tree in ("warehouse", "quarantine"):
+        got, want = tree_digests(race.parallel.root / tree), tree_digests(race.sequential.root / tree)
+        got = {k: v for k, v in got.items() if not k.startswith("_state/")}
+        want = {k: v for k, v in want.items() if not k.startswith("_state/")}
+        out[tree] = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.scaleout
+@pytest.mark.timeout(1800)
+def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypatch):
+    import pandas as pd
+
+    from mlops_assets.featurestore import FeatureStore
+
+    # 8 days, 150 customers (the 30-day figure: benchmarks/bench_backfill.py)
+    race = race_backfills(tmp_path, postgres, monkeypatch, days_between("2026-01-01", "2026-01-08"), 150)
+    days, parallel, project, home, log = race.days, race.parallel, race.project, race.home, race.log
+    runs, events, all_runs, samples = race.runs, race.events, race.all_runs, race.samples
+    parallel_seconds, sequential_seconds = race.parallel_seconds, race.sequential_seconds
 
     windows = [run_window(e) for e in events.values()]
     overlap = max_overlap(windows)
@@ -394,15 +449,10 @@ def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypat
     texts = [log.read_text()] + captured + [t for es in events.values() for t in event_texts(es)]
     assert lock_errors(texts) == []
 
-    # every output file byte-identical to the sequential run's, and every partition written. A view's
-    # lifetime state (warehouse/_state/) is a cache that days computed out of order leave alone: it is
-    # compared below by the values read through it, not by its bytes.
-    for tree in ("warehouse", "quarantine"):
-        got, want = tree_digests(parallel.root / tree), tree_digests(sequential.root / tree)
-        got = {k: v for k, v in got.items() if not k.startswith("_state/")}
-        want = {k: v for k, v in want.items() if not k.startswith("_state/")}
-        assert got and sorted(got) == sorted(want), tree
-        assert got == want, [k for k in got if got[k] != want[k]]
+    # every output file byte-identical to the sequential run's, and every partition written (the lifetime
+    # states are compared below by the values read through them)
+    assert tree_digests(parallel.quarantine) and tree_digests(parallel.warehouse)
+    assert differing_outputs(race) == {"warehouse": [], "quarantine": []}
     assert "raw_events/date=2026-01-06/rows.parquet" in tree_digests(parallel.quarantine)
     written = tree_digests(parallel.warehouse)
     for day in days:
@@ -419,7 +469,7 @@ def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypat
     ids = landing_customers(parallel)
     for day in days[-2:]:
         got = FeatureStore(Project.load(CHURN_SPEC, parallel.root)).features_at(day, ids)
-        want = FeatureStore(Project.load(CHURN_SPEC, sequential.root)).features_at(day, ids)
+        want = FeatureStore(Project.load(CHURN_SPEC, race.sequential.root)).features_at(day, ids)
         assert len(got) == len(ids) and got.notna().any().all(), day
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
