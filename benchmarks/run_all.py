@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench_tiles.py",
     "bench_drift.py",
     "bench_serving.py",
+    "bench_backfill.py",
 )
 
 

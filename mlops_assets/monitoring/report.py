@@ -247,38 +247,28 @@ def run_drift(
     """Drift of two files printed as a table or JSON; 0 on success (1 on drift with fail_on_drift), 2 on bad input.
 
     With ``reference_period`` (a date/timestamp column of the reference), the thresholds are calibrated on the
-    reference's days (:func:`run_calibrated_drift`)."""
+    reference's days (:func:`calibrated_drift`)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    if reference_period is not None:
-        return run_calibrated_drift(
-            reference,
-            current,
-            reference_period,
-            as_json=as_json,
-            columns=columns,
-            categorical=categorical,
-            method=method,
-            numeric_method=numeric_method,
-            categorical_method=categorical_method,
-            report_dir=report_dir,
-            fail_on_drift=fail_on_drift,
-            out=out,
-            err=err,
-        )
     try:
+        settings = (
+            _calibration_settings(method, numeric_method, categorical_method) if reference_period else None
+        )
         ref = read_table(reference, "reference")
         cur = read_table(current, "current")
-        report = compute_drift(
-            ref,
-            cur,
-            columns=columns,
-            categorical=categorical,
-            thresholds=DriftThresholds(drift_share=drift_share),
-            method=method,
-            numeric_method=numeric_method,
-            categorical_method=categorical_method,
-        )
+        if reference_period is not None:
+            report = calibrated_drift(ref, cur, reference_period, columns, categorical, settings, reference)
+        else:
+            report = compute_drift(
+                ref,
+                cur,
+                columns=columns,
+                categorical=categorical,
+                thresholds=DriftThresholds(drift_share=drift_share),
+                method=method,
+                numeric_method=numeric_method,
+                categorical_method=categorical_method,
+            )
     except (DriftInputError, ValueError) as exc:
         where = (
             ""
@@ -290,10 +280,13 @@ def run_drift(
     if as_json:
         out.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
-        out.write(render_markdown(report))
+        out.write(report.markdown() if reference_period is not None else render_markdown(report))
     if report_dir is not None:
-        saved = save_drift_report(report, ref, cur, report_dir)
-        err.write(f"report written to {saved.markdown_path}\n")
+        if reference_period is not None:
+            markdown_path = report.save(report_dir)
+        else:
+            markdown_path = save_drift_report(report, ref, cur, report_dir).markdown_path
+        err.write(f"report written to {markdown_path}\n")
     return 1 if (fail_on_drift and report.dataset_drift) else 0
 
 
@@ -386,6 +379,19 @@ class CalibratedDrift:
             "skipped": dict(self.skipped),
         }
 
+    @property
+    def dataset_drift(self) -> bool:
+        return bool(self.comparison.dataset_drift)
+
+    def save(self, folder: str | Path) -> Path:
+        """``drift_report.md`` and ``drift_report.json`` in ``folder``; the markdown's path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(
+            (json.dumps(self.to_dict(), indent=2) + "\n").encode(), folder / "drift_report.json"
+        )
+        return write_file_atomic(self.markdown().encode(), folder / "drift_report.md")
+
     def markdown(self) -> str:
         from mlops_assets.monitoring.day_report import bands_text, feature_table_lines, verdict_line
 
@@ -441,46 +447,6 @@ def calibrated_drift(
         )
     calibration = calibrate(reference, settings)
     return CalibratedDrift(compare_day(calibration, cur[list(kinds)]), calibration, column, skipped)
-
-
-def run_calibrated_drift(
-    reference: str | Path,
-    current: str | Path,
-    column: str,
-    as_json: bool = False,
-    columns: Sequence[str] | None = None,
-    categorical: Sequence[str] | None = None,
-    method: str | None = None,
-    numeric_method: str | None = None,
-    categorical_method: str | None = None,
-    report_dir: str | Path | None = None,
-    fail_on_drift: bool = False,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """`mlops drift --reference-period COLUMN`: 0 on success (1 on drift with fail_on_drift), 2 on bad input."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    try:
-        settings = _calibration_settings(method, numeric_method, categorical_method)
-        ref = read_table(reference, "reference")
-        cur = read_table(current, "current")
-        result = calibrated_drift(ref, cur, column, columns, categorical, settings, source=reference)
-    except (DriftInputError, ValueError) as exc:
-        err.write(f"error: {exc}\n")
-        return 2
-    text = json.dumps(result.to_dict(), indent=2) + "\n" if as_json else result.markdown()
-    out.write(text)
-    if report_dir is not None:
-        folder = Path(report_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        markdown = folder / "drift_report.md"
-        write_file_atomic(result.markdown().encode(), markdown)
-        write_file_atomic(
-            (json.dumps(result.to_dict(), indent=2) + "\n").encode(), folder / "drift_report.json"
-        )
-        err.write(f"report written to {markdown}\n")
-    return 1 if (fail_on_drift and result.comparison.dataset_drift) else 0
 
 
 def drift_command(
