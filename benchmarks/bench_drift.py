@@ -143,6 +143,8 @@ def _evidently(
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
+    from benchmarks.drift_peers import _evidently_column_drifted
+
     numeric = [c for c in ref.columns if c not in categorical]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=list(categorical))
     snapshot = Report([DataDriftPreset(**options)]).run(
@@ -153,15 +155,9 @@ def _evidently(
     for metric in snapshot.dict()["metrics"]:
         config = metric["config"]
         if config.get("type", "").endswith("ValueDrift"):
-            value, threshold, method = float(metric["value"]), float(config["threshold"]), config["method"]
-            # Evidently's own rule per method: p-values drift below (KS: at or below) the threshold,
-            # distances at or above it.
-            if method == "ks":
-                flags[config["column"]] = value <= threshold
-            elif method in ("chisquare", "z"):
-                flags[config["column"]] = value < threshold
-            else:
-                flags[config["column"]] = value >= threshold
+            value, threshold = float(metric["value"]), float(config["threshold"])
+            # Evidently's own rule per method, on the display name its snapshot reports (``K-S p_value``)
+            flags[config["column"]] = _evidently_column_drifted(str(config["method"]), value, threshold)
     return flags
 
 
