@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         locks = lock_errors(texts)
     n_runs = len(race.events)
-    ratio = race.sequential_seconds / race.parallel_seconds
+    ratio = race.parallel_seconds / race.sequential_seconds
     identical = not any(differing.values())
     lines = [
         "# Backfills: the daemon's queue on PostgreSQL vs one sequential process",
@@ -82,14 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         "(a 3-day label window, a data-quality incident on day 6). Parallel: `dagster job backfill` of "
         f"ingestion_job, then of feature_views_job, one run per day, through dagster-daemon's run queue "
         f"(max {MAX_RUNS} concurrent runs, multiprocess executor, steps forked from a forkserver), storage on "
-        "PostgreSQL. Sequential: the same days materialized in process, one after another, on a copy of the "
+        "PostgreSQL. Sequential: the same runs (one partition each) executed in process, one after another "
+        "(`execute_in_process`, an ephemeral instance), on a copy of the "
         "landing files (the reference the parallel run must equal byte for byte).",
         "",
         "| what | parallel (daemon, Postgres) | sequential (one process) | ratio |",
         "|---|---:|---:|---:|",
         f"| wall time for both backfills (s) | {race.parallel_seconds:.1f} | {race.sequential_seconds:.1f} | "
-        f"{ratio:.2f}x {'faster' if ratio >= 1 else 'slower'} in parallel |",
+        f"{ratio:.2f}x the sequential time |",
         f"| runs | {n_runs} | 1 process | |",
+        f"| wall time per day of both jobs (s) | {race.parallel_seconds / n_days:.2f} | "
+        f"{race.sequential_seconds / n_days:.2f} | |",
+        "",
+        "At this size a run's cost is Dagster's, not the data's: each queued run is a process that loads the code "
+        "location, starts its steps and writes its events to Postgres, where the sequential process pays that "
+        "once. The parallel path is what a cluster runs (and what the test proves correct); the ratio says what "
+        "it costs on one 2-core machine.",
         "",
         f"Runs side by side: at most {max_overlap(windows)} (from the runs' start/end events; sampled "
         f"{max(race.samples) if race.samples else 0}), the instance allows {MAX_RUNS}. Run duration "
