@@ -200,11 +200,29 @@ def _load(folder: Path):
     return meta, reference, current
 
 
+#: Evidently's stattests whose value is a p-value, by the short name a preset is given (``num_method="ks"``).
+_EVIDENTLY_P_VALUE_TESTS = (
+    "ks",
+    "chisquare",
+    "z",
+    "fisher_exact",
+    "g_test",
+    "t_test",
+    "mannw",
+    "anderson",
+    "cramer_von_mises",
+    "epps_singleton",
+    "es",
+)
+
+
 def _evidently_column_drifted(method: str, value: float, threshold: float) -> bool:
-    """Evidently's rule per method (``method`` is its display name, e.g. ``K-S p_value``, ``Wasserstein distance
-    (normed)``): p-values drift below the threshold, distances at or above it."""
-    if "p_value" in method:
-        return value <= threshold if method.startswith("K-S") else value < threshold
+    """Evidently's rule per method: p-values drift below the threshold (KS: at or below), distances at or above it.
+
+    ``method`` is what the snapshot reports: the short name a preset was given (``ks``) or, for the methods
+    Evidently chose itself, their display name (``K-S p_value``, ``Wasserstein distance (normed)``)."""
+    if "p_value" in method or method in _EVIDENTLY_P_VALUE_TESTS:
+        return value <= threshold if method.startswith("K-S") or method == "ks" else value < threshold
     return value >= threshold
 
 
