@@ -30,8 +30,8 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 # --------------------------------------------------------------------------- test order
 #: The longest test modules (minutes each on 2 cores), grouped where they share a session fixture. pytest-xdist's
-#: worksteal scheduler hands each worker a contiguous half of the collection and steals from the tails, so these
-#: go to the heads of the two halves, alternately: they start at once, on different workers, and the short tests
+#: worksteal scheduler hands each worker a contiguous share of the collection and steals from the tails, so these
+#: go to the heads of the shares, one after another: they start at once, on different workers, and the short tests
 #: fill in around them instead of a long test starting last.
 LONGEST_FIRST = (
     ("test_live_replay.py",),
@@ -41,22 +41,37 @@ LONGEST_FIRST = (
 )
 
 
+def _share_sizes(n: int, workers: int) -> list[int]:
+    """How worksteal first splits n tests among idle workers: each gets the pending count // the workers left."""
+    sizes = []
+    for i in range(workers):
+        sizes.append(n // (workers - i))
+        n -= sizes[-1]
+    return sizes
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Two lanes (the halves xdist hands out): the longest groups alternately at their heads, then the other
-    slow tests module by module (a module's fixtures stay on one worker), alternately too, then the short tests."""
+    """One lane per xdist worker (the shares worksteal hands out): the longest groups in turn at their heads, then
+    the other slow tests module by module (a module's fixtures stay on one worker), in turn too, then the short
+    tests filling each lane to its share."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     group_of = {name: i for i, group in enumerate(LONGEST_FIRST) for name in group}
     for item in items:
         if item.path.name not in group_of and item.get_closest_marker("slow") is not None:
             group_of.setdefault(item.path.name, len(group_of))
-    lanes: list[list[pytest.Item]] = [[], []]
+    lanes: list[list[pytest.Item]] = [[] for _ in range(workers)]
     for i in sorted(set(group_of.values())):
-        lanes[i % 2] += [
+        lanes[i % workers] += [
             item for item in items if group_of.get(item.path.name) == i and item.get_closest_marker("slow")
         ]
     placed = {id(item) for lane in lanes for item in lane}
     rest = [item for item in items if id(item) not in placed]
-    fill = max(0, len(items) // 2 - len(lanes[0]))
-    items[:] = lanes[0] + rest[:fill] + lanes[1] + rest[fill:]
+    ordered: list[pytest.Item] = []
+    for lane, size in zip(lanes, _share_sizes(len(items), workers), strict=True):
+        fill = max(0, size - len(lane))
+        ordered += lane + rest[:fill]
+        rest = rest[fill:]
+    items[:] = ordered + rest
 
 
 @pytest.fixture
