@@ -202,14 +202,21 @@ def test_reference_period_flags_a_shifted_day_worst_feature_first_and_writes_its
         (["--reference-period", "taken_at"], "column 'taken_at' is not in the reference data"),
         (["--reference-period", "site"], "column 'site' is not a date or timestamp"),
         (["--reference-period", "read_at", "--method", "chi2"], "--method chi2 cannot be calibrated"),
+        (
+            ["--reference-period", "read_at", "--method", "chi2", "--numeric-method", "ks"],
+            "--method chi2 cannot be calibrated",
+        ),
+        (
+            ["--reference-period", "read_at", "--categorical-method", "chi2"],
+            "--categorical-method chi2 cannot",
+        ),
     ],
 )
 def test_reference_period_errors_name_the_file_and_the_column(reading_period, extra, message) -> None:
     code, out, err = _run([str(reading_period["reference"]), str(reading_period["quiet"]), *extra])
     assert code == 2 and out == ""
     assert message in err
-    if "--method" not in extra:
-        assert str(reading_period["reference"]) in err
+    assert str(reading_period["reference"]) in err
 
 
 def test_reference_period_of_too_few_days_is_refused_with_its_span(tmp_path) -> None:

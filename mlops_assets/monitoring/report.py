@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from mlops_assets.monitoring.drift import (
     read_table,
 )
 from mlops_assets.storage import write_file_atomic
+
+if TYPE_CHECKING:
+    from mlops_assets.monitoring.calibrate import Calibration, DayComparison
 
 _MAX_BARS = 20  # categories drawn per categorical histogram (the most frequent ones)
 
@@ -294,29 +297,29 @@ def run_drift(
 
 
 def _calibration_settings(method: str | None, numeric_method: str | None, categorical_method: str | None):
+    """The calibration settings of ``--method`` / ``--numeric-method`` / ``--categorical-method``; an error for a
+    method the calibrated report does not use (chi2: its p-value is not an effect size)."""
     from mlops_assets.monitoring.calibrate import (
         CATEGORICAL_STATISTICS,
         NUMERIC_STATISTICS,
         CalibrationSettings,
     )
 
-    numeric = numeric_method or (method if method in NUMERIC_STATISTICS else None)
-    categorical = categorical_method or (method if method in CATEGORICAL_STATISTICS else None)
     for option, value, allowed in (
-        ("--numeric-method", numeric, NUMERIC_STATISTICS),
-        ("--categorical-method", categorical, CATEGORICAL_STATISTICS),
-        ("--method", method if not (numeric or categorical) else None, ()),
+        ("--method", method, (*NUMERIC_STATISTICS, *CATEGORICAL_STATISTICS)),
+        ("--numeric-method", numeric_method, NUMERIC_STATISTICS),
+        ("--categorical-method", categorical_method, CATEGORICAL_STATISTICS),
     ):
         if value is not None and value not in allowed:
             raise DriftInputError(
                 f"{option} {value} cannot be calibrated with --reference-period: "
                 f"numeric columns take one of {NUMERIC_STATISTICS}, categorical ones one of {CATEGORICAL_STATISTICS}"
             )
-    defaults = CalibrationSettings()
-    return CalibrationSettings(
-        numeric_method=numeric or defaults.numeric_method,
-        categorical_method=categorical or defaults.categorical_method,
-    )
+    chosen = {
+        "numeric_method": numeric_method or (method if method in NUMERIC_STATISTICS else None),
+        "categorical_method": categorical_method or (method if method in CATEGORICAL_STATISTICS else None),
+    }
+    return CalibrationSettings(**{k: v for k, v in chosen.items() if v is not None})
 
 
 def reference_chunks(frame: pd.DataFrame, column: str, source: str | Path) -> tuple[list[str], np.ndarray]:
@@ -347,8 +350,8 @@ def reference_chunks(frame: pd.DataFrame, column: str, source: str | Path) -> tu
 class CalibratedDrift:
     """``mlops drift --reference-period``: the current data against bands calibrated on the reference's days."""
 
-    comparison: Any
-    calibration: Any
+    comparison: DayComparison
+    calibration: Calibration
     column: str
     skipped: dict[str, str]
 
