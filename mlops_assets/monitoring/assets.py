@@ -168,7 +168,12 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             monitor_days,
             skipped_verdicts,
         )
-        from mlops_assets.monitoring.day_report import embedded_images, plotted_features, save_day_report
+        from mlops_assets.monitoring.day_report import (
+            embedded_images,
+            number_text,
+            plotted_features,
+            save_day_report,
+        )
         from mlops_assets.observability import write_drift_textfile
         from mlops_assets.training.alerts import default_alert_sink
         from mlops_assets.training.tracking import RegistryUnavailable
@@ -241,8 +246,8 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             context.log.info(
                 f"{day}: {len(c.drifted_features)} of {len(c.tested)} features beyond their band "
                 f"(share {c.drift_share:.2f}, upper edge {c.drift_share_upper:.2f}), alarms {result.alarms or 'none'}, "
-                f"estimated accuracy {summary['estimated_accuracy']}, "
-                f"realized {summary['realized_accuracy'] if summary['realized_mae'] is None else summary['realized_mae']} "
+                f"estimated accuracy {number_text(summary['estimated_accuracy'])}, "
+                f"realized {number_text(summary['realized_accuracy'] if summary['realized_mae'] is None else summary['realized_mae'])} "
                 f"({result.realized_note})"
             )
 

@@ -36,7 +36,7 @@ TREND_FILE = "drift_trend.png"
 _MAX_BARS = 20
 
 
-def _num(value, digits: int = 4) -> str:
+def number_text(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     value = float(value)
@@ -76,21 +76,21 @@ def performance_markdown(result: DailyDrift) -> str:
     ]
     for m in [m for m in ("accuracy", "roc_auc", "mae") if m in result.training_metrics or m in real]:
         band = result.estimate_edges.get(m)
-        band_text = f"[{_num(band[0])}, {_num(band[2])}]" if band else "–"
+        band_text = f"[{number_text(band[0])}, {number_text(band[2])}]" if band else "–"
         if m in result.estimate_alarms:
             band_text += " **below**"
         r_drop = result.realized_decay.drops.get(m) if result.realized_decay else None
         lines.append(
-            f"| {m} | {_num(result.training_metrics.get(m))} | {_num(est.get(m))} | {band_text} | "
-            f"{_num(on_labels.get(m))} | {_num(real.get(m))} | {_num(r_drop)} |"
+            f"| {m} | {number_text(result.training_metrics.get(m))} | {number_text(est.get(m))} | {band_text} | "
+            f"{number_text(on_labels.get(m))} | {number_text(real.get(m))} | {number_text(r_drop)} |"
         )
     lines += ["", f"Realized: {result.realized_note}."]
     p = result.comparison.prediction
     if p is not None:
         lines += [
             "",
-            f"Prediction drift ({p.test}): {_num(p.statistic)} against its band's upper edge {_num(p.threshold)}, "
-            f"{'**drifted**' if p.drifted else 'no drift'} (KS p-value {_num(p.p_value)}, information only; "
+            f"Prediction drift ({p.test}): {number_text(p.statistic)} against its band's upper edge {number_text(p.threshold)}, "
+            f"{'**drifted**' if p.drifted else 'no drift'} (KS p-value {number_text(p.p_value)}, information only; "
             f"{p.reference_count} reference vs {p.current_count} current scores).",
         ]
     return "\n".join(lines)
@@ -104,8 +104,8 @@ def verdict_line(c: DayComparison) -> str:
         f"{verdict}: {len(c.drifted_features)} of {len(c.tested)} judged features beyond their band (drift share "
         f"{c.drift_share:.3f}, band upper edge {c.drift_share_upper:.3f}{' **exceeded**' if c.drift_alarm else ''})"
         + (
-            f"; multivariate PCA reconstruction error {_num(c.multivariate_error)} in band [{_num(lower)}, "
-            f"{_num(upper)}]{' **outside**' if c.multivariate_alarm else ''}"
+            f"; multivariate PCA reconstruction error {number_text(c.multivariate_error)} in band [{number_text(lower)}, "
+            f"{number_text(upper)}]{' **outside**' if c.multivariate_alarm else ''}"
             if c.multivariate_error is not None
             else ""
         )
@@ -134,8 +134,8 @@ def feature_table_lines(c: DayComparison) -> list[str]:
         nulls = f"{100 * row.reference_null_share:.1f} / {100 * row.current_null_share:.1f}"
         judged = f"{row.test}{' (shape)' if row.mode == SHAPE else ''}"
         lines.append(
-            f"| {row.feature} | {row.kind} | {judged} | {_num(row.statistic)} | {_num(row.band_mean)} | "
-            f"{_num(row.threshold)} | {row.severity:.2f} | {flag} | {_num(row.p_value)} | {nulls} |"
+            f"| {row.feature} | {row.kind} | {judged} | {number_text(row.statistic)} | {number_text(row.band_mean)} | "
+            f"{number_text(row.threshold)} | {row.severity:.2f} | {flag} | {number_text(row.p_value)} | {nulls} |"
         )
     notes = [r for r in c.features if r.note]
     if notes:
@@ -216,7 +216,7 @@ def plot_feature(baseline: FeatureBaseline, current: pd.Series, row: CalibratedF
         ax.set_xticks(x, [str(v)[:12] for v in table.index], rotation=45 if len(table) > 6 else 0, fontsize=7)
     verdict = "DRIFT" if row.drifted else "in band"
     ax.set_title(
-        f"{row.feature}: {row.test} {_num(row.statistic, 3)} (alarm > {_num(row.threshold, 3)}, {verdict})",
+        f"{row.feature}: {row.test} {number_text(row.statistic, 3)} (alarm > {number_text(row.threshold, 3)}, {verdict})",
         fontsize=8,
     )
     ax.set_ylabel("share of rows", fontsize=8)
