@@ -134,9 +134,12 @@ def run_ours(
                 "realized_roc_auc": s["realized_roc_auc"],
                 "estimate_alarm": bool(s["estimate_alarms"]),
                 "realized_alarm": daily.REALIZED_PERFORMANCE_CHECK in s["alarms"],
+                "elevated": s["elevated"],
             }
         )
-    requests = retraining_requests([(r["day"], r["alarms"]) for r in rows], champion.version)
+    requests = retraining_requests(
+        [(r["day"], r["alarms"]) for r in rows], champion.version, elevated=[r["day"] for r in rows if r["elevated"]]
+    )
     if export is not None:  # the reference our calibration used, read the way monitored days are read
         reference, _ = daily.population_features(store, calibration.days, champion.features)
         export_inputs(

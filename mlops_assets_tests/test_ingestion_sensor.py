@@ -43,7 +43,9 @@ class SensorHarness:
 
 
 def _requested(result: dg.SensorResult) -> list[tuple[str, str]]:
-    return sorted((r.asset_selection[0].to_user_string(), r.partition_key) for r in result.run_requests or [])
+    return sorted(
+        (key.to_user_string(), r.partition_key) for r in result.run_requests or [] for key in r.asset_selection
+    )
 
 
 def _write_labels(project: Project, day: str, rows: str = "C1,{day}T10:00:00Z,1\n") -> None:
@@ -107,7 +109,7 @@ def test_a_change_that_keeps_the_file_size_is_requested(churn):
     assert _requested(sensor.tick()) == [("raw_labels", DAY)]
 
 
-def test_each_source_and_day_gets_its_own_request_and_only_changed_ones_run_again(churn):
+def test_each_day_gets_one_request_for_its_changed_sources_and_only_changed_ones_run_again(churn):
     sensor = SensorHarness(churn)
     write_events(churn.paths, "2026-01-10")
     write_events(churn.paths, "2026-01-11")
@@ -118,7 +120,10 @@ def test_each_source_and_day_gets_its_own_request_and_only_changed_ones_run_agai
         ("raw_events", "2026-01-11"),
         ("raw_labels", "2026-01-11"),
     ]
-    assert len({r.run_key for r in first.run_requests}) == 3
+    # one run per day, of the sources that changed that day (the customers table landed nothing: not selected)
+    by_day = {r.partition_key: {k.to_user_string() for k in r.asset_selection} for r in first.run_requests}
+    assert by_day == {"2026-01-10": {"raw_events"}, "2026-01-11": {"raw_events", "raw_labels"}}
+    assert len({r.run_key for r in first.run_requests}) == 2
 
     # the labels of 2026-01-11 change: that source-day alone is requested, not the events of the same day
     _write_labels(churn, "2026-01-11", "C1,{day}T10:00:00Z,1\nC2,{day}T11:00:00Z,0\n")
@@ -171,7 +176,7 @@ def test_the_sensor_watches_every_source_of_the_spec_and_launches_the_named_inge
     partitions = daily_partitions(churn)
     sensor = build_landing_sensor(churn, partitions)
     assert sensor.name == LANDING_SENSOR and sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    # its runs are ingestion_job runs (the UI names them), each a subset: the source whose files changed
+    # its runs are ingestion_job runs (the UI names them), each a subset: the sources whose files changed
     assert sensor.job_name == INGESTION_JOB
     job = definitions(churn).resolve_job_def(INGESTION_JOB)
     watched = job.asset_layer.executable_asset_keys

@@ -66,13 +66,14 @@ def reconcile_requests(
 
 
 def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) -> dg.SensorDefinition:
-    """Watches every source's landing folder; requests one ingestion run per changed source-day."""
+    """Watches every source's landing folder; requests one ingestion run per day with changed files, of the sources
+    whose files changed that day."""
     contracts = list(project.contracts.values())
 
     @dg.sensor(
         name=LANDING_SENSOR,
         description="Watches the landing folders; requests ingestion of a day when its files' content is new.",
-        # runs of the named job, each a subset (the changed source): the UI lists them as ingestion_job, not as
+        # runs of the named job, each a subset (the changed sources of one day): the UI lists them as ingestion_job, not as
         # the implicit __ASSET_JOB an asset_selection target launches
         job_name=INGESTION_JOB,
         minimum_interval_seconds=sensor_interval(30),
@@ -90,18 +91,21 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
             requested=cursor.get("requested", {}),
             valid_days=valid_days,
         )
+        by_day: dict[str, list] = {}
+        for change in scan.changes:
+            by_day.setdefault(change.day, []).append(change)
         run_requests = [
-            dg.RunRequest(
-                run_key=f"{change.table}:{change.day}:{change.landing_hash[:16]}",
+            dg.RunRequest(  # one run per day: the sources whose files changed that day, not the others
+                run_key=f"{day}:" + ",".join(f"{c.table}:{c.landing_hash[:16]}" for c in changes),
                 job_name=INGESTION_JOB,
-                partition_key=change.day,
-                asset_selection=[dg.AssetKey(change.table)],
+                partition_key=day,
+                asset_selection=[dg.AssetKey(c.table) for c in changes],
                 tags={
                     "mlops/trigger": "new_landing_data",
-                    "mlops/landing_files": ",".join(change.files)[:1000],
+                    "mlops/landing_files": ",".join(f for c in changes for f in c.files)[:1000],
                 },
             )
-            for change in scan.changes
+            for day, changes in sorted(by_day.items())
         ]
         changed = {(c.table, c.day) for c in scan.changes}
         verified = cursor.get("verified", {})

@@ -51,6 +51,7 @@ def check_results(
             "champion_version": champion_version if champion_version is not None else "none",
             "days": ",".join(days) if len(days) <= 3 else f"{days[0]}..{days[-1]} ({len(days)} days)",
             "failing_days": dg.MetadataValue.json(v.failing_days),
+            "elevated_days": dg.MetadataValue.json(v.elevated_days),
             "details": dg.MetadataValue.json(v.metadata),
         }
         results.append(

@@ -54,6 +54,7 @@ from mlops_assets.monitoring.policy import (  # noqa: F401 - re-exported: the ch
     CHECK_NAMES,
     DATASET_DRIFT_CHECK,
     ERROR_CHECKS,
+    ELEVATED_SEVERITY,
     ESTIMATED_PERFORMANCE_CHECK,
     FEATURE_DRIFT_CHECK,
     MULTIVARIATE_DRIFT_CHECK,
@@ -338,6 +339,41 @@ class DailyDrift:
             out.append(REALIZED_PERFORMANCE_CHECK)
         return out
 
+    @property
+    def severities(self) -> dict[str, float]:
+        """How far each judged ERROR statistic is from its band's center toward its alarm edge (1 at the edge)."""
+
+        def toward(value: float, lower: float | None, center: float, upper: float) -> float:
+            if lower is not None and value < center:
+                return (center - value) / max(center - lower, 1e-12)
+            return (value - center) / max(upper - center, 1e-12)
+
+        c = self.comparison
+        out = {DATASET_DRIFT_CHECK: c.drift_share_band.severity(c.drift_share, c.t)}
+        if c.multivariate_error is not None and c.multivariate_edges is not None:
+            lower, upper = c.multivariate_edges
+            out[MULTIVARIATE_DRIFT_CHECK] = toward(
+                c.multivariate_error, lower, c.multivariate_band.center(c.t), upper
+            )
+        drops = [
+            self.estimated_drops[m] / max(center - lower, 1e-12)
+            for m, (lower, center, _) in self.estimate_edges.items()
+            if lower is not None and m in self.estimated_drops
+        ]
+        if drops:
+            out[ESTIMATED_PERFORMANCE_CHECK] = max(drops)
+        decay = self.realized_decay
+        if decay is not None and decay.drops:
+            out[REALIZED_PERFORMANCE_CHECK] = max(decay.drops[m] / max(decay.limits[m], 1e-12) for m in decay.drops)
+        return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+
+    @property
+    def elevated(self) -> list[str]:
+        """The ERROR checks not failing on this day whose statistic is not clearly quiet (at least
+        ELEVATED_SEVERITY of the way to its alarm edge): they keep an open alarm episode open."""
+        alarms = set(self.alarms)
+        return [k for k, v in self.severities.items() if v >= ELEVATED_SEVERITY and k not in alarms]
+
     def summary(self) -> dict[str, Any]:
         """Headline numbers, JSON-ready."""
 
@@ -390,6 +426,8 @@ class DailyDrift:
             "training_accuracy": num(self.training_metrics.get("accuracy")),
             "training_roc_auc": num(self.training_metrics.get("roc_auc")),
             "alarms": self.alarms,
+            "elevated": self.elevated,
+            "severities": {k: round(v, 4) for k, v in self.severities.items()},
         }
 
 
@@ -770,7 +808,13 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
                 },
             )
         )
-    return verdicts
+    elevated = {r.day: set(r.elevated) for r in results}
+    return [
+        replace(v, elevated_days=[d for d, checks in elevated.items() if v.check in checks])
+        if v.severity == "ERROR" and not v.skipped
+        else v
+        for v in verdicts
+    ]
 
 
 def skipped_verdicts(reason: str) -> list[Verdict]:

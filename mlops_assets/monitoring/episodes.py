@@ -5,6 +5,11 @@ performance check failed) in which no two consecutive alarm days are more than `
 new episode starts only after a quiet period of more than ``quiet_days`` days without an alarm, or
 with a new champion. The drift retraining sensor keeps the open episode of each champion in its cursor
 and requests one retraining run when an episode starts.
+
+**Hysteresis**: a day is *quiet* only when every ERROR statistic is clearly inside its band (less than
+``policy.ELEVATED_SEVERITY`` of the way from the band's center to its alarm edge). An **elevated** day (not an
+alarm, not quiet) starts no episode but keeps the open one open, as an alarm day does: a drop that hovers
+around its limit (an alarm one day, just inside the next) is one episode, not one per crossing.
 """
 
 from __future__ import annotations
@@ -60,16 +65,30 @@ class EpisodeTracker:
         self.state[champion] = {"start": day, "last": day}
         return Episode(champion, day, day, tuple(sorted(set(checks))))
 
+    def extend(self, champion: str | int, day: str) -> None:
+        """Record an elevated day: it keeps the champion's open episode open (when within quiet_days of its last
+        day) and starts none."""
+        open_ = self.state.get(str(champion))
+        if open_ is not None and day > open_["last"] and _gap(open_["last"], day) <= self.quiet_days:
+            open_["last"] = day
+
 
 def retraining_requests(
-    day_alarms: Sequence[tuple[str, Sequence[str]]], champion: str | int, quiet_days: int = DEFAULT_QUIET_DAYS
+    day_alarms: Sequence[tuple[str, Sequence[str]]],
+    champion: str | int,
+    quiet_days: int = DEFAULT_QUIET_DAYS,
+    elevated: Iterable[str] = (),
 ) -> list[Episode]:
-    """The episodes (one retraining request each) of a champion's days, given each day's failed checks."""
+    """The episodes (one retraining request each) of a champion's days, given each day's failed checks and the
+    elevated days (neither alarm nor quiet)."""
     tracker = EpisodeTracker(quiet_days=quiet_days)
+    elevated = set(elevated)
     out = []
     for day, alarms in sorted(day_alarms):
         if alarms:
             episode = tracker.observe(champion, day, alarms)
             if episode is not None:
                 out.append(episode)
+        elif day in elevated:
+            tracker.extend(champion, day)
     return out

@@ -30,6 +30,10 @@ ERROR_CHECKS = (
     ESTIMATED_PERFORMANCE_CHECK,
     REALIZED_PERFORMANCE_CHECK,
 )
+#: A day is quiet only when every ERROR statistic is less than this share of the way from its band's center to
+#: its alarm edge (a drift share, a reconstruction error, an estimated or realized drop); a day at or beyond it,
+#: short of the edge, is *elevated*: it keeps an open alarm episode open and starts none (episodes.py).
+ELEVATED_SEVERITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class MonitorSettings:
     min_jensenshannon: float = 0.02  # smallest Jensen-Shannon distance worth an alarm
     min_psi: float = 0.02
     min_null_share_change: float = 0.02  # smallest change of a feature's null share worth an alarm
-    min_drift_share: float = 0.2  # the drift share's band never ends below this share
+    min_drift_share: float = 0.0  # the drift share's band never ends below this share (0: calibrated alone)
     min_estimated_drop: float = 0.01  # the estimate's band is at least this wide below its mean
     detect_trends: bool = True  # features whose daily mean trends over the reference are judged on shape
     reference_period: str | None = None  # YYYY-MM-DD..YYYY-MM-DD; default: the champion's training window
@@ -95,3 +99,4 @@ class Verdict:
     failing_days: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    elevated_days: list[str] = field(default_factory=list)  # ERROR checks: days neither quiet nor failing

@@ -27,10 +27,9 @@ def retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
     return runs[0].run_id if runs else None
 
 
-def failed_drift_evaluations(
-    instance: dg.DagsterInstance, seen: dict[str, int]
-) -> tuple[dict[str, list], dict]:
-    """Failed ERROR checks of drift_report newer than the execution ids in ``seen``, by drift_report run.
+def drift_evaluations(instance: dg.DagsterInstance, seen: dict[str, int]) -> tuple[dict[str, list], dict]:
+    """ERROR check evaluations of drift_report (passed or failed) newer than the execution ids in ``seen``, by
+    drift_report run.
 
     Reads each check's execution history (kept in the index database by every event log storage,
     including the run-sharded SQLite one of ``dagster dev``); returns the groups and the new ids seen.
@@ -50,7 +49,7 @@ def failed_drift_evaluations(
             ):  # a planned execution (a partitioned run records its evaluation in a new row)
                 continue
             newest = record.id
-            if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            if evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 by_run.setdefault(record.run_id, []).append(evaluation)
         seen[name] = newest
     return by_run, seen
@@ -61,17 +60,23 @@ def _value(evaluation, key, default=None):
     return default if entry is None else entry.value
 
 
-def alarm_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list]]:
-    """(day, champion version, drift_report run id, failed evaluations) of every failing day, oldest first."""
-    days: dict[tuple[str, str], tuple[str, list]] = {}
+def judged_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list, bool]]:
+    """(day, champion version, drift_report run id, failed evaluations, elevated) of every day that failed an
+    ERROR check or was elevated (neither failing nor quiet), oldest first."""
+    days: dict[tuple[str, str], tuple[str, list, list]] = {}
     for run_id, evaluations in by_run.items():
         for e in evaluations:
             champion = str(_value(e, "champion_version", "none"))
-            failing = _value(e, "failing_days") or [str(_value(e, "days", "unknown"))]
-            for day in failing:
-                _, found = days.setdefault((day, champion), (run_id, []))
-                found.append(e)
-    return sorted((day, champion, run_id, evs) for (day, champion), (run_id, evs) in days.items())
+            if not e.passed:
+                failing = _value(e, "failing_days") or [str(_value(e, "days", "unknown"))]
+                for day in failing:
+                    days.setdefault((day, champion), (run_id, [], []))[1].append(e)
+            for day in _value(e, "elevated_days") or []:
+                days.setdefault((day, champion), (run_id, [], []))[2].append(e)
+    return sorted(
+        (day, champion, run_id, failed, bool(elevated) and not failed)
+        for (day, champion), (run_id, failed, elevated) in days.items()
+    )
 
 
 def retraining_request(episode, drift_run_id: str, evaluations: list) -> dg.RunRequest:
@@ -99,8 +104,8 @@ def retraining_request(episode, drift_run_id: str, evaluations: list) -> dg.RunR
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests retraining_job once per alarm episode of the champion: a day on which a calibrated "
     "ERROR check of drift_report failed (drift share or multivariate error beyond its band, estimated or realized "
-    "performance drop) starts an episode; alarm days within quiet_days of the previous one belong to it. The "
-    "reason is in the run's tags.",
+    "performance drop) starts an episode; alarm days and elevated days (a statistic at least half-way to its alarm "
+    "edge) within quiet_days of the previous one belong to it. The reason is in the run's tags.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     from mlops_assets.monitoring.episodes import EpisodeTracker
@@ -108,15 +113,20 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     state = json.loads(context.cursor) if context.cursor else {}
     if "seen" not in state:  # a cursor of the per-run sensor: check ids only
         state = {"seen": state, "episodes": {}}
-    by_run, now_seen = failed_drift_evaluations(context.instance, state["seen"])
+    by_run, now_seen = drift_evaluations(context.instance, state["seen"])
     tracker = EpisodeTracker(state["episodes"])
     new = []
-    for day, champion, run_id, evaluations in alarm_days(by_run):
+    failed_any = False
+    for day, champion, run_id, evaluations, elevated in judged_days(by_run):
+        if elevated:
+            tracker.extend(champion, day)
+            continue
+        failed_any = True
         episode = tracker.observe(champion, day, [e.check_name for e in evaluations])
         if episode is not None:
             new.append(retraining_request(episode, run_id, evaluations))
     cursor = json.dumps({"seen": now_seen, "episodes": tracker.state}, sort_keys=True)
-    if not by_run:
+    if not failed_any:
         return dg.SensorResult(
             skip_reason="no failed ERROR check on drift_report since the last evaluation", cursor=cursor
         )

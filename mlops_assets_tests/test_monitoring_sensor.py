@@ -1,0 +1,56 @@
+"""The drift retraining sensor on check evaluations as the drift_report asset records them: alarm days start an
+episode, elevated days (a statistic short of its edge but not quiet) keep it open, quiet days end it."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.monitoring.checks import DRIFT_ASSET
+from mlops_assets.monitoring.policy import DATASET_DRIFT_CHECK, REALIZED_PERFORMANCE_CHECK
+from mlops_assets.monitoring.sensors import drift_retraining_sensor
+
+
+def report_day(instance: dg.DagsterInstance, day: str, failed: bool, elevated: bool, champion: int = 4) -> None:
+    """One drift_report day's ERROR checks: the realized drop failing, elevated or quiet; the drift share quiet."""
+    for check, fails, up in ((REALIZED_PERFORMANCE_CHECK, failed, elevated), (DATASET_DRIFT_CHECK, False, False)):
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey(DRIFT_ASSET),
+                check_name=check,
+                passed=not fails,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"{day}: {'failed' if fails else 'passed'}",
+                metadata={
+                    "champion_version": champion,
+                    "days": day,
+                    "failing_days": dg.MetadataValue.json([day] if fails else []),
+                    "elevated_days": dg.MetadataValue.json([day] if up and not fails else []),
+                },
+            )
+        )
+
+
+def run_days(days: list[tuple[str, bool, bool]]) -> list[str]:
+    """Each day reported and the sensor evaluated after it, as under the daemon; the episode start of each
+    retraining request."""
+    starts, cursor = [], None
+    with dg.instance_for_test() as instance:
+        for day, failed, elevated in days:
+            report_day(instance, day, failed, elevated)
+            result = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+            cursor = result.cursor
+            starts += [r.tags["mlops/drift_days"] for r in result.run_requests or []]
+    return starts
+
+
+def test_a_drop_hovering_at_its_limit_requests_retraining_once() -> None:
+    alarms = {1, 11, 22}  # more than quiet_days (7) apart
+    days = [(f"2026-04-{d:02d}", d in alarms, True) for d in range(1, 31)]
+    assert run_days(days) == ["2026-04-01"]
+
+
+def test_quiet_days_between_alarms_end_the_episode() -> None:
+    alarms = {1, 11, 22}
+    hovering = {2, 3, 12}  # elevated just after the first two alarms, quiet otherwise
+    days = [(f"2026-04-{d:02d}", d in alarms, d in hovering) for d in range(1, 31)]
+    assert run_days(days) == ["2026-04-01", "2026-04-11", "2026-04-22"]
