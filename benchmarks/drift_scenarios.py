@@ -138,7 +138,9 @@ def run_ours(
             }
         )
     requests = retraining_requests(
-        [(r["day"], r["alarms"]) for r in rows], champion.version, elevated=[r["day"] for r in rows if r["elevated"]]
+        [(r["day"], r["alarms"]) for r in rows],
+        champion.version,
+        elevated={r["day"]: r["elevated"] for r in rows},
     )
     if export is not None:  # the reference our calibration used, read the way monitored days are read
         reference, _ = daily.population_features(store, calibration.days, champion.features)

@@ -44,7 +44,9 @@ class SensorHarness:
 
 def _requested(result: dg.SensorResult) -> list[tuple[str, str]]:
     return sorted(
-        (key.to_user_string(), r.partition_key) for r in result.run_requests or [] for key in r.asset_selection
+        (key.to_user_string(), r.partition_key)
+        for r in result.run_requests or []
+        for key in r.asset_selection
     )
 
 

@@ -128,7 +128,9 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
                     reached["evaluated"] = time.monotonic() - started
             time.sleep(2)
         text = log.read_text()
-        assert {"evaluated", "online"} <= set(reached), f"reached only {reached} in {REACH_TIMEOUT}s\n{text[-5000:]}"
+        assert {"evaluated", "online"} <= set(reached), (
+            f"reached only {reached} in {REACH_TIMEOUT}s\n{text[-5000:]}"
+        )
         assert f"Dagster UI: http://127.0.0.1:{ui_port}" in text
         assert re.search(rf"landed \S+ \({DAYS}/{DAYS}\)", text), text[-3000:]
 
@@ -157,7 +159,9 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         # one run per landed day, of the sources whose files it dripped (a replayed day drips every source; a tick
         # between two of a day's renames may split one day in two runs)
         new_data = [r for r in landing_runs if r.tags["mlops/trigger"] == "new_landing_data"]
-        assert {r.tags["dagster/partition"] for r in new_data} == materialized_partitions(instance, "raw_events")
+        assert {r.tags["dagster/partition"] for r in new_data} == materialized_partitions(
+            instance, "raw_events"
+        )
         assert len(new_data) < DAYS * len(SOURCES), len(new_data)
         assert all(
             {k.to_user_string() for k in r.asset_selection or ()} <= set(SOURCES) for r in landing_runs

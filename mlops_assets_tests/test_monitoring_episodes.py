@@ -35,30 +35,32 @@ def test_the_tracker_state_survives_a_sensor_cursor_and_backfilled_days_join_the
     again = EpisodeTracker(json.loads(json.dumps(tracker.state)), quiet_days=7)
     assert again.observe(1, "2026-04-08", ["x"]) is None  # an earlier day of the same drift, backfilled
     assert again.observe(1, "2026-04-15", ["x"]) is None
-    assert again.state["1"] == {"start": "2026-04-08", "last": "2026-04-15"}
+    assert again.state["1"] == {"start": "2026-04-08", "last": "2026-04-15", "checks": "x"}
     assert again.observe(1, "2026-03-01", ["x"]) is None  # long before: already handled or too old to act on
 
 
-def test_elevated_days_keep_an_episode_open_and_start_none() -> None:
+def test_elevated_days_of_the_alarming_check_keep_its_episode_open_and_start_none() -> None:
     """A realized drop that hovers around its limit: alarms on the 1st, the 12th and the 25th, just inside the
-    band (elevated) on every day between. One episode; with the days between quiet, three."""
+    band (elevated) on every day between. One episode; with the days between quiet, three; with only another
+    check elevated between (noise of a two-sided band), three as well."""
+    drop = "realized_performance_drop"
     alarm_days = {1, 12, 25}
-    days = [(f"2026-04-{d:02d}", ["realized_performance_drop"] if d in alarm_days else []) for d in range(1, 31)]
-    hovering = [f"2026-04-{d:02d}" for d in range(2, 31) if d not in alarm_days]
+    days = [(f"2026-04-{d:02d}", [drop] if d in alarm_days else []) for d in range(1, 31)]
+    between = [f"2026-04-{d:02d}" for d in range(2, 31) if d not in alarm_days]
+    hovering = dict.fromkeys(between, [drop])
     assert [e.start for e in retraining_requests(days, champion=1, quiet_days=7, elevated=hovering)] == [
         "2026-04-01"
     ]
-    assert [e.start for e in retraining_requests(days, champion=1, quiet_days=7)] == [
-        "2026-04-01",
-        "2026-04-12",
-        "2026-04-25",
-    ]
-    # elevated days alone never request retraining, and they end once the quiet period passes
-    assert retraining_requests([(d, []) for d in hovering], champion=1, elevated=hovering) == []
+    three = ["2026-04-01", "2026-04-12", "2026-04-25"]
+    assert [e.start for e in retraining_requests(days, champion=1, quiet_days=7)] == three
+    other = dict.fromkeys(between, ["multivariate_drift"])
+    assert [e.start for e in retraining_requests(days, champion=1, quiet_days=7, elevated=other)] == three
+    # elevated days alone never request retraining, and they end nothing once the quiet period has passed
+    assert retraining_requests([(d, []) for d in between], champion=1, elevated=hovering) == []
     tracker = EpisodeTracker(quiet_days=7)
-    tracker.observe(1, "2026-04-01", ["x"])
-    tracker.extend(1, "2026-04-09")  # 8 days after the last: the episode had already ended
+    tracker.observe(1, "2026-04-01", [drop])
+    tracker.extend(1, "2026-04-09", [drop])  # 8 days after the last: the episode had already ended
     assert tracker.state["1"]["last"] == "2026-04-01"
-    assert tracker.observe(1, "2026-04-10", ["x"]) is not None
-    tracker.extend(2, "2026-04-10")  # another champion without an open episode: nothing to extend
+    assert tracker.observe(1, "2026-04-10", [drop]) is not None
+    tracker.extend(2, "2026-04-10", [drop])  # another champion without an open episode: nothing to extend
     assert "2" not in tracker.state

@@ -38,7 +38,18 @@ def test_covariate_drift_in_one_region_is_flagged_within_three_days(isolated_mlf
 
 
 def test_concept_drift_is_caught_by_realized_performance_and_the_estimate_stays_quiet(isolated_mlflow_env):
-    _, s, start = _run("concept")
+    out, s, start = _run("concept")
     assert s["dataset_alarm_days_before"] == 0 and s["first_dataset_alarm"] is None
     assert s["first_realized_alarm"] is not None and s["first_realized_alarm"] >= start
     assert s["first_estimate_alarm"] is None
+    # the realized drop hovers around its limit for weeks (alarm, just inside, alarm): one episode, one request
+    assert sum(bool(r["realized_alarm"]) for r in out["rows"]) > 1
+    assert [e.start for e in out["requests"]] == [s["first_realized_alarm"]]
+
+
+def test_the_demo_world_alarms_within_two_days_of_its_drift_and_never_before(isolated_mlflow_env):
+    out, s, start = _run("demo")
+    assert start == "2026-04-05" and s["days_before"] == 10
+    assert s["dataset_alarm_days_before"] == 0 and s["error_alarm_days_before"] == 0
+    assert s["first_dataset_alarm"] is not None and s["first_dataset_alarm"] <= "2026-04-07"
+    assert len(out["requests"]) == 1

@@ -53,8 +53,8 @@ from mlops_assets.monitoring.estimate import (
 from mlops_assets.monitoring.policy import (  # noqa: F401 - re-exported: the checks and their settings
     CHECK_NAMES,
     DATASET_DRIFT_CHECK,
-    ERROR_CHECKS,
     ELEVATED_SEVERITY,
+    ERROR_CHECKS,
     ESTIMATED_PERFORMANCE_CHECK,
     FEATURE_DRIFT_CHECK,
     MULTIVARIATE_DRIFT_CHECK,
@@ -341,7 +341,8 @@ class DailyDrift:
 
     @property
     def severities(self) -> dict[str, float]:
-        """How far each judged ERROR statistic is from its band's center toward its alarm edge (1 at the edge)."""
+        """How far each judged ERROR statistic is from its band's center toward its alarm edge (1 at the edge, at
+        most 10)."""
 
         def toward(value: float, lower: float | None, center: float, upper: float) -> float:
             if lower is not None and value < center:
@@ -364,8 +365,11 @@ class DailyDrift:
             out[ESTIMATED_PERFORMANCE_CHECK] = max(drops)
         decay = self.realized_decay
         if decay is not None and decay.drops:
-            out[REALIZED_PERFORMANCE_CHECK] = max(decay.drops[m] / max(decay.limits[m], 1e-12) for m in decay.drops)
-        return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+            out[REALIZED_PERFORMANCE_CHECK] = max(
+                decay.drops[m] / max(decay.limits[m], 1e-12) for m in decay.drops
+            )
+        # capped at 10: a band of zero width (no reference chunk had a drifted feature) makes any share infinite
+        return {k: min(float(v), 10.0) for k, v in out.items() if math.isfinite(v)}
 
     @property
     def elevated(self) -> list[str]:

@@ -161,7 +161,16 @@ def render_day_markdown(result: DailyDrift, images: Mapping[str, str | Path] | N
         f"({len(cal.days)} chunks, {cal.reference_rows} rows){' — this day is inside it' if result.in_reference else ''}; "
         f"current {c.current_rows} rows. {bands_text(cal.settings)}",
         "",
-        f"Alarms: {', '.join(result.alarms) if result.alarms else 'none'}.",
+        f"Alarms: {', '.join(result.alarms) if result.alarms else 'none'}"
+        + (
+            f"; elevated (at least half-way to the alarm edge: keeps an open alarm episode open): "
+            f"{', '.join(result.elevated)}"
+            if result.elevated
+            else ""
+        )
+        + ". Way to the alarm edge (1 = at the edge): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result.severities.items())
+        + ".",
         "",
         *feature_table_lines(c),
     ]

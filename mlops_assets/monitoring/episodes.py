@@ -6,10 +6,12 @@ new episode starts only after a quiet period of more than ``quiet_days`` days wi
 with a new champion. The drift retraining sensor keeps the open episode of each champion in its cursor
 and requests one retraining run when an episode starts.
 
-**Hysteresis**: a day is *quiet* only when every ERROR statistic is clearly inside its band (less than
-``policy.ELEVATED_SEVERITY`` of the way from the band's center to its alarm edge). An **elevated** day (not an
-alarm, not quiet) starts no episode but keeps the open one open, as an alarm day does: a drop that hovers
-around its limit (an alarm one day, just inside the next) is one episode, not one per crossing.
+**Hysteresis**: a check is *elevated* on a day when its statistic is inside its band but not clearly
+(at least ``policy.ELEVATED_SEVERITY`` of the way from the band's center to its alarm edge). An elevated day of a
+check that alarmed in the open episode starts no episode but keeps that one open, as an alarm day does: a
+drop that hovers around its limit (an alarm one day, just inside the next) is one episode, not one per
+crossing. Other checks' elevated days do not: a two-sided band's half-way mark is crossed on about one
+quiet day in eight, and an episode would then never end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from datetime import date
 
 #: Days without an alarm after which a new alarm starts a new episode.
 DEFAULT_QUIET_DAYS = 7
+
+
+def _checks(state: Mapping[str, str]) -> list[str]:
+    return [c for c in state.get("checks", "").split(",") if c]
 
 
 def _gap(a: str, b: str) -> int:
@@ -56,20 +62,26 @@ class EpisodeTracker:
         if open_ is not None and _gap(open_["last"], day) <= self.quiet_days and day >= open_["start"]:
             if day > open_["last"]:
                 open_["last"] = day
+            open_["checks"] = ",".join(sorted(set(_checks(open_)) | set(checks)))
             return None
         if open_ is not None and day < open_["start"] and _gap(day, open_["start"]) <= self.quiet_days:
             open_["start"] = day  # a backfilled earlier day of the same episode
             return None
         if open_ is not None and day < open_["start"]:
             return None  # an old day, long before the open episode: already handled or too old to act on
-        self.state[champion] = {"start": day, "last": day}
+        self.state[champion] = {"start": day, "last": day, "checks": ",".join(sorted(set(checks)))}
         return Episode(champion, day, day, tuple(sorted(set(checks))))
 
-    def extend(self, champion: str | int, day: str) -> None:
-        """Record an elevated day: it keeps the champion's open episode open (when within quiet_days of its last
-        day) and starts none."""
+    def extend(self, champion: str | int, day: str, checks: Iterable[str]) -> None:
+        """Record a day on which ``checks`` were elevated: when one of them alarmed in the champion's open episode
+        and the day is within quiet_days of its last, the episode stays open; no episode starts."""
         open_ = self.state.get(str(champion))
-        if open_ is not None and day > open_["last"] and _gap(open_["last"], day) <= self.quiet_days:
+        if (
+            open_ is not None
+            and set(checks) & set(_checks(open_))
+            and day > open_["last"]
+            and _gap(open_["last"], day) <= self.quiet_days
+        ):
             open_["last"] = day
 
 
@@ -77,18 +89,18 @@ def retraining_requests(
     day_alarms: Sequence[tuple[str, Sequence[str]]],
     champion: str | int,
     quiet_days: int = DEFAULT_QUIET_DAYS,
-    elevated: Iterable[str] = (),
+    elevated: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Episode]:
-    """The episodes (one retraining request each) of a champion's days, given each day's failed checks and the
-    elevated days (neither alarm nor quiet)."""
+    """The episodes (one retraining request each) of a champion's days, given each day's failed checks and each
+    day's elevated checks (``elevated``: day -> checks neither failing nor quiet)."""
     tracker = EpisodeTracker(quiet_days=quiet_days)
-    elevated = set(elevated)
+    elevated = elevated or {}
     out = []
     for day, alarms in sorted(day_alarms):
         if alarms:
             episode = tracker.observe(champion, day, alarms)
             if episode is not None:
                 out.append(episode)
-        elif day in elevated:
-            tracker.extend(champion, day)
+        elif elevated.get(day):
+            tracker.extend(champion, day, elevated[day])
     return out

@@ -60,9 +60,9 @@ def _value(evaluation, key, default=None):
     return default if entry is None else entry.value
 
 
-def judged_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list, bool]]:
-    """(day, champion version, drift_report run id, failed evaluations, elevated) of every day that failed an
-    ERROR check or was elevated (neither failing nor quiet), oldest first."""
+def judged_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list, list[str]]]:
+    """(day, champion version, drift_report run id, failed evaluations, elevated checks) of every day that failed
+    an ERROR check or had one elevated (neither failing nor quiet), oldest first."""
     days: dict[tuple[str, str], tuple[str, list, list]] = {}
     for run_id, evaluations in by_run.items():
         for e in evaluations:
@@ -72,9 +72,9 @@ def judged_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list, bool
                 for day in failing:
                     days.setdefault((day, champion), (run_id, [], []))[1].append(e)
             for day in _value(e, "elevated_days") or []:
-                days.setdefault((day, champion), (run_id, [], []))[2].append(e)
+                days.setdefault((day, champion), (run_id, [], []))[2].append(e.check_name)
     return sorted(
-        (day, champion, run_id, failed, bool(elevated) and not failed)
+        (day, champion, run_id, failed, sorted(elevated))
         for (day, champion), (run_id, failed, elevated) in days.items()
     )
 
@@ -104,8 +104,8 @@ def retraining_request(episode, drift_run_id: str, evaluations: list) -> dg.RunR
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests retraining_job once per alarm episode of the champion: a day on which a calibrated "
     "ERROR check of drift_report failed (drift share or multivariate error beyond its band, estimated or realized "
-    "performance drop) starts an episode; alarm days and elevated days (a statistic at least half-way to its alarm "
-    "edge) within quiet_days of the previous one belong to it. The reason is in the run's tags.",
+    "performance drop) starts an episode; alarm days, and days on which a check that alarmed in it is elevated (its "
+    "statistic at least half-way to its alarm edge), within quiet_days of the previous one belong to it. The reason is in the run's tags.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     from mlops_assets.monitoring.episodes import EpisodeTracker
@@ -118,8 +118,8 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     new = []
     failed_any = False
     for day, champion, run_id, evaluations, elevated in judged_days(by_run):
-        if elevated:
-            tracker.extend(champion, day)
+        if not evaluations:
+            tracker.extend(champion, day, elevated)
             continue
         failed_any = True
         episode = tracker.observe(champion, day, [e.check_name for e in evaluations])
