@@ -252,7 +252,7 @@ def compare_peers(
 ) -> tuple[list[str], dict]:
     """The peer-table rows of one scenario (ours first) and each peer's output; a failed peer gets a row saying so."""
     seconds = ours["calibration_seconds"] + ours["days_seconds"]
-    rule = "drift share or PCA error outside its calibrated band"
+    rule = "count of features beyond their calibrated bands (binomial at the reference rate, also for severe ones) or PCA error outside its band"
     cost = f"{seconds:.1f} (in-process) | –"
     lines = [
         _peer_row(

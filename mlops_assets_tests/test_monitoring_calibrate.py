@@ -135,8 +135,29 @@ def test_bands_equal_mean_plus_k_sd_of_the_brute_force_chunk_values_and_drift_sh
         flags.append(np.logical_or(*per))
     shares = np.mean(flags, axis=0)
     np.testing.assert_allclose(cal.chunk_drift_shares, shares)
-    expected = max(shares.mean() + k * shares.std(ddof=1), settings.min_drift_share)
-    assert cal.drift_share.upper == pytest.approx(expected, **TOL)
+    assert cal.drift_share.upper == pytest.approx(binomial_upper(shares.mean(), 3, k), **TOL)
+
+
+def binomial_upper(rate: float, n: int, k: float) -> float:
+    """scipy's reference: the largest share of n features a day may show, its count's binomial tail above the
+    k-sigma one-sided normal tail."""
+    from scipy import stats
+
+    alpha = stats.norm.sf(k)
+    counts = [c for c in range(1, n + 1) if stats.binom.sf(c - 1, n, rate) <= alpha]
+    return ((counts[0] if counts else n + 1) - 1) / n
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.001, 0.01, 0.05, 0.2])
+@pytest.mark.parametrize("n", [1, 9, 25])
+def test_the_drift_share_band_is_the_binomial_tail_of_the_reference_rate(rate: float, n: int) -> None:
+    from mlops_assets.monitoring.calibrate import drift_share_band
+
+    shares = np.full(40, rate)
+    band = drift_share_band(shares, n, CalibrationSettings())
+    assert band.edges()[1] == pytest.approx(binomial_upper(rate, n, 3.0), abs=1e-12)
+    if rate == 0.0:  # a reference whose chunks never left their bands: one feature is dataset drift
+        assert band.exceeded(1 / n) and not band.exceeded(0.0)
 
 
 def test_quantile_band_is_the_upper_quantile_of_the_chunk_values() -> None:

@@ -40,13 +40,13 @@ that flips, with unchanged marginals) moves rows off the reference's principal s
 it; the band is the static mean ± k sd of the reference chunks' mean errors (a level extrapolated along a
 reference-period trend alarmed on quiet days). Estimated performance has the same static, two-sided band.
 
-**Drift share**: the share of tested features beyond their band; its own band comes from the
-reference chunks, each judged against bands computed without it (leave one out), with the floor
-``min_drift_share`` (default 0). Each feature's band already bounds its false alarms (mean + 3 sd of the
-reference chunks: on the simulated worlds without drift no feature left its band on any of 60 days), so a
-reference period in which no chunk had a feature beyond its band gives a band at 0, and one clearly drifted
-feature is dataset drift; a reference whose chunks do show such features widens the band by itself. A fixed
-floor (e.g. 0.2, one feature in five) would let one strongly drifted feature among many pass unnoticed.
+**Drift share**: the share of tested features beyond their band. Each reference chunk is judged against
+bands computed without it (leave one out); the mean of those chunk shares is a feature's rate of leaving its
+band on a quiet day, and the day alarms when its count of drifted features is one a binomial at that rate
+reaches with probability at most the band rule's tail (:func:`drift_share_band`; floor ``min_drift_share``,
+default 0). A reference in which no chunk had a feature beyond its band makes one clearly drifted feature
+dataset drift; a reference whose chunks do show such features asks for more. A fixed floor (e.g. 0.2, one
+feature in five) would let one strongly drifted feature among many pass unnoticed.
 """
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ EXCLUDED = "excluded"  # shown, never alarms (the reason is in its note)
 NUMERIC_STATISTICS = ("wasserstein", "ks", "psi")
 CATEGORICAL_STATISTICS = ("jensenshannon", "psi")
 NULL_SHARE = "null_share"
+#: A feature this far beyond its band's center (twice the distance to its edge: 6 sd under the default rule) is
+#: counted a second time, against the reference chunks' rate of such features: one such feature among many is
+#: dataset drift when no reference chunk had one (drift_share_band).
+SEVERE_SEVERITY = 2.0
 
-CALIBRATION_FORMAT = "3"
+CALIBRATION_FORMAT = "4"
 
 
 # --------------------------------------------------------------------------- settings and bands
@@ -317,7 +321,58 @@ def band_from(
     return replace(band, upper=float(upper), lower=None if lower is None else float(lower), rule=rule)
 
 
-def loo_exceeded(
+def binomial_sf(c: int, n: int, p: float) -> float:
+    """P(X >= c) for X ~ Binomial(n, p)."""
+    if c <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    return float(min(1.0, sum(math.comb(n, j) * p**j * (1.0 - p) ** (n - j) for j in range(c, n + 1))))
+
+
+def drift_share_band(
+    shares: np.ndarray, n_features: int, settings: CalibrationSettings, level: float = 1.0
+) -> Band:
+    """The drift share's band: a count of drifted features no quiet day reaches but at the band rule's tail.
+
+    The share is a count of features over ``n_features``, mostly zero on the reference chunks, so mean + k sd
+    of the chunk shares is no k-sigma bound (one feature on a day crosses it). Instead the reference chunks
+    give each feature's rate of leaving its band, ``p`` (their mean share, each chunk judged leave one out);
+    the day alarms when its count ``c`` has ``P(X >= c) <= alpha`` for ``X ~ Binomial(n_features, p)``, with
+    ``alpha`` the band rule's one-sided tail (3 sd: 0.00135; ``band_quantile`` q: 1 - q). A reference with no
+    feature beyond its band gives ``p = 0``: one feature beyond its own band is dataset drift. With ``level``
+    (SEVERE_SEVERITY) the shares count the features at that severity or more, and so does the rule.
+    """
+    from statistics import NormalDist
+
+    shares = np.asarray(shares, dtype="float64")
+    shares = shares[np.isfinite(shares)]
+    if shares.size == 0 or n_features == 0:
+        return Band("drift_share", math.nan, math.nan, math.inf, None, 0, "no reference chunk")
+    alpha = (
+        1.0 - settings.band_quantile
+        if settings.band_quantile is not None
+        else 1.0 - NormalDist().cdf(settings.band_sigmas)
+    )
+    rate = float(shares.mean())
+    count = next(
+        c for c in range(1, n_features + 2) if c > n_features or binomial_sf(c, n_features, rate) <= alpha
+    )
+    upper = max((count - 1) / n_features, settings.min_drift_share if level == 1.0 else 0.0)
+    where = "beyond their band" if level == 1.0 else f"at {level:g}x their band's distance or more"
+    rule = (
+        f"at least {count} of {n_features} features {where}: P <= {alpha:.3g} for a binomial count "
+        f"at the reference chunks' rate {rate:.3g} per feature ({shares.size} chunks)"
+    )
+    if settings.min_drift_share > 0 and level == 1.0:
+        rule += f", floor {settings.min_drift_share:g}"
+    std = float(shares.std(ddof=1)) if shares.size > 1 else 0.0
+    # center: the quiet rate (at most the edge, which k = 0 and the floor then place exactly at ``upper``)
+    name = "drift_share" if level == 1.0 else "severe_share"
+    return Band(name, min(rate, upper), std, upper, None, int(shares.size), rule, k=0.0, floor=upper)
+
+
+def loo_severities(
     values: np.ndarray,
     settings: CalibrationSettings,
     statistic: str,
@@ -325,16 +380,18 @@ def loo_exceeded(
     trend: str,
     floor: float,
 ) -> np.ndarray:
-    """Per chunk, whether it is beyond the band fitted on the other chunks (leave one out)."""
+    """Per chunk, its severity against the band fitted on the other chunks (leave one out; 0 when not judged):
+    above 1 exactly when the chunk is beyond that band."""
     values = np.asarray(values, dtype="float64")
-    out = np.zeros(values.size, dtype=bool)
+    out = np.zeros(values.size, dtype="float64")
     ok = np.flatnonzero(np.isfinite(values))
     if ok.size < 4:
         return out
     for i in ok:
         others = np.setdiff1d(ok, [i])
         band = band_from(values[others], settings, statistic, times=times[others], trend=trend, floor=floor)
-        out[i] = band.exceeded(values[i], times[i])
+        severity = band.severity(values[i], times[i])
+        out[i] = max(severity, 1.0 + 1e-9) if band.exceeded(values[i], times[i]) else min(severity, 1.0)
     return out
 
 
@@ -557,7 +614,12 @@ class FeatureBaseline:
     categories: list | None = None
     mean: float = 0.0  # numeric, distribution mode: reference mean and std (for the multivariate model)
     std: float = 1.0
-    loo_alarms: np.ndarray | None = None  # per chunk: beyond the band computed without that chunk
+    loo_severity: np.ndarray | None = None  # per chunk: severity against the band computed without that chunk
+
+    @property
+    def loo_alarms(self) -> np.ndarray:
+        """Per chunk: beyond the band computed without it."""
+        return np.asarray(self.loo_severity) > 1.0
 
     @property
     def tested(self) -> bool:
@@ -659,18 +721,21 @@ def fit_feature(
     times = reference.times[usable]
     for stat, chunk_values in baseline.chunk_values.items():
         baseline.bands[stat] = band_from(chunk_values, settings, stat, times=times, trend="gap")
-    loo = loo_exceeded(
-        baseline.chunk_values[baseline.method],
-        settings,
-        baseline.method,
-        times,
-        "gap",
-        settings.floor(baseline.method),
-    ) | loo_exceeded(
-        baseline.chunk_values[NULL_SHARE], settings, NULL_SHARE, times, "gap", settings.floor(NULL_SHARE)
+    loo = np.maximum(
+        loo_severities(
+            baseline.chunk_values[baseline.method],
+            settings,
+            baseline.method,
+            times,
+            "gap",
+            settings.floor(baseline.method),
+        ),
+        loo_severities(
+            baseline.chunk_values[NULL_SHARE], settings, NULL_SHARE, times, "gap", settings.floor(NULL_SHARE)
+        ),
     )
-    baseline.loo_alarms = np.zeros(n_chunks, dtype=bool)
-    baseline.loo_alarms[usable] = loo
+    baseline.loo_severity = np.zeros(n_chunks, dtype="float64")
+    baseline.loo_severity[usable] = loo
     if k < 3 and baseline.mode != EXCLUDED:
         baseline.mode = EXCLUDED
         baseline.note = f"only {k} usable reference chunk(s): no band can be calibrated"
@@ -836,6 +901,8 @@ class Calibration:
     drift_share: Band
     chunk_drift_shares: np.ndarray
     prediction: FeatureBaseline | None = None
+    severe_share: Band | None = None  # the same rule for features at SEVERE_SEVERITY or more
+    chunk_severe_shares: np.ndarray | None = None
     estimate_bands: dict[str, Band] = field(default_factory=dict)
     chunk_estimates: dict[str, np.ndarray] = field(default_factory=dict)
     reference_rows: int = 0
@@ -863,6 +930,7 @@ class Calibration:
                 for n, b in self.features.items()
             },
             "drift_share_band": self.drift_share.to_dict(),
+            "severe_share_band": self.severe_share.to_dict() if self.severe_share else None,
             "multivariate_band": self.multivariate.band.to_dict() if self.multivariate else None,
             "prediction_band": (
                 self.prediction.bands[self.prediction.method].to_dict() if self.prediction else None
@@ -890,10 +958,11 @@ def calibrate(
     for name in reference.categorical:
         features[name] = fit_feature(name, CATEGORICAL, reference, settings)
     tested = [b for b in features.values() if b.tested]
-    shares = (
-        np.mean(np.stack([b.loo_alarms for b in tested]), axis=0) if tested else np.zeros(reference.n_chunks)
-    )
-    share_band = band_from(shares, settings, "drift_share", floor=settings.min_drift_share)
+    severity = np.stack([b.loo_severity for b in tested]) if tested else np.zeros((1, reference.n_chunks))
+    shares = np.mean(severity > 1.0, axis=0)
+    severe_shares = np.mean(severity >= SEVERE_SEVERITY, axis=0)
+    share_band = drift_share_band(shares, len(tested), settings)
+    severe_band = drift_share_band(severe_shares, len(tested), settings, level=SEVERE_SEVERITY)
     multivariate = fit_multivariate(reference, features, settings)
     prediction = None
     estimate_bands: dict[str, Band] = {}
@@ -945,6 +1014,8 @@ def calibrate(
         multivariate=multivariate,
         drift_share=share_band,
         chunk_drift_shares=shares,
+        severe_share=severe_band,
+        chunk_severe_shares=severe_shares,
         prediction=prediction,
         estimate_bands=estimate_bands,
         chunk_estimates=chunk_estimates,
@@ -1133,6 +1204,9 @@ class DayComparison:
     reference_rows: int
     t: float | None = None  # the day's offset from the first reference day
     multivariate_edges: tuple[float | None, float] | None = None  # the band at this day
+    severe_share: float = 0.0  # share of the judged features at SEVERE_SEVERITY or more
+    severe_share_band: Band | None = None
+    severe_alarm: bool = False  # severe_share beyond its band (part of drift_alarm)
 
     @property
     def drift_share_upper(self) -> float:
@@ -1170,6 +1244,9 @@ def compare_day(
     rows.sort(key=lambda r: (r.mode == EXCLUDED, -r.severity, r.feature))
     tested = [r for r in rows if r.mode != EXCLUDED]
     share = sum(r.drifted for r in tested) / len(tested) if tested else 0.0
+    severe = sum(r.severity >= SEVERE_SEVERITY for r in tested) / len(tested) if tested else 0.0
+    severe_band = calibration.severe_share
+    severe_alarm = severe_band is not None and severe > severe_band.edges(t)[1]
     error = None
     mv_alarm = False
     mv_edges = None
@@ -1198,7 +1275,7 @@ def compare_day(
         features=rows,
         drift_share=float(share),
         drift_share_band=calibration.drift_share,
-        drift_alarm=bool(share > calibration.drift_share.edges(t)[1]),
+        drift_alarm=bool(share > calibration.drift_share.edges(t)[1] or severe_alarm),
         multivariate_error=error,
         multivariate_band=calibration.multivariate.band if calibration.multivariate else None,
         multivariate_alarm=bool(mv_alarm),
@@ -1207,6 +1284,9 @@ def compare_day(
         reference_rows=calibration.reference_rows,
         t=t,
         multivariate_edges=mv_edges,
+        severe_share=float(severe),
+        severe_share_band=severe_band,
+        severe_alarm=bool(severe_alarm),
     )
 
 
@@ -1224,13 +1304,17 @@ def save_calibration(calibration: Calibration, folder: str | Path) -> Path:
     from mlops_assets.storage import atomic_directory
 
     target = Path(folder) / calibration.key
-    arrays: dict[str, np.ndarray] = {"chunk_drift_shares": calibration.chunk_drift_shares}
+    arrays: dict[str, np.ndarray] = {
+        "chunk_drift_shares": calibration.chunk_drift_shares,
+        "chunk_severe_shares": calibration.chunk_severe_shares,
+    }
     meta: dict[str, Any] = {
         "format": CALIBRATION_FORMAT,
         "key": calibration.key,
         "days": calibration.days,
         "settings": calibration.settings.to_dict(),
         "drift_share": calibration.drift_share.to_dict(),
+        "severe_share": calibration.severe_share.to_dict(),
         "reference_rows": calibration.reference_rows,
         "estimate_bands": {m: b.to_dict() for m, b in calibration.estimate_bands.items()},
         "features": [],
@@ -1241,7 +1325,7 @@ def save_calibration(calibration: Calibration, folder: str | Path) -> Path:
     def baseline_meta(b: FeatureBaseline, prefix: str) -> dict:
         for stat, values in b.chunk_values.items():
             arrays[f"{prefix}/chunk/{stat}"] = values
-        for name in ("grid", "counts", "loo_alarms"):
+        for name in ("grid", "counts", "loo_severity"):
             if getattr(b, name) is not None:
                 arrays[f"{prefix}/{name}"] = np.asarray(getattr(b, name))
         return {
@@ -1320,7 +1404,7 @@ def load_calibration(folder: str | Path, key: str) -> Calibration | None:
             categories=d["categories"],
             mean=d["mean"],
             std=d["std"],
-            loo_alarms=arrays.get(f"{prefix}/loo_alarms"),
+            loo_severity=arrays.get(f"{prefix}/loo_severity"),
         )
 
     features = {d["feature"]: baseline(d, f"f{i}") for i, d in enumerate(meta["features"])}
@@ -1347,6 +1431,8 @@ def load_calibration(folder: str | Path, key: str) -> Calibration | None:
         multivariate=multivariate,
         drift_share=band(meta["drift_share"]),
         chunk_drift_shares=arrays["chunk_drift_shares"],
+        severe_share=band(meta["severe_share"]),
+        chunk_severe_shares=arrays["chunk_severe_shares"],
         prediction=baseline(meta["prediction"], "prediction") if "prediction" in meta else None,
         estimate_bands={k: band(v) for k, v in meta["estimate_bands"].items()},
         chunk_estimates={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("estimate/")},

@@ -38,6 +38,7 @@ import pandas as pd
 
 from mlops_assets.features.store import FeatureStore
 from mlops_assets.monitoring.calibrate import (
+    SEVERE_SEVERITY,
     Band,
     Calibration,
     DayComparison,
@@ -351,6 +352,10 @@ class DailyDrift:
 
         c = self.comparison
         out = {DATASET_DRIFT_CHECK: c.drift_share_band.severity(c.drift_share, c.t)}
+        if c.severe_share_band is not None:
+            out[DATASET_DRIFT_CHECK] = max(
+                out[DATASET_DRIFT_CHECK], c.severe_share_band.severity(c.severe_share, c.t)
+            )
         if c.multivariate_error is not None and c.multivariate_edges is not None:
             lower, upper = c.multivariate_edges
             out[MULTIVARIATE_DRIFT_CHECK] = toward(
@@ -680,24 +685,36 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
     )
 
     bad = [r.day for r in results if r.comparison.drift_alarm]
-    worst = max(results, key=lambda r: r.comparison.drift_share)
-    band = worst.comparison.drift_share_band
-    tested = worst.comparison.tested
+    worst = max(
+        results, key=lambda r: (r.comparison.drift_alarm, r.comparison.drift_share, r.comparison.severe_share)
+    )
+    c = worst.comparison
+    band = c.drift_share_band
+    tested = c.tested
+    exceeded = c.drift_share > c.drift_share_upper
+    severe = c.severe_share_band
     verdicts.append(
         Verdict(
             DATASET_DRIFT_CHECK,
             not bad,
             "ERROR",
-            f"worst day {worst.day}: drift share {worst.comparison.drift_share:.3f} "
+            f"worst day {worst.day}: drift share {c.drift_share:.3f} "
             f"({len(worst.drifted_features)} of {len(tested)} judged features) "
-            f"{'>' if worst.comparison.drift_alarm else '<='} its band's upper edge "
-            f"{worst.comparison.drift_share_upper:.3f} ({band.rule})",
+            f"{'>' if exceeded else '<='} its band's upper edge {c.drift_share_upper:.3f} ({band.rule})"
+            + (
+                f"; {round(c.severe_share * len(tested))} feature(s) at {SEVERE_SEVERITY:g}x their band's distance "
+                f"or more, above that share's edge {severe.edges(c.t)[1]:.3f} ({severe.rule})"
+                if c.severe_alarm and severe is not None
+                else ""
+            ),
             bad,
             {
-                "drift_share_upper": worst.comparison.drift_share_upper,
-                "worst_drift_share": worst.comparison.drift_share,
+                "drift_share_upper": c.drift_share_upper,
+                "worst_drift_share": c.drift_share,
                 "worst_day": worst.day,
                 "band": band.to_dict(),
+                "severe_share": c.severe_share,
+                "severe_share_band": severe.to_dict() if severe is not None else None,
             },
         )
     )

@@ -20,6 +20,7 @@ import pandas as pd
 
 from mlops_assets.monitoring.calibrate import (
     EXCLUDED,
+    SEVERE_SEVERITY,
     SHAPE,
     CalibratedFeature,
     CalibrationSettings,
@@ -102,7 +103,14 @@ def verdict_line(c: DayComparison) -> str:
     lower, upper = c.multivariate_edges if c.multivariate_edges else (None, None)
     return (
         f"{verdict}: {len(c.drifted_features)} of {len(c.tested)} judged features beyond their band (drift share "
-        f"{c.drift_share:.3f}, band upper edge {c.drift_share_upper:.3f}{' **exceeded**' if c.drift_alarm else ''})"
+        f"{c.drift_share:.3f}, band upper edge {c.drift_share_upper:.3f}"
+        f"{' **exceeded**' if c.drift_share > c.drift_share_upper else ''})"
+        + (
+            f"; {round(c.severe_share * len(c.tested))} feature(s) at {SEVERE_SEVERITY:g}x their band's distance or "
+            f"more, **beyond** what the reference chunks allow ({c.severe_share_band.rule})"
+            if c.severe_alarm and c.severe_share_band is not None
+            else ""
+        )
         + (
             f"; multivariate PCA reconstruction error {number_text(c.multivariate_error)} in band [{number_text(lower)}, "
             f"{number_text(upper)}]{' **outside**' if c.multivariate_alarm else ''}"
