@@ -6,8 +6,8 @@ Postgres, queued run coordinator, at most 4 concurrent runs). Backfills are laun
 executor. The subprocesses (CLI, daemon, its code server, run and step workers) serve the churn example
 through ``$MLOPS_SPEC``. The parallel backfill's outputs are compared byte for byte with a sequential
 in-process run.
-Two small tests pin down what two runs of the same day may do at once: write one partition, retire
-one quarantine.
+A small test pins down what two runs of the same day may do at once: retire one quarantine (writing one
+partition at once: test_faults_storage.py's concurrent writers, in spawned processes).
 """
 
 from __future__ import annotations
@@ -472,38 +472,6 @@ def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypat
         want = FeatureStore(Project.load(CHURN_SPEC, race.sequential.root)).features_at(day, ids)
         assert len(got) == len(ids) and got.notna().any().all(), day
         pd.testing.assert_frame_equal(got, want, check_exact=True)
-
-
-def _write_the_same_partition(directory: str, writer: int, times: int) -> list[str]:
-    import pyarrow as pa
-
-    from mlops_assets.storage import write_partition
-
-    table = pa.table({"writer": [writer] * 1000})
-    errors = []
-    for _ in range(times):
-        try:
-            write_partition(table, Path(directory))
-        except OSError as exc:
-            errors.append(repr(exc))
-    return errors
-
-
-def test_concurrent_writers_of_one_partition_all_succeed(tmp_path):
-    """Two runs of the same day (a backfill and the landing sensor's run, say) may write one partition at once."""
-    import multiprocessing
-
-    import pyarrow.parquet as pq
-
-    directory = tmp_path / "raw_events" / "date=2026-03-01"
-    writers = 4
-    with multiprocessing.get_context("fork").Pool(writers) as pool:
-        results = pool.starmap(_write_the_same_partition, [(str(directory), w, 150) for w in range(writers)])
-    assert [e for errors in results for e in errors] == []
-    leftovers = [p.name for p in directory.parent.iterdir() if p != directory]
-    assert leftovers == []  # no staging or retired folder
-    [part] = directory.iterdir()
-    assert pq.read_table(part).column("writer").unique().to_pylist() in [[w] for w in range(writers)]
 
 
 def test_two_runs_of_a_day_both_retire_its_old_quarantine(tmp_path, monkeypatch):
