@@ -229,3 +229,31 @@ def test_reference_period_of_too_few_days_is_refused_with_its_span(tmp_path) -> 
     )
     assert code == 2
     assert "holds 5 day(s) of 'read_at' (2026-03-01..2026-03-05); calibrating needs at least 10" in err
+
+
+def test_one_feature_far_beyond_its_band_among_thirty_is_dataset_drift_on_a_public_dataset(tmp_path) -> None:
+    """scikit-learn's breast-cancer table (569 rows, 30 measurements): 20 reference days of 400 rows resampled,
+    then a resampled day as it is and one whose mean radius is 25% larger. With 20 heavy-tailed chunks some
+    reference chunks leave their bands by themselves, so one feature just beyond its band is not dataset drift;
+    one 14 times its band's distance away is."""
+    from sklearn.datasets import load_breast_cancer
+
+    table = load_breast_cancer(as_frame=True).frame
+    days = pd.date_range("2026-05-01", periods=20, freq="D")
+    reference = pd.concat(
+        [table.sample(400, replace=True, random_state=i).assign(day=d) for i, d in enumerate(days)],
+        ignore_index=True,
+    )
+    reference.to_parquet(tmp_path / "reference.parquet")
+    table.sample(400, replace=True, random_state=99).to_parquet(tmp_path / "quiet.parquet")
+    shifted = table.sample(400, replace=True, random_state=98)
+    shifted["mean radius"] *= 1.25
+    shifted.to_parquet(tmp_path / "shifted.parquet")
+    ref = str(tmp_path / "reference.parquet")
+    code, out, err = _run([ref, str(tmp_path / "quiet.parquet"), "--reference-period", "day", "--json"])
+    quiet = json.loads(out)
+    assert code == 0 and quiet["dataset_drift"] is False, err
+    code, out, err = _run([ref, str(tmp_path / "shifted.parquet"), "--reference-period", "day", "--json"])
+    got = json.loads(out)
+    assert got["dataset_drift"] is True and got["n_drifted"] == 1, err
+    assert got["features"][0]["feature"] == "mean radius" and got["features"][0]["severity"] > 4

@@ -44,8 +44,10 @@ reference-period trend alarmed on quiet days). Estimated performance has the sam
 bands computed without it (leave one out); the mean of those chunk shares is a feature's rate of leaving its
 band on a quiet day, and the day alarms when its count of drifted features is one a binomial at that rate
 reaches with probability at most the band rule's tail (:func:`drift_share_band`; floor ``min_drift_share``,
-default 0). A reference in which no chunk had a feature beyond its band makes one clearly drifted feature
-dataset drift; a reference whose chunks do show such features asks for more. A fixed floor (e.g. 0.2, one
+default 0). The same count is judged at 2, 4 and 8 times the band's distance (``SEVERITY_LEVELS``, the tail
+shared among the four levels). A reference in which no chunk had a feature beyond its band makes one clearly
+drifted feature dataset drift; a reference whose chunks do show such features asks for more, or for one
+feature further out than any reference chunk went. A fixed floor (e.g. 0.2, one
 feature in five) would let one strongly drifted feature among many pass unnoticed.
 """
 
@@ -71,12 +73,12 @@ EXCLUDED = "excluded"  # shown, never alarms (the reason is in its note)
 NUMERIC_STATISTICS = ("wasserstein", "ks", "psi")
 CATEGORICAL_STATISTICS = ("jensenshannon", "psi")
 NULL_SHARE = "null_share"
-#: A feature this far beyond its band's center (twice the distance to its edge: 6 sd under the default rule) is
-#: counted a second time, against the reference chunks' rate of such features: one such feature among many is
-#: dataset drift when no reference chunk had one (drift_share_band).
-SEVERE_SEVERITY = 2.0
+#: Severity levels at which drifted features are counted (drift_share_band): beyond the band (1), and at 2, 4 and
+#: 8 times its distance from the center, each count against the reference chunks' rate of features at that level.
+#: One feature far beyond its band among many is dataset drift when no reference chunk went that far.
+SEVERITY_LEVELS = (1.0, 2.0, 4.0, 8.0)
 
-CALIBRATION_FORMAT = "4"
+CALIBRATION_FORMAT = "5"
 
 
 # --------------------------------------------------------------------------- settings and bands
@@ -331,7 +333,7 @@ def binomial_sf(c: int, n: int, p: float) -> float:
 
 
 def drift_share_band(
-    shares: np.ndarray, n_features: int, settings: CalibrationSettings, level: float = 1.0
+    shares: np.ndarray, n_features: int, settings: CalibrationSettings, level: float = 1.0, tests: int = 1
 ) -> Band:
     """The drift share's band: a count of drifted features no quiet day reaches but at the band rule's tail.
 
@@ -341,7 +343,8 @@ def drift_share_band(
     the day alarms when its count ``c`` has ``P(X >= c) <= alpha`` for ``X ~ Binomial(n_features, p)``, with
     ``alpha`` the band rule's one-sided tail (3 sd: 0.00135; ``band_quantile`` q: 1 - q). A reference with no
     feature beyond its band gives ``p = 0``: one feature beyond its own band is dataset drift. With ``level``
-    (SEVERE_SEVERITY) the shares count the features at that severity or more, and so does the rule.
+    (one of SEVERITY_LEVELS) the shares count the features at that severity or more, and so does the rule;
+    ``tests`` levels judged together share ``alpha`` (Bonferroni: each gets alpha / tests).
     """
     from statistics import NormalDist
 
@@ -353,7 +356,7 @@ def drift_share_band(
         1.0 - settings.band_quantile
         if settings.band_quantile is not None
         else 1.0 - NormalDist().cdf(settings.band_sigmas)
-    )
+    ) / tests
     rate = float(shares.mean())
     count = next(
         c for c in range(1, n_features + 2) if c > n_features or binomial_sf(c, n_features, rate) <= alpha
@@ -368,7 +371,7 @@ def drift_share_band(
         rule += f", floor {settings.min_drift_share:g}"
     std = float(shares.std(ddof=1)) if shares.size > 1 else 0.0
     # center: the quiet rate (at most the edge, which k = 0 and the floor then place exactly at ``upper``)
-    name = "drift_share" if level == 1.0 else "severe_share"
+    name = "drift_share" if level == 1.0 else f"severe_share_{level:g}"
     return Band(name, min(rate, upper), std, upper, None, int(shares.size), rule, k=0.0, floor=upper)
 
 
@@ -901,8 +904,8 @@ class Calibration:
     drift_share: Band
     chunk_drift_shares: np.ndarray
     prediction: FeatureBaseline | None = None
-    severe_share: Band | None = None  # the same rule for features at SEVERE_SEVERITY or more
-    chunk_severe_shares: np.ndarray | None = None
+    severe_bands: dict[str, Band] = field(default_factory=dict)  # level -> the same rule at that severity
+    chunk_severe_shares: dict[str, np.ndarray] = field(default_factory=dict)
     estimate_bands: dict[str, Band] = field(default_factory=dict)
     chunk_estimates: dict[str, np.ndarray] = field(default_factory=dict)
     reference_rows: int = 0
@@ -930,7 +933,7 @@ class Calibration:
                 for n, b in self.features.items()
             },
             "drift_share_band": self.drift_share.to_dict(),
-            "severe_share_band": self.severe_share.to_dict() if self.severe_share else None,
+            "severe_bands": {level: b.to_dict() for level, b in self.severe_bands.items()},
             "multivariate_band": self.multivariate.band.to_dict() if self.multivariate else None,
             "prediction_band": (
                 self.prediction.bands[self.prediction.method].to_dict() if self.prediction else None
@@ -960,9 +963,13 @@ def calibrate(
     tested = [b for b in features.values() if b.tested]
     severity = np.stack([b.loo_severity for b in tested]) if tested else np.zeros((1, reference.n_chunks))
     shares = np.mean(severity > 1.0, axis=0)
-    severe_shares = np.mean(severity >= SEVERE_SEVERITY, axis=0)
-    share_band = drift_share_band(shares, len(tested), settings)
-    severe_band = drift_share_band(severe_shares, len(tested), settings, level=SEVERE_SEVERITY)
+    tests = len(SEVERITY_LEVELS)
+    share_band = drift_share_band(shares, len(tested), settings, tests=tests)
+    severe_shares = {f"{lv:g}": np.mean(severity >= lv, axis=0) for lv in SEVERITY_LEVELS[1:]}
+    severe_bands = {
+        key: drift_share_band(v, len(tested), settings, level=float(key), tests=tests)
+        for key, v in severe_shares.items()
+    }
     multivariate = fit_multivariate(reference, features, settings)
     prediction = None
     estimate_bands: dict[str, Band] = {}
@@ -1014,7 +1021,7 @@ def calibrate(
         multivariate=multivariate,
         drift_share=share_band,
         chunk_drift_shares=shares,
-        severe_share=severe_band,
+        severe_bands=severe_bands,
         chunk_severe_shares=severe_shares,
         prediction=prediction,
         estimate_bands=estimate_bands,
@@ -1204,7 +1211,8 @@ class DayComparison:
     reference_rows: int
     t: float | None = None  # the day's offset from the first reference day
     multivariate_edges: tuple[float | None, float] | None = None  # the band at this day
-    severe_share: float = 0.0  # share of the judged features at SEVERE_SEVERITY or more
+    severe_level: float = 0.0  # the severity level judged below: the first beyond its band, else the closest
+    severe_share: float = 0.0  # share of the judged features at severe_level or more
     severe_share_band: Band | None = None
     severe_alarm: bool = False  # severe_share beyond its band (part of drift_alarm)
 
@@ -1244,9 +1252,13 @@ def compare_day(
     rows.sort(key=lambda r: (r.mode == EXCLUDED, -r.severity, r.feature))
     tested = [r for r in rows if r.mode != EXCLUDED]
     share = sum(r.drifted for r in tested) / len(tested) if tested else 0.0
-    severe = sum(r.severity >= SEVERE_SEVERITY for r in tested) / len(tested) if tested else 0.0
-    severe_band = calibration.severe_share
-    severe_alarm = severe_band is not None and severe > severe_band.edges(t)[1]
+    severe_level, severe, severe_band, severe_alarm = 0.0, 0.0, None, False
+    for key, band_ in calibration.severe_bands.items():
+        level_share = sum(r.severity >= float(key) for r in tested) / len(tested) if tested else 0.0
+        alarm = level_share > band_.edges(t)[1]
+        closer = severe_band is None or band_.severity(level_share, t) > severe_band.severity(severe, t)
+        if not severe_alarm and (alarm or closer):
+            severe_level, severe, severe_band, severe_alarm = float(key), level_share, band_, alarm
     error = None
     mv_alarm = False
     mv_edges = None
@@ -1284,6 +1296,7 @@ def compare_day(
         reference_rows=calibration.reference_rows,
         t=t,
         multivariate_edges=mv_edges,
+        severe_level=severe_level,
         severe_share=float(severe),
         severe_share_band=severe_band,
         severe_alarm=bool(severe_alarm),
@@ -1306,7 +1319,7 @@ def save_calibration(calibration: Calibration, folder: str | Path) -> Path:
     target = Path(folder) / calibration.key
     arrays: dict[str, np.ndarray] = {
         "chunk_drift_shares": calibration.chunk_drift_shares,
-        "chunk_severe_shares": calibration.chunk_severe_shares,
+        **{f"severe/{k}": v for k, v in calibration.chunk_severe_shares.items()},
     }
     meta: dict[str, Any] = {
         "format": CALIBRATION_FORMAT,
@@ -1314,7 +1327,7 @@ def save_calibration(calibration: Calibration, folder: str | Path) -> Path:
         "days": calibration.days,
         "settings": calibration.settings.to_dict(),
         "drift_share": calibration.drift_share.to_dict(),
-        "severe_share": calibration.severe_share.to_dict(),
+        "severe_bands": {k: b.to_dict() for k, b in calibration.severe_bands.items()},
         "reference_rows": calibration.reference_rows,
         "estimate_bands": {m: b.to_dict() for m, b in calibration.estimate_bands.items()},
         "features": [],
@@ -1431,8 +1444,8 @@ def load_calibration(folder: str | Path, key: str) -> Calibration | None:
         multivariate=multivariate,
         drift_share=band(meta["drift_share"]),
         chunk_drift_shares=arrays["chunk_drift_shares"],
-        severe_share=band(meta["severe_share"]),
-        chunk_severe_shares=arrays["chunk_severe_shares"],
+        severe_bands={k: band(v) for k, v in meta["severe_bands"].items()},
+        chunk_severe_shares={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("severe/")},
         prediction=baseline(meta["prediction"], "prediction") if "prediction" in meta else None,
         estimate_bands={k: band(v) for k, v in meta["estimate_bands"].items()},
         chunk_estimates={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("estimate/")},

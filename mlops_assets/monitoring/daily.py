@@ -38,7 +38,6 @@ import pandas as pd
 
 from mlops_assets.features.store import FeatureStore
 from mlops_assets.monitoring.calibrate import (
-    SEVERE_SEVERITY,
     Band,
     Calibration,
     DayComparison,
@@ -702,7 +701,7 @@ def judge(results: Sequence[DailyDrift], settings: MonitorSettings) -> list[Verd
             f"({len(worst.drifted_features)} of {len(tested)} judged features) "
             f"{'>' if exceeded else '<='} its band's upper edge {c.drift_share_upper:.3f} ({band.rule})"
             + (
-                f"; {round(c.severe_share * len(tested))} feature(s) at {SEVERE_SEVERITY:g}x their band's distance "
+                f"; {round(c.severe_share * len(tested))} feature(s) at {c.severe_level:g}x their band's distance "
                 f"or more, above that share's edge {severe.edges(c.t)[1]:.3f} ({severe.rule})"
                 if c.severe_alarm and severe is not None
                 else ""

@@ -20,7 +20,6 @@ import pandas as pd
 
 from mlops_assets.monitoring.calibrate import (
     EXCLUDED,
-    SEVERE_SEVERITY,
     SHAPE,
     CalibratedFeature,
     CalibrationSettings,
@@ -106,7 +105,7 @@ def verdict_line(c: DayComparison) -> str:
         f"{c.drift_share:.3f}, band upper edge {c.drift_share_upper:.3f}"
         f"{' **exceeded**' if c.drift_share > c.drift_share_upper else ''})"
         + (
-            f"; {round(c.severe_share * len(c.tested))} feature(s) at {SEVERE_SEVERITY:g}x their band's distance or "
+            f"; {round(c.severe_share * len(c.tested))} feature(s) at {c.severe_level:g}x their band's distance or "
             f"more, **beyond** what the reference chunks allow ({c.severe_share_band.rule})"
             if c.severe_alarm and c.severe_share_band is not None
             else ""
