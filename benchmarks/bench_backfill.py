@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}.",
         "",
         f"World: the churn example's simulator, {args.customers} customers x {n_days} days from {FIRST_DAY} "
-        "(a 3-day label window, a data-quality incident on day 6). Parallel: `dagster job backfill` of "
+        "(a 3-day label window, a data-quality incident on day 4). Parallel: `dagster job backfill` of "
         f"ingestion_job, then of feature_views_job, one run per day, through dagster-daemon's run queue "
         f"(max {MAX_RUNS} concurrent runs, multiprocess executor, steps forked from a forkserver), storage on "
         "PostgreSQL. Sequential: the same runs (one partition each) executed in process, one after another "

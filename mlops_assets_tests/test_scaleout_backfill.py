@@ -339,7 +339,7 @@ class BackfillRace:
 
 def race_backfills(tmp_path: Path, postgres, monkeypatch, days: list[str], customers: int) -> BackfillRace:
     """Simulate ``days`` from the first partition (labels from day 4: a 3-day label window instead of 30, so labels
-    fall inside the backfill; a data-quality incident on day 6 that ingestion quarantines), then backfill every
+    fall inside the backfill; a data-quality incident on day 4 that ingestion quarantines), then backfill every
     day through the daemon's queue and, on a copy of the landing files, sequentially in process."""
     from examples.churn.simulator import WorldParams, simulate_world
 
@@ -350,7 +350,7 @@ def race_backfills(tmp_path: Path, postgres, monkeypatch, days: list[str], custo
         days=len(days),
         start=days[0],
         seed=11,
-        scenarios=["quality_incident@day5"],
+        scenarios=["quality_incident@day3"],
         params=WorldParams(window_days=3),
     )
     assert summary.rows["labels"] > 0
@@ -412,8 +412,9 @@ def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypat
 
     from mlops_assets.featurestore import FeatureStore
 
-    # 6 days (the incident on day 6 included), 150 customers (the 30-day figure: benchmarks/bench_backfill.py)
-    race = race_backfills(tmp_path, postgres, monkeypatch, days_between("2026-01-01", "2026-01-06"), 150)
+    # 4 days (labels and the incident on day 4 included), 150 customers (the 30-day figure:
+    # benchmarks/bench_backfill.py)
+    race = race_backfills(tmp_path, postgres, monkeypatch, days_between("2026-01-01", "2026-01-04"), 150)
     days, parallel, project, home, log = race.days, race.parallel, race.project, race.home, race.log
     runs, events, all_runs, samples = race.runs, race.events, race.all_runs, race.samples
     parallel_seconds, sequential_seconds = race.parallel_seconds, race.sequential_seconds
@@ -453,7 +454,7 @@ def test_parallel_backfills_match_a_sequential_run(tmp_path, postgres, monkeypat
     # states are compared below by the values read through them)
     assert tree_digests(parallel.quarantine) and tree_digests(parallel.warehouse)
     assert differing_outputs(race) == {"warehouse": [], "quarantine": []}
-    assert "raw_events/date=2026-01-06/rows.parquet" in tree_digests(parallel.quarantine)
+    assert "raw_events/date=2026-01-04/rows.parquet" in tree_digests(parallel.quarantine)
     written = tree_digests(parallel.warehouse)
     for day in days:
         for table in project.spec.sources:
