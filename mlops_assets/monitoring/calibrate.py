@@ -214,15 +214,19 @@ class Band:
         if value is None or not math.isfinite(value) or not math.isfinite(self.mean):
             return 0.0
         lower, upper = self.edges(t)
-        center = self.center(t)
-        if lower is not None and value < center:
-            return (center - value) / max(center - lower, 1e-12)
-        return (value - center) / max(upper - center, 1e-12)
+        return toward_edge(value, lower, self.center(t), upper)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copy is slow
         out["times"] = list(self.times)
         return out
+
+
+def toward_edge(value: float, lower: float | None, center: float, upper: float) -> float:
+    """How far ``value`` is from ``center`` toward the edge on its side (1 at the edge)."""
+    if lower is not None and value < center:
+        return (center - value) / max(center - lower, 1e-12)
+    return (value - center) / max(upper - center, 1e-12)
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -323,15 +327,6 @@ def band_from(
     return replace(band, upper=float(upper), lower=None if lower is None else float(lower), rule=rule)
 
 
-def binomial_sf(c: int, n: int, p: float) -> float:
-    """P(X >= c) for X ~ Binomial(n, p)."""
-    if c <= 0:
-        return 1.0
-    if p <= 0.0:
-        return 0.0
-    return float(min(1.0, sum(math.comb(n, j) * p**j * (1.0 - p) ** (n - j) for j in range(c, n + 1))))
-
-
 def drift_share_band(
     shares: np.ndarray, n_features: int, settings: CalibrationSettings, level: float = 1.0, tests: int = 1
 ) -> Band:
@@ -348,6 +343,8 @@ def drift_share_band(
     """
     from statistics import NormalDist
 
+    from scipy import stats
+
     shares = np.asarray(shares, dtype="float64")
     shares = shares[np.isfinite(shares)]
     if shares.size == 0 or n_features == 0:
@@ -358,9 +355,9 @@ def drift_share_band(
         else 1.0 - NormalDist().cdf(settings.band_sigmas)
     ) / tests
     rate = float(shares.mean())
-    count = next(
-        c for c in range(1, n_features + 2) if c > n_features or binomial_sf(c, n_features, rate) <= alpha
-    )
+    # the smallest count c with P(X >= c) <= alpha is one more than binom.isf: the largest k with P(X > k) > alpha
+    # (n + 1, never reached, when even every feature at once is that likely)
+    count = int(stats.binom.isf(alpha, n_features, rate)) + 1
     upper = max((count - 1) / n_features, settings.min_drift_share if level == 1.0 else 0.0)
     where = "beyond their band" if level == 1.0 else f"at {level:g}x their band's distance or more"
     rule = (
@@ -905,7 +902,6 @@ class Calibration:
     chunk_drift_shares: np.ndarray
     prediction: FeatureBaseline | None = None
     severe_bands: dict[str, Band] = field(default_factory=dict)  # level -> the same rule at that severity
-    chunk_severe_shares: dict[str, np.ndarray] = field(default_factory=dict)
     estimate_bands: dict[str, Band] = field(default_factory=dict)
     chunk_estimates: dict[str, np.ndarray] = field(default_factory=dict)
     reference_rows: int = 0
@@ -965,10 +961,11 @@ def calibrate(
     shares = np.mean(severity > 1.0, axis=0)
     tests = len(SEVERITY_LEVELS)
     share_band = drift_share_band(shares, len(tested), settings, tests=tests)
-    severe_shares = {f"{lv:g}": np.mean(severity >= lv, axis=0) for lv in SEVERITY_LEVELS[1:]}
     severe_bands = {
-        key: drift_share_band(v, len(tested), settings, level=float(key), tests=tests)
-        for key, v in severe_shares.items()
+        f"{lv:g}": drift_share_band(
+            np.mean(severity >= lv, axis=0), len(tested), settings, level=lv, tests=tests
+        )
+        for lv in SEVERITY_LEVELS[1:]
     }
     multivariate = fit_multivariate(reference, features, settings)
     prediction = None
@@ -1022,7 +1019,6 @@ def calibrate(
         drift_share=share_band,
         chunk_drift_shares=shares,
         severe_bands=severe_bands,
-        chunk_severe_shares=severe_shares,
         prediction=prediction,
         estimate_bands=estimate_bands,
         chunk_estimates=chunk_estimates,
@@ -1211,7 +1207,7 @@ class DayComparison:
     reference_rows: int
     t: float | None = None  # the day's offset from the first reference day
     multivariate_edges: tuple[float | None, float] | None = None  # the band at this day
-    severe_level: float = 0.0  # the severity level judged below: the first beyond its band, else the closest
+    severe_level: float = 0.0  # the severity level judged below: the one furthest toward its band's edge
     severe_share: float = 0.0  # share of the judged features at severe_level or more
     severe_share_band: Band | None = None
     severe_alarm: bool = False  # severe_share beyond its band (part of drift_alarm)
@@ -1252,13 +1248,13 @@ def compare_day(
     rows.sort(key=lambda r: (r.mode == EXCLUDED, -r.severity, r.feature))
     tested = [r for r in rows if r.mode != EXCLUDED]
     share = sum(r.drifted for r in tested) / len(tested) if tested else 0.0
-    severe_level, severe, severe_band, severe_alarm = 0.0, 0.0, None, False
-    for key, band_ in calibration.severe_bands.items():
-        level_share = sum(r.severity >= float(key) for r in tested) / len(tested) if tested else 0.0
-        alarm = level_share > band_.edges(t)[1]
-        closer = severe_band is None or band_.severity(level_share, t) > severe_band.severity(severe, t)
-        if not severe_alarm and (alarm or closer):
-            severe_level, severe, severe_band, severe_alarm = float(key), level_share, band_, alarm
+    levels = [  # (severity toward the edge, level, share of the features at that level or more, band)
+        (b.severity(s, t), float(key), s, b)
+        for key, b in calibration.severe_bands.items()
+        for s in [sum(r.severity >= float(key) for r in tested) / len(tested) if tested else 0.0]
+    ]
+    _, severe_level, severe, severe_band = max(levels, key=lambda x: x[0], default=(0.0, 0.0, 0.0, None))
+    severe_alarm = severe_band is not None and severe_band.exceeded(severe, t)
     error = None
     mv_alarm = False
     mv_edges = None
@@ -1317,10 +1313,7 @@ def save_calibration(calibration: Calibration, folder: str | Path) -> Path:
     from mlops_assets.storage import atomic_directory
 
     target = Path(folder) / calibration.key
-    arrays: dict[str, np.ndarray] = {
-        "chunk_drift_shares": calibration.chunk_drift_shares,
-        **{f"severe/{k}": v for k, v in calibration.chunk_severe_shares.items()},
-    }
+    arrays: dict[str, np.ndarray] = {"chunk_drift_shares": calibration.chunk_drift_shares}
     meta: dict[str, Any] = {
         "format": CALIBRATION_FORMAT,
         "key": calibration.key,
@@ -1445,7 +1438,6 @@ def load_calibration(folder: str | Path, key: str) -> Calibration | None:
         drift_share=band(meta["drift_share"]),
         chunk_drift_shares=arrays["chunk_drift_shares"],
         severe_bands={k: band(v) for k, v in meta["severe_bands"].items()},
-        chunk_severe_shares={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("severe/")},
         prediction=baseline(meta["prediction"], "prediction") if "prediction" in meta else None,
         estimate_bands={k: band(v) for k, v in meta["estimate_bands"].items()},
         chunk_estimates={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("estimate/")},

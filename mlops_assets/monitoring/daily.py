@@ -42,6 +42,7 @@ from mlops_assets.monitoring.calibrate import (
     Calibration,
     DayComparison,
     compare_day,
+    toward_edge,
 )
 from mlops_assets.monitoring.estimate import (
     PerformanceEstimate,
@@ -344,11 +345,6 @@ class DailyDrift:
         """How far each judged ERROR statistic is from its band's center toward its alarm edge (1 at the edge, at
         most 10)."""
 
-        def toward(value: float, lower: float | None, center: float, upper: float) -> float:
-            if lower is not None and value < center:
-                return (center - value) / max(center - lower, 1e-12)
-            return (value - center) / max(upper - center, 1e-12)
-
         c = self.comparison
         out = {DATASET_DRIFT_CHECK: c.drift_share_band.severity(c.drift_share, c.t)}
         if c.severe_share_band is not None:
@@ -357,7 +353,7 @@ class DailyDrift:
             )
         if c.multivariate_error is not None and c.multivariate_edges is not None:
             lower, upper = c.multivariate_edges
-            out[MULTIVARIATE_DRIFT_CHECK] = toward(
+            out[MULTIVARIATE_DRIFT_CHECK] = toward_edge(
                 c.multivariate_error, lower, c.multivariate_band.center(c.t), upper
             )
         drops = [

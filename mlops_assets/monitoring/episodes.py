@@ -84,6 +84,16 @@ class EpisodeTracker:
         ):
             open_["last"] = day
 
+    def record(
+        self, champion: str | int, day: str, failed: Sequence[str], elevated: Iterable[str] = ()
+    ) -> Episode | None:
+        """A judged day: its failed checks start or join an episode; without any, its elevated checks may keep the
+        open one open. The new episode it starts, if any."""
+        if failed:
+            return self.observe(champion, day, failed)
+        self.extend(champion, day, elevated)
+        return None
+
 
 def retraining_requests(
     day_alarms: Sequence[tuple[str, Sequence[str]]],
@@ -95,12 +105,7 @@ def retraining_requests(
     day's elevated checks (``elevated``: day -> checks neither failing nor quiet)."""
     tracker = EpisodeTracker(quiet_days=quiet_days)
     elevated = elevated or {}
-    out = []
-    for day, alarms in sorted(day_alarms):
-        if alarms:
-            episode = tracker.observe(champion, day, alarms)
-            if episode is not None:
-                out.append(episode)
-        elif elevated.get(day):
-            tracker.extend(champion, day, elevated[day])
-    return out
+    episodes = (
+        tracker.record(champion, day, alarms, elevated.get(day, ())) for day, alarms in sorted(day_alarms)
+    )
+    return [e for e in episodes if e is not None]

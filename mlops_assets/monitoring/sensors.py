@@ -118,11 +118,8 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     new = []
     failed_any = False
     for day, champion, run_id, evaluations, elevated in judged_days(by_run):
-        if not evaluations:
-            tracker.extend(champion, day, elevated)
-            continue
-        failed_any = True
-        episode = tracker.observe(champion, day, [e.check_name for e in evaluations])
+        failed_any = failed_any or bool(evaluations)
+        episode = tracker.record(champion, day, [e.check_name for e in evaluations], elevated)
         if episode is not None:
             new.append(retraining_request(episode, run_id, evaluations))
     cursor = json.dumps({"seen": now_seen, "episodes": tracker.state}, sort_keys=True)
