@@ -8,6 +8,7 @@ Worlds are built once per parameter set under a cache folder and reused (``build
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,12 +42,18 @@ class WorldConfig:
 
     @property
     def start(self) -> str:
-        from mlops_assets.spec.load import load_spec
-
-        return load_spec(self.spec).partitions.start.isoformat()
+        return _spec_start(self.spec)
 
     def day(self, offset: int) -> str:
         return (date.fromisoformat(self.start) + timedelta(days=offset)).isoformat()
+
+
+@functools.cache
+def _spec_start(spec: str) -> str:
+    """The spec's first partition day (the spec is read once per process: a world asks for it once per day)."""
+    from mlops_assets.spec.load import load_spec
+
+    return load_spec(spec).partitions.start.isoformat()
 
 
 def parse_scenario_with_params(text: str):

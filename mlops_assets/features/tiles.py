@@ -503,16 +503,76 @@ def materialize_days(
                 tables = _snapshot_pass(layout, paths, files, start)
             else:
                 tables = event_tiles(layout, files)
-            for day in chunk:
-                table = tables[day]
-                path = write_partition(table, partition_path(paths, layout.name, day))
-                out[day] = _partition_metadata(layout, day, table, len(files[day]), path)
-                if layout.kind == "events":
-                    _advance_event_state(paths, layout, day, table, out[day]["content_hash"])
-                    _advance_window_states(paths, layout, day, table, out[day]["content_hash"], start)
-                if progress is not None:
-                    progress(day, len(out), len(days))
+            with _state_lock(paths, layout.name) if layout.kind == "events" else contextlib.nullcontext():
+                states = _PassStates(paths, layout) if layout.kind == "events" else None
+                for day in chunk:
+                    table = tables[day]
+                    path = write_partition(table, partition_path(paths, layout.name, day))
+                    out[day] = _partition_metadata(layout, day, table, len(files[day]), path)
+                    if states is not None:
+                        _advance_event_state(states, day, table, out[day]["content_hash"])
+                        _advance_window_states(states, day, table, out[day]["content_hash"], start)
+                    if progress is not None:
+                        progress(day, len(out), len(days))
+                if states is not None:
+                    states.flush()
     return out
+
+
+class _PassStates:
+    """An event view's states over one pass of consecutive days, read once and written once at its end.
+
+    The pass holds the view's state lock from its first day to its flush, so no other process reads or writes
+    the states meanwhile: advancing them in memory and writing the last day's gives the same files as writing
+    every day's. A process stopped mid-pass leaves the states of the day before the pass, which are valid (the
+    next day folds forward through the stored days, or rebuilds them from the tiles).
+    """
+
+    def __init__(self, paths: DataPaths, layout: ViewLayout) -> None:
+        self.paths, self.layout, self.root = paths, layout, state_dir(paths, layout.name)
+        self._event: tuple[str | None, pa.Table | None, dict] | None = None
+        self._windows: dict[int, tuple[windows.WindowState | None, dict]] = {}
+        self._dirty_event = False
+        self._dirty_windows: set[int] = set()
+
+    def event(self) -> tuple[str | None, pa.Table | None, dict]:
+        if self._event is None:
+            self._event = read_state(self.paths, self.layout)
+        return self._event
+
+    def set_event(self, day: str, table: pa.Table, tile_hashes: dict[str, str]) -> None:
+        table = canonical_table(table.cast(self.layout.schema))  # as read_state would return it
+        self._event, self._dirty_event = (day, table, {"tiles": tile_hashes}), True
+
+    def window(self, window: int) -> tuple[windows.WindowState | None, dict]:
+        if window not in self._windows:
+            self._windows[window] = windows.read(self.root, self.layout, window)
+        return self._windows[window]
+
+    def set_window(self, state: windows.WindowState, tile_hashes: dict[str, str]) -> None:
+        state = windows.as_read(self.layout, state)
+        self._windows[state.window] = (state, {"tiles": windows.recent_tiles(tile_hashes, state.window)})
+        self._dirty_windows.add(state.window)
+
+    def drop_window(self, window: int) -> None:
+        windows.drop(self.root, window)
+        self._windows[window] = (None, {})
+        self._dirty_windows.discard(window)
+
+    def drop_all(self) -> None:
+        _drop_state(self.paths, self.layout.name)
+        self._event, self._dirty_event = (None, None, {}), False
+        self._windows = {w: (None, {}) for w in self.layout.windows}
+        self._dirty_windows.clear()
+
+    def flush(self) -> None:
+        if self._dirty_event and self._event is not None:
+            day, table, meta = self._event
+            _write_state(self.paths, self.layout, day, table, meta["tiles"])
+        for window in sorted(self._dirty_windows):
+            state, meta = self._windows[window]
+            windows.write(self.root, self.layout, state, meta["tiles"])
+        self._dirty_event, self._dirty_windows = False, set()
 
 
 def _snapshot_pass(
@@ -539,26 +599,24 @@ def _snapshot_pass(
     return tables
 
 
-def _advance_event_state(
-    paths: DataPaths, layout: ViewLayout, day: str, tiles: pa.Table, content_hash: str
-) -> None:
+def _advance_event_state(states: _PassStates, day: str, tiles: pa.Table, content_hash: str) -> None:
     """Fold a just-written day into the view's state when it is the state's next day.
 
     A day after a gap leaves the state alone (it is rebuilt, or folded forward, by the read that needs
     it); a re-run of a folded day whose content changed drops the state.
     """
-    with _state_lock(paths, layout.name):
-        state_day, state, meta = read_state(paths, layout)
-        previous = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        recorded = meta.get("tiles", {})
-        if state_day is None:
-            if not any(d < day for d in stored_days(paths, layout.name)):
-                _write_state(paths, layout, day, canonical_table(tiles), {day: content_hash})
-        elif state_day == previous:
-            folded = fold_event_state(layout, state, tiles)
-            _write_state(paths, layout, day, folded, {**_recent(recorded), day: content_hash})
-        elif day <= state_day and recorded.get(day) != content_hash:
-            _drop_state(paths, layout.name)
+    layout = states.layout
+    state_day, state, meta = states.event()
+    previous = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+    recorded = meta.get("tiles", {})
+    if state_day is None:
+        if not any(d < day for d in stored_days(states.paths, layout.name)):
+            states.set_event(day, canonical_table(tiles), {day: content_hash})
+    elif state_day == previous:
+        folded = fold_event_state(layout, state, tiles)
+        states.set_event(day, folded, {**_recent(recorded), day: content_hash})
+    elif day <= state_day and recorded.get(day) != content_hash:
+        states.drop_all()
 
 
 def _stored_tiles(paths: DataPaths, layout: ViewLayout, day: int) -> pa.Table:
@@ -568,7 +626,7 @@ def _stored_tiles(paths: DataPaths, layout: ViewLayout, day: int) -> pa.Table:
 
 
 def _advance_window_states(
-    paths: DataPaths, layout: ViewLayout, day: str, tiles: pa.Table, content_hash: str, start: str
+    states: _PassStates, day: str, tiles: pa.Table, content_hash: str, start: str
 ) -> None:
     """Bring each window state of the view to a just-written day (see :mod:`.windows`).
 
@@ -577,41 +635,40 @@ def _advance_window_states(
     stored day (the next day after a backfill or a re-run), else left to the day that is. A re-run of a
     day inside the window that changed its content drops the state.
     """
-    root = state_dir(paths, layout.name)
+    paths, layout = states.paths, states.layout
     d = day_index(day)
-    with _state_lock(paths, layout.name):
-        stored: set[str] | None = None  # listed only when a state catches up or is built
-        for window in layout.windows:
-            state, meta = windows.read(root, layout, window)
-            recorded = dict(meta.get("tiles", {})) if state is not None else {}
-            if state is not None and d <= state.day:
-                if d <= state.day - window or recorded.get(day) == content_hash:
-                    continue
-                windows.drop(root, window)
-                state, recorded = None, {}
-            if state is None or state.day < d - 1:
-                stored = set(stored_days(paths, layout.name)) if stored is None else stored
-            if state is not None and (
-                state.day == d - 1 or all(day_text(x) in stored for x in range(state.day + 1, d))
-            ):
-                x = state.day + 1
-            elif state is None and (not any(x < day for x in stored) or max(stored) == day):
-                x = max(day_index(start), d - window + 1)
-                state = windows.empty(layout, window, x - 1)
-            else:
+    stored: set[str] | None = None  # listed only when a state catches up or is built
+    for window in layout.windows:
+        state, meta = states.window(window)
+        recorded = dict(meta.get("tiles", {})) if state is not None else {}
+        if state is not None and d <= state.day:
+            if d <= state.day - window or recorded.get(day) == content_hash:
                 continue
-            while x <= d or (stored is not None and day_text(x) in stored):  # on through stored days
-                new = tiles if x == d else _stored_tiles(paths, layout, x)
-                leaving = day_text(x - window)
-                old = (
-                    _stored_tiles(paths, layout, x - window)
-                    if leaving in recorded
-                    else layout.schema.empty_table()
-                )
-                state = windows.advance(layout, state, new, old)
-                recorded[day_text(x)] = content_hash if x == d else table_hash(canonical_table(new))
-                x += 1
-            windows.write(root, layout, state, recorded)
+            states.drop_window(window)
+            state, recorded = None, {}
+        if state is None or state.day < d - 1:
+            stored = set(stored_days(paths, layout.name)) if stored is None else stored
+        if state is not None and (
+            state.day == d - 1 or all(day_text(x) in stored for x in range(state.day + 1, d))
+        ):
+            x = state.day + 1
+        elif state is None and (not any(x < day for x in stored) or max(stored) == day):
+            x = max(day_index(start), d - window + 1)
+            state = windows.empty(layout, window, x - 1)
+        else:
+            continue
+        while x <= d or (stored is not None and day_text(x) in stored):  # on through stored days
+            new = tiles if x == d else _stored_tiles(paths, layout, x)
+            leaving = day_text(x - window)
+            old = (
+                _stored_tiles(paths, layout, x - window)
+                if leaving in recorded
+                else layout.schema.empty_table()
+            )
+            state = windows.advance(layout, state, new, old)
+            recorded[day_text(x)] = content_hash if x == d else table_hash(canonical_table(new))
+            x += 1
+        states.set_window(state, recorded)
 
 
 def window_state_rows(paths: DataPaths, layout: ViewLayout, window: int, day: str) -> pa.Table | None:

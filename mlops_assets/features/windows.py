@@ -292,9 +292,28 @@ def write(state_root: Path, layout: ViewLayout, state: WindowState, tile_hashes:
         "window": state.window,
         "version": layout.version(),
         "files": {name: table_hash(table) for name, table in files.items()},
-        "tiles": dict(sorted(tile_hashes.items())[-(state.window + 1) :]),
+        "tiles": recent_tiles(tile_hashes, state.window),
     }
     write_file_atomic(json.dumps(meta, sort_keys=True).encode(), path / META, durable=False)
+
+
+def recent_tiles(tile_hashes: dict[str, str], window: int) -> dict[str, str]:
+    """The folded tiles' hashes a state keeps: its window's days and the one before."""
+    return dict(sorted(tile_hashes.items())[-(window + 1) :])
+
+
+def as_read(layout: ViewLayout, state: WindowState) -> WindowState:
+    """A state's tables as :func:`read` returns them after :func:`write` (schema and canonical layout)."""
+    queues = queue_names(layout, state.window)
+    return WindowState(
+        state.window,
+        state.day,
+        canonical_table(state.main.cast(main_schema(layout))),
+        {
+            name: canonical_table(t.cast(_queue_schema(layout, queues[name][1])))
+            for name, t in state.queues.items()
+        },
+    )
 
 
 def drop(state_root: Path, window: int | None = None) -> None:
@@ -304,4 +323,4 @@ def drop(state_root: Path, window: int | None = None) -> None:
             (path / META).unlink()
 
 
-__all__ = ["WindowState", "advance", "drop", "empty", "read", "read_main", "write"]
+__all__ = ["WindowState", "advance", "as_read", "drop", "empty", "read", "read_main", "recent_tiles", "write"]

@@ -43,8 +43,9 @@ class SpecError(ValueError):
         return "\n".join([head, *rows])
 
 
-class _Loader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys (PyYAML keeps the last one silently)."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """A safe YAML loader (libyaml's when PyYAML has it) that refuses duplicate keys (PyYAML keeps the last one
+    silently)."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -176,8 +177,12 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except OSError as exc:
         raise SpecError(str(path), [Issue((), f"cannot read the spec: {exc.strerror or exc}")]) from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _Loader(text)  # one parse: the tree gives the line map, then the document
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
