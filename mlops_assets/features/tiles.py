@@ -611,7 +611,7 @@ def _advance_event_state(states: _PassStates, day: str, tiles: pa.Table, content
     recorded = meta.get("tiles", {})
     if state_day is None:
         if not any(d < day for d in stored_days(states.paths, layout.name)):
-            states.set_event(day, canonical_table(tiles), {day: content_hash})
+            states.set_event(day, tiles, {day: content_hash})  # set_event lays it out canonically
     elif state_day == previous:
         folded = fold_event_state(layout, state, tiles)
         states.set_event(day, folded, {**_recent(recorded), day: content_hash})
