@@ -294,6 +294,17 @@ class Progress:
                     _say(f"    {line}")
 
 
+def online_day(project: Project) -> str | None:
+    """The last day every view of the online store holds (its values are as of the next midnight), or None before
+    the first refresh: the day whose population the simulated users are, with features that are fresh online."""
+    from mlops_assets.featurestore import FeatureStore
+
+    times = [v["feature_time"] for v in FeatureStore(project).online_store().views().values()]
+    if not times or any(t is None for t in times):
+        return None
+    return (min(times) - timedelta(days=1)).date().isoformat()
+
+
 class CanaryTraffic:
     """Simulated users calling the serving app while a canary is in progress (the daemon judges each step)."""
 
@@ -303,6 +314,7 @@ class CanaryTraffic:
         self.ids: list = []
         self.sent: dict[str, int] = {}
         self.mode = None
+        self.waiting = False
 
     def step(self, last_day: str | None, requests: int = 200) -> None:
         from mlops_assets.serving.rollout import RolloutController
@@ -315,8 +327,8 @@ class CanaryTraffic:
             return
         import numpy as np
 
-        if self.server is None:
-            self._start(last_day, state)
+        if self.server is None and not self._start(self._traffic_day(), state):
+            return
         from mlops_assets.serving.demo import send_traffic
 
         rng = np.random.default_rng(len(self.sent) + sum(self.sent.values()))
@@ -325,13 +337,34 @@ class CanaryTraffic:
         ).items():
             self.sent[arm] = self.sent.get(arm, 0) + n
 
-    def _start(self, last_day: str, state) -> None:  # noqa: ANN001
+    def _traffic_day(self) -> str | None:
+        """The day whose population calls the serving app: the online store's day, once it caught up with the
+        newest day of the offline views (the day of the challenger's score reference, see
+        :func:`~mlops_assets.serving.canary.challenger_reference_scores`); None until then. Users served a lagging
+        online store score differently from the reference, and the canary rolls back, rightly: that is the skew its
+        guardrail is there to catch, not what the replay means to show."""
+        from mlops_assets.serving.canary import reference_day
+
+        day, offline = online_day(self.project), reference_day(self.project)
+        return day if day is not None and offline is not None and day >= offline else None
+
+    def _start(self, day: str | None, state) -> bool:  # noqa: ANN001
+        """Start the serving app on ``day``'s monitored population and its online features; False while there is
+        none (the daemon lags the drip: the landed days are not in the online store yet)."""
         from mlops_assets.demo import population_rows
         from mlops_assets.serving.app import MappingFeatureSource, ServingConfig, create_app
         from mlops_assets.serving.demo import LocalServer
         from mlops_assets.serving.routing import MemoryAssignments
 
-        self.ids, rows = population_rows(self.project, last_day, 10_000)
+        self.ids, rows = population_rows(self.project, day, 10_000) if day else ([], {})
+        if not self.ids:
+            if not self.waiting:
+                _say(
+                    f"canary of v{state.challenger_version}: waiting for the online store to catch up with the "
+                    "feature views"
+                )
+                self.waiting = True
+            return False
         config = ServingConfig(
             project=self.project,
             feature_source=MappingFeatureSource(rows),
@@ -341,8 +374,10 @@ class CanaryTraffic:
         self.server = LocalServer(create_app(config), port=self.port).__enter__()
         _say(
             f"canary of v{state.challenger_version} against v{state.champion_version}: simulated users call the "
-            f"serving app on {self.server.url} for {len(self.ids)} entities; canary_rollout_sensor judges each step"
+            f"serving app on {self.server.url} for the {len(self.ids)} entities of {day}'s population; "
+            "canary_rollout_sensor judges each step"
         )
+        return True
 
     def close(self) -> None:
         if self.server is not None:

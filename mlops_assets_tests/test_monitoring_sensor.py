@@ -11,7 +11,12 @@ from mlops_assets.monitoring.sensors import drift_retraining_sensor
 
 
 def report_day(
-    instance: dg.DagsterInstance, day: str, failed: bool, elevated: str, champion: int = 4
+    instance: dg.DagsterInstance,
+    day: str,
+    failed: bool,
+    elevated: str,
+    champion: int = 4,
+    reference_end: str = "",
 ) -> None:
     """One drift_report day's ERROR checks: the realized drop failing or not, the ``elevated`` check (or none)
     elevated, the other quiet."""
@@ -26,6 +31,7 @@ def report_day(
                 description=f"{day}: {'failed' if fails else 'passed'}",
                 metadata={
                     "champion_version": champion,
+                    "reference_end": reference_end,
                     "days": day,
                     "failing_days": dg.MetadataValue.json([day] if fails else []),
                     "elevated_days": dg.MetadataValue.json([day] if up and not fails else []),
@@ -34,16 +40,20 @@ def report_day(
         )
 
 
-def run_days(days: list[tuple[str, bool, str]]) -> list[str]:
+def run_days(
+    days: list[tuple[str, bool, str]], reference_end: str = "", skips: list | None = None
+) -> list[str]:
     """Each day reported and the sensor evaluated after it, as under the daemon; the episode start of each
-    retraining request."""
+    retraining request (and each evaluation's skip reason appended to ``skips``)."""
     starts, cursor = [], None
     with dg.instance_for_test() as instance:
         for day, failed, elevated in days:
-            report_day(instance, day, failed, elevated)
+            report_day(instance, day, failed, elevated, reference_end=reference_end)
             result = drift_retraining_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
             cursor = result.cursor
             starts += [r.tags["mlops/drift_days"] for r in result.run_requests or []]
+            if skips is not None:
+                skips.append(result.skip_reason.skip_message if result.skip_reason else None)
     return starts
 
 
@@ -69,3 +79,17 @@ def test_quiet_days_or_another_check_elevated_between_alarms_end_the_episode() -
         for d in range(1, 21)
     ]
     assert run_days(days) == ["2026-04-01", "2026-04-10", "2026-04-19"]
+
+
+def test_alarms_inside_or_before_the_champions_reference_period_request_no_retraining() -> None:
+    # drift reports backfilled over the champion's history (e.g. the first days of the data, before its
+    # training window) alarm, but a retraining would learn nothing new from them; the first alarm after the
+    # reference period starts the episode
+    days = [(f"2026-04-{d:02d}", d in {1, 2, 5, 12}, DATASET_DRIFT_CHECK) for d in range(1, 14)]
+    skips: list = []
+    assert run_days(days, reference_end="2026-04-10", skips=skips) == ["2026-04-12"]
+    assert "inside or before the champion's reference period (2026-04-01)" in skips[0], skips[0]
+    assert "reference period (2026-04-05)" in skips[4], skips[4]  # each evaluation reads only the new ones
+    assert skips[11] is None
+    # without a recorded reference period (older evaluations) every alarm day counts, as before
+    assert run_days(days)[0] == "2026-04-01"

@@ -41,14 +41,16 @@ def drift_check_specs() -> list[dg.AssetCheckSpec]:
 
 
 def check_results(
-    verdicts: list[Verdict], champion_version: int | None, days: list[str]
+    verdicts: list[Verdict], champion_version: int | None, days: list[str], reference_end: str | None = None
 ) -> list[dg.AssetCheckResult]:
-    """Asset check results from the core's verdicts, with the failing days and the champion judged."""
+    """Asset check results from the core's verdicts, with the failing days, the champion judged and the last day
+    of its reference period (the drift retraining sensor acts only on alarms after it)."""
     results = []
     for v in verdicts:
         metadata = {
             "skipped": v.skipped,
             "champion_version": champion_version if champion_version is not None else "none",
+            "reference_end": reference_end or "",
             "days": ",".join(days) if len(days) <= 3 else f"{days[0]}..{days[-1]} ({len(days)} days)",
             "failing_days": dg.MetadataValue.json(v.failing_days),
             "elevated_days": dg.MetadataValue.json(v.elevated_days),

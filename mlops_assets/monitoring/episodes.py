@@ -32,6 +32,14 @@ def _gap(a: str, b: str) -> int:
     return abs((date.fromisoformat(b) - date.fromisoformat(a)).days)
 
 
+def acts_on(day: str, reference_end: str | None) -> bool:
+    """Whether an alarm on ``day`` can start or join an episode of a champion whose reference period (its
+    training window) ends on ``reference_end``: only a later day can. An alarm on a day inside that period or before
+    it (a backfilled history day, the data's warm-up before the first labels) is about data the champion was
+    trained on, or older: it is reported, and a retraining would learn nothing new from it."""
+    return not reference_end or day > reference_end
+
+
 @dataclass(frozen=True)
 class Episode:
     """One episode of alarm days of one champion."""

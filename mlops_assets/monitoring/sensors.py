@@ -60,23 +60,33 @@ def _value(evaluation, key, default=None):
     return default if entry is None else entry.value
 
 
-def judged_days(by_run: dict[str, list]) -> list[tuple[str, str, str, list, list[str]]]:
-    """(day, champion version, drift_report run id, failed evaluations, elevated checks) of every day that failed
-    an ERROR check or had one elevated (neither failing nor quiet), oldest first."""
+def judged_days(by_run: dict[str, list]) -> tuple[list[tuple[str, str, str, list, list[str]]], list[str]]:
+    """(day, champion version, drift_report run id, failed evaluations, elevated checks) of every day after its
+    champion's reference period that failed an ERROR check or had one elevated, oldest first; and the days that
+    failed one but lie inside or before that period (reported only: see :func:`episodes.acts_on`)."""
+    from mlops_assets.monitoring.episodes import acts_on
+
     days: dict[tuple[str, str], tuple[str, list, list]] = {}
+    history: set[str] = set()
     for run_id, evaluations in by_run.items():
         for e in evaluations:
             champion = str(_value(e, "champion_version", "none"))
+            reference_end = _value(e, "reference_end")
             if not e.passed:
                 failing = _value(e, "failing_days") or [str(_value(e, "days", "unknown"))]
                 for day in failing:
-                    days.setdefault((day, champion), (run_id, [], []))[1].append(e)
+                    if acts_on(day, reference_end):
+                        days.setdefault((day, champion), (run_id, [], []))[1].append(e)
+                    else:
+                        history.add(day)
             for day in _value(e, "elevated_days") or []:
-                days.setdefault((day, champion), (run_id, [], []))[2].append(e.check_name)
-    return sorted(
+                if acts_on(day, reference_end):
+                    days.setdefault((day, champion), (run_id, [], []))[2].append(e.check_name)
+    judged = sorted(
         (day, champion, run_id, failed, sorted(elevated))
         for (day, champion), (run_id, failed, elevated) in days.items()
     )
+    return judged, sorted(history)
 
 
 def retraining_request(episode, drift_run_id: str, evaluations: list) -> dg.RunRequest:
@@ -105,7 +115,9 @@ def retraining_request(episode, drift_run_id: str, evaluations: list) -> dg.RunR
     description="Requests retraining_job once per alarm episode of the champion: a day on which a calibrated "
     "ERROR check of drift_report failed (drift share or multivariate error beyond its band, estimated or realized "
     "performance drop) starts an episode; alarm days, and days on which a check that alarmed in it is elevated (its "
-    "statistic at least half-way to its alarm edge), within quiet_days of the previous one belong to it. The reason is in the run's tags.",
+    "statistic at least half-way to its alarm edge), within quiet_days of the previous one belong to it. Only days "
+    "after the champion's reference period count: an alarm on a day it was trained on, or an older one, is reported "
+    "only. The reason is in the run's tags.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     from mlops_assets.monitoring.episodes import EpisodeTracker
@@ -117,16 +129,22 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     tracker = EpisodeTracker(state["episodes"])
     new = []
     failed_any = False
-    for day, champion, run_id, evaluations, elevated in judged_days(by_run):
+    judged, history = judged_days(by_run)
+    for day, champion, run_id, evaluations, elevated in judged:
         failed_any = failed_any or bool(evaluations)
         episode = tracker.record(champion, day, [e.check_name for e in evaluations], elevated)
         if episode is not None:
             new.append(retraining_request(episode, run_id, evaluations))
     cursor = json.dumps({"seen": now_seen, "episodes": tracker.state}, sort_keys=True)
     if not failed_any:
-        return dg.SensorResult(
-            skip_reason="no failed ERROR check on drift_report since the last evaluation", cursor=cursor
-        )
+        reason = "no failed ERROR check on drift_report since the last evaluation"
+        if history:
+            shown = history[0] if len(history) == 1 else f"{history[0]}..{history[-1]} ({len(history)} days)"
+            reason = (
+                f"failed ERROR checks only on days inside or before the champion's reference period ({shown}): "
+                "reported, no retraining (the champion was trained on those days or later ones)"
+            )
+        return dg.SensorResult(skip_reason=reason, cursor=cursor)
     if not new:
         return dg.SensorResult(
             skip_reason="the failed checks belong to an alarm episode already handled", cursor=cursor
