@@ -262,9 +262,7 @@ def _drift_asset(project: Project, partitions, label_source: str, population: st
             context.log.warning(f"degradation alert written to {delivery.file}: {alert.title}")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combine_hashes(hashes)),
-            check_results=check_results(
-                verdicts, champion.version, days, results[-1].calibration.days[-1] if results else None
-            ),
+            check_results=check_results(verdicts, champion.version, days, results[-1].calibration.days[-1]),
         )
 
     return drift_report

@@ -56,6 +56,15 @@ class Guardrails:
     with fewer than ``min_distribution_samples`` scores) and ``champion_fallback`` is true are the
     same two bounds applied to challenger-vs-champion live scores, as before; with
     ``champion_fallback=False`` such a canary has no distribution guardrail.
+
+    Sampling noise. Requests of one entity repeat its score (routing is sticky), so the distribution
+    guardrails count one score per entity: a step's 136 requests from 50 entities are a sample of 50,
+    not 136. And a small sample drawn from the reference itself shows a PSI past 0.25 by chance (a
+    median near 0.35 for 50 entities on ten bins), so a score bound breaks only when the statistic
+    exceeds both its configured limit and its *noise limit*: the ``1 - noise_alpha`` quantile of the
+    same statistic over ``noise_draws`` samples of as many entities drawn from the baseline
+    (:func:`noise_limits`). With hundreds of entities the noise limit falls below the configured
+    one and the configured limit decides alone.
     """
 
     max_error_rate: float = 0.01
@@ -64,8 +73,10 @@ class Guardrails:
     max_score_psi: float = 0.25  # PSI of live challenger scores against the reference scores
     min_requests: int = 200  # challenger requests needed before a step can advance
     min_error_requests: int = 20  # requests needed before an error rate can trigger a rollback
-    min_distribution_samples: int = 100  # scores per side needed before mean shift / PSI are judged
+    min_distribution_samples: int = 100  # entities per side needed before mean shift / PSI are judged
     champion_fallback: bool = True  # without a reference, judge the shift against the champion's scores
+    noise_alpha: float = 0.001  # chance that a step of entities drawn from the baseline breaks a score bound
+    noise_draws: int = 5000  # Monte Carlo samples behind the noise limits
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,8 @@ class ScoreReference:
 
 @dataclass(frozen=True)
 class ArmWindow:
-    """One arm's requests in a window: counts, latencies and scores of successful requests."""
+    """One arm's requests in a window: counts and latencies of its requests, and one score per entity (the
+    latest successful request's: a sticky entity asking again repeats its score, it is no new sample)."""
 
     requests: int
     errors: int
@@ -149,11 +161,16 @@ def metrics_window(log: pd.DataFrame, include_shadow: bool = True) -> MetricsWin
     frame = log if include_shadow else log.loc[~log["shadow"].astype(bool)]
     for arm, rows in frame.groupby("arm", sort=True):
         ok = rows["status"] == "ok"
+        scored = rows.loc[ok & rows["score"].notna()]
+        if "entity_id" in scored.columns and scored["entity_id"].notna().all():
+            sort = [c for c in ("ts",) if c in scored.columns]
+            ordered = scored.sort_values(sort, kind="stable") if sort else scored
+            scored = ordered.drop_duplicates("entity_id", keep="last")
         arms[str(arm)] = ArmWindow(
             requests=len(rows),
             errors=int((~ok).sum()),
             latencies_ms=rows.loc[ok, "latency_ms"].to_numpy(dtype=float),
-            scores=rows.loc[ok, "score"].dropna().to_numpy(dtype=float),
+            scores=scored["score"].to_numpy(dtype=float),
         )
     return MetricsWindow(arms)
 
@@ -165,6 +182,35 @@ def score_psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, eps: f
     cur = np.histogram(np.clip(current, 0, 1), edges)[0] / max(len(current), 1)
     ref, cur = np.clip(ref, eps, None), np.clip(cur, eps, None)
     return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def noise_limits(
+    baseline: np.ndarray, n: int, alpha: float, draws: int, bins: int = 10, eps: float = 1e-4
+) -> tuple[float, float]:
+    """The ``1 - alpha`` quantiles of |mean shift| and PSI (as :func:`score_psi` counts it) between ``baseline``
+    and ``draws`` samples of ``n`` scores drawn from it with replacement: what a step of ``n`` entities whose
+    scores do follow the baseline shows by chance. Seeded by ``n`` and the baseline's size: the same window always
+    gets the same verdict."""
+    sample = np.clip(np.asarray(baseline, dtype=float), 0, 1)
+    if not len(sample) or n < 1:
+        return 0.0, 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    bin_of = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, bins - 1)
+    ref = np.clip(np.bincount(bin_of, minlength=bins) / len(sample), eps, None)
+    rng = np.random.default_rng([n, len(sample)])
+    shifts, psis = [], []
+    rows = max(1, 2_000_000 // n)  # draws per chunk: memory stays ~16 MB whatever n is
+    for start in range(0, draws, rows):
+        idx = rng.integers(0, len(sample), size=(min(rows, draws - start), n))
+        shifts.append(np.abs(sample[idx].mean(axis=1) - sample.mean()))
+        offsets = (np.arange(len(idx))[:, None] * bins + bin_of[idx]).ravel()
+        counts = np.bincount(offsets, minlength=len(idx) * bins).reshape(len(idx), bins)
+        cur = np.clip(counts / n, eps, None)
+        psis.append(np.sum((cur - ref) * np.log(cur / ref), axis=1))
+    return (
+        float(np.quantile(np.concatenate(shifts), 1 - alpha)),
+        float(np.quantile(np.concatenate(psis), 1 - alpha)),
+    )
 
 
 @dataclass(frozen=True)
@@ -212,7 +258,8 @@ def evaluate_step(
         champion_shift = abs(float(ch.scores.mean()) - float(champ.scores.mean()))
         champion_psi = score_psi(champ.scores, ch.scores)
         metrics.update({"champion_mean_score_shift": champion_shift, "champion_score_psi": champion_psi})
-    judged: tuple[str, float, float] | None = None  # (baseline, mean shift, PSI)
+    metrics["challenger_entities"] = float(len(ch.scores))
+    judged: tuple[str, float, float, np.ndarray] | None = None  # (baseline, mean shift, PSI, its sample)
     if reference is not None and reference.count >= enough:
         metrics["reference_samples"] = float(reference.count)
         if len(ch.scores) >= enough:
@@ -220,16 +267,29 @@ def evaluate_step(
                 "reference",
                 abs(float(ch.scores.mean()) - reference.mean),
                 score_psi(reference.sample(), ch.scores),
+                reference.sample(),
             )
     elif guardrails.champion_fallback and champion_shift is not None and champion_psi is not None:
-        judged = ("champion", champion_shift, champion_psi)
+        judged = ("champion", champion_shift, champion_psi, champ.scores)
     if judged is not None:
-        baseline, shift, psi = judged
-        metrics.update({"mean_score_shift": shift, "score_psi": psi})
-        if shift > guardrails.max_mean_score_shift:
-            broken.append(f"mean score shift {shift:.3f} vs {baseline} > {guardrails.max_mean_score_shift}")
-        if psi > guardrails.max_score_psi:
-            broken.append(f"score PSI {psi:.3f} vs {baseline} > {guardrails.max_score_psi}")
+        baseline, shift, psi, sample = judged
+        shift_noise, psi_noise = noise_limits(
+            sample, len(ch.scores), guardrails.noise_alpha, guardrails.noise_draws
+        )
+        metrics.update(
+            {
+                "mean_score_shift": shift,
+                "score_psi": psi,
+                "mean_score_shift_noise_limit": shift_noise,
+                "score_psi_noise_limit": psi_noise,
+            }
+        )
+        shift_limit = max(guardrails.max_mean_score_shift, shift_noise)
+        psi_limit = max(guardrails.max_score_psi, psi_noise)
+        if shift > shift_limit:
+            broken.append(f"mean score shift {shift:.3f} vs {baseline} > {_limit(shift_limit, shift_noise)}")
+        if psi > psi_limit:
+            broken.append(f"score PSI {psi:.3f} vs {baseline} > {_limit(psi_limit, psi_noise)}")
     if broken:
         return Decision("rollback", "guardrail broken: " + "; ".join(broken), metrics)
     if ch.requests < guardrails.min_requests:
@@ -243,6 +303,11 @@ def evaluate_step(
         metrics,
         promote=last,
     )
+
+
+def _limit(limit: float, noise: float) -> str:
+    """The bound a statistic broke, and where it came from when it is the noise limit."""
+    return f"{limit:.3g} (noise limit for this many entities)" if noise >= limit else f"{limit:.3g}"
 
 
 def apply_decision(state: RolloutState, decision: Decision) -> RolloutState:
