@@ -1,15 +1,20 @@
 """The live replay (`mlops demo --live`): a real dagster-daemon and dagster-webserver on 127.0.0.1 drive the
-lifecycle from landing files dripped in one day at a time, and Ctrl-C leaves no process behind.
+whole lifecycle from landing files dripped in one day at a time, and Ctrl-C leaves no process behind.
 
-One small world (300 entities x 34 days, a day every second) is replayed. The test process only reads the
-replay's Dagster instance: every run in it must have been launched by a sensor or an automation condition of the
-code location (no run launched by a person or by the replay process), tagged with its trigger and of a named job
-(ingestion_job, retraining_job) wherever a sensor can name one, and the lifecycle must reach ingested days,
-every feature view, the online store and a first model trained and evaluated behind the gates (the first-champion
-sensor needs fewer label rows in a world this small: the spec's ``model.first_champion_min_rows``)."""
+One small world (800 entities x 44 days, a day every second, covariate drift from day 40) is replayed: 40 days of
+history land, the drip holds until the first model is judged, then the last 4 days land. The test process only
+reads the replay's Dagster instance and registry: every run in it must have been launched by a sensor or an
+automation condition of the code location (no run launched by a person or by the replay process), tagged with its
+trigger and of a named job (ingestion_job, retraining_job, serving_report_job) wherever a sensor can name one, and
+the lifecycle must reach ingested days, every feature view, the online store, a first model behind the gates, the
+drift alarm's retraining behind the gates, a canary of the retrained challenger judged step by step on the serving
+app's traffic (5% -> 25% -> 50% -> 100%) and its promotion. The world is small, so the spec is adapted: a first
+champion from 40 label rows (``model.first_champion_min_rows``) and logistic regression, which beats the trivial
+baseline on a few hundred label rows where gradient boosting does not."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
@@ -28,15 +33,19 @@ import yaml
 from mlops_assets.live import processes_with_home
 from mlops_assets_tests.conftest import CHURN_SPEC, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PROJECT = Path(__file__).resolve().parent.parent
 WORK = Path("/tmp/live-work")  # the replay's data folder and DAGSTER_HOME live below it
-SIZE, DAYS, DRIP_SECONDS = 300, 34, 1
-MIN_ROWS = 40  # the world has 58 label rows: a first model is tried on the full history
+SIZE, DAYS, HISTORY_DAYS, DRIP_SECONDS = 800, 44, 40, 1
+SCENARIO = "covariate_drift@day40"  # the drift the retraining answers; it lands after the history
+MIN_ROWS = 40  # the history has a few hundred label rows: the first model is trained on it
 VIEWS = ("purchase_activity", "engagement", "support", "customer_profile")
 SOURCES = ("raw_events", "raw_labels", "customers")
-REACH_TIMEOUT = 480  # seconds from the start to a trained and evaluated first model
+REACH_TIMEOUT = (
+    600  # seconds from the start to the retrained model promoted by its canary (about 250 s alone)
+)
+STAGES = ("ingested", "views", "online", "evaluated", "retrained", "canary", "promoted")
 
 
 def small_spec(folder: Path) -> Path:
@@ -44,6 +53,7 @@ def small_spec(folder: Path) -> Path:
     spec = yaml.safe_load(CHURN_SPEC.read_text())
     spec["demo"]["simulator"] = str((CHURN_SPEC.parent / spec["demo"]["simulator"]).resolve())
     spec["model"]["first_champion_min_rows"] = MIN_ROWS
+    spec["model"]["estimator"] = "logistic_regression"
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -61,6 +71,16 @@ def materialized_partitions(instance: dg.DagsterInstance, asset: str) -> set[str
 
 def latest(instance: dg.DagsterInstance, asset: str) -> dg.EventLogEntry | None:
     return instance.get_latest_materialization_event(dg.AssetKey(asset))
+
+
+def rollout_steps(instance: dg.DagsterInstance) -> list[dict]:
+    """The canary's decisions recorded as rollout_state materializations, oldest first (plain values)."""
+    records = instance.fetch_materializations(dg.AssetKey("rollout_state"), limit=200).records
+    steps = [
+        {k: v.value for k, v in r.asset_materialization.metadata.items()}
+        for r in sorted(records, key=lambda r: r.storage_id)
+    ]
+    return [s for s in steps if s.get("action") in ("advance", "rollback", "hold")]
 
 
 @pytest.fixture
@@ -99,6 +119,11 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         str(DAYS),
         "--drip-seconds",
         str(DRIP_SECONDS),
+        "--history-days",
+        str(HISTORY_DAYS),
+        "--hold-for-champion",
+        "--scenario",
+        SCENARIO,
         "--port",
         str(ui_port),
         "--serving-port",
@@ -112,7 +137,7 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         )
     try:
         deadline = started + REACH_TIMEOUT
-        while time.monotonic() < deadline and not {"evaluated", "online"} <= set(reached):
+        while time.monotonic() < deadline and "promoted" not in reached:
             assert proc.poll() is None, f"the replay exited with {proc.returncode}\n{log.read_text()[-4000:]}"
             if (home / "history").is_dir():
                 instance = read_instance(home)
@@ -126,11 +151,21 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
                     reached["online"] = time.monotonic() - started
                 if "evaluated" not in reached and latest(instance, "evaluation_report"):
                     reached["evaluated"] = time.monotonic() - started
+                drift_runs = instance.get_runs(
+                    dg.RunsFilter(tags={"dagster/sensor_name": "drift_retraining_sensor"})
+                )
+                if "retrained" not in reached and any(r.is_success for r in drift_runs):
+                    reached["retrained"] = time.monotonic() - started
+                assert not any(r.is_failure for r in drift_runs), "the drift retraining run failed"
+                if "canary" not in reached and '"mode": "canary"' in _state_text(data):
+                    reached["canary"] = time.monotonic() - started
+                steps = rollout_steps(instance)
+                assert all(s["action"] != "rollback" for s in steps), f"canary rolled back: {steps}"
+                if steps and str(steps[-1].get("promotion", "")).startswith("canary complete"):
+                    reached["promoted"] = time.monotonic() - started
             time.sleep(2)
         text = log.read_text()
-        assert {"evaluated", "online"} <= set(reached), (
-            f"reached only {reached} in {REACH_TIMEOUT}s\n{text[-5000:]}"
-        )
+        assert "promoted" in reached, f"reached only {reached} in {REACH_TIMEOUT}s\n{text[-5000:]}"
         assert f"Dagster UI: http://127.0.0.1:{ui_port}" in text
         assert re.search(rf"landed \S+ \({DAYS}/{DAYS}\)", text), text[-3000:]
 
@@ -139,9 +174,13 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         # through the daemon alone: every run was requested by a sensor or an automation condition
         launched_by = {r.run_id: r.tags.get("dagster/sensor_name") for r in runs}
         assert all(launched_by.values()), [r.run_id for r in runs if not launched_by[r.run_id]]
-        assert {"landing_files_sensor", "new_data_automation_sensor", "first_champion_sensor"} <= set(
-            launched_by.values()
-        )
+        assert {
+            "landing_files_sensor",
+            "new_data_automation_sensor",
+            "first_champion_sensor",
+            "drift_retraining_sensor",
+            "serving_log_sensor",
+        } <= set(launched_by.values())
         # named jobs, each run tagged with its trigger: the landing sensor's runs are ingestion_job runs (one
         # source each), the first-champion sensor's retraining_job; only the automation-condition sensors launch
         # the implicit __ASSET_JOB (Dagster names no job for a run an automation condition requests)
@@ -152,6 +191,8 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         print(f"run jobs by sensor: {jobs}")
         assert jobs["landing_files_sensor"] == {"ingestion_job"}, jobs
         assert jobs["first_champion_sensor"] == {"retraining_job"}, jobs
+        assert jobs["drift_retraining_sensor"] == {"retraining_job"}, jobs
+        assert jobs["serving_log_sensor"] == {"serving_report_job"}, jobs
         named = {s for s, names in jobs.items() if "__ASSET_JOB" not in names}
         assert set(jobs) - named <= {"new_data_automation_sensor", "features_automation_sensor"}, jobs
         landing_runs = [r for r in runs if launched_by[r.run_id] == "landing_files_sensor"]
@@ -173,18 +214,33 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         for view in VIEWS:
             assert last_day in materialized_partitions(instance, view), view
         assert reached.get("online") is not None
-        # the first model: trained and judged by the gates in a retraining_job the first-champion sensor launched
-        report = latest(instance, "evaluation_report")
-        run = instance.get_run_by_id(report.run_id)
-        assert run.job_name == "retraining_job"
-        assert run.tags.get("dagster/sensor_name") == "first_champion_sensor"
-        assert run.tags.get("mlops/trigger") == "no_champion"
-        gates = {
-            e.asset_check_evaluation.check_name
-            for e in instance.all_logs(report.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-        }
-        assert {"beats_baseline", "training_data_valid"} <= gates, gates
-        print(f"batch_predictions partitions: {len(materialized_partitions(instance, 'batch_predictions'))}")
+        # two models, each trained and judged by the gates in a retraining_job: the first launched by the
+        # first-champion sensor, the second by the drift alarm after the drift landed
+        reports = instance.fetch_materializations(dg.AssetKey("evaluation_report"), limit=10).records
+        evaluated = sorted(reports, key=lambda r: r.storage_id)
+        triggers = [instance.get_run_by_id(r.run_id).tags.get("mlops/trigger") for r in evaluated]
+        assert triggers == ["no_champion", "drift"], triggers
+        for record in evaluated:
+            assert instance.get_run_by_id(record.run_id).job_name == "retraining_job"
+            gates = {
+                e.asset_check_evaluation.check_name: e.asset_check_evaluation.passed
+                for e in instance.all_logs(record.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+            }
+            assert gates.get("beats_baseline") and gates.get("training_data_valid"), gates
+        retrain = instance.get_run_by_id(evaluated[-1].run_id)
+        assert retrain.tags.get("dagster/sensor_name") == "drift_retraining_sensor"
+        # the canary: each of its four steps judged on the serving app's traffic, the last one promoting
+        steps = rollout_steps(instance)
+        assert [(s["judged_step"], s["action"]) for s in steps] == [(i, "advance") for i in (1, 2, 3, 4)]
+        assert steps[-1]["promotion"].startswith("canary complete: promoted"), steps[-1]
+        assert all(s["challenger_requests"] >= 200 for s in steps)
+        assert any("score_psi" in s for s in steps)  # the score distribution was judged on enough entities
+        challenger = steps[-1]["challenger_version"]
+        assert challenger != steps[-1]["champion_version"]
+        for asset in ("prediction_log", "ab_test_report"):
+            assert latest(instance, asset) is not None, asset
+        champion = _registry_champion(spec, data)
+        assert champion == challenger == "2", (champion, challenger)  # the retrained model, not the first one
         training = latest(instance, "training_set").asset_materialization.metadata
         assert training["dagster/row_count"].value >= MIN_ROWS
     finally:
@@ -206,3 +262,23 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
     assert "SIGINT: stopping" in text
     assert "stopped dagster-daemon" in text and "stopped dagster-webserver" in text
     assert left == [], f"processes left with DAGSTER_HOME={home}: {left}"
+    served = re.search(r"requests answered by arm: (\{.*\})", text)
+    assert served, text[-3000:]
+    arms = ast.literal_eval(served.group(1))
+    assert arms.get("champion", 0) > 0 and arms.get("challenger", 0) > 0, arms
+
+
+def _state_text(data: Path) -> str:
+    path = data / "serving" / "rollout_state.json"
+    return path.read_text() if path.is_file() else ""
+
+
+def _registry_champion(spec: Path, data: Path) -> str | None:
+    """The version the replay's registry has under the champion alias."""
+    from mlops_assets.project import Project
+    from mlops_assets.training import registry
+    from mlops_assets.training.tracking import TrackingConfig, client_for
+
+    tracking = TrackingConfig.for_project(Project.load(spec, data))
+    found = registry.alias_version(client_for(tracking), registry.CHAMPION, tracking.model_name)
+    return None if found is None else str(found.version)
