@@ -32,6 +32,8 @@ class InferredSource:
     key: str | None
     unique_key: list[str]
     notes: list[str] = field(default_factory=list)
+    unique_columns: list[str] = field(default_factory=list)  # unique within (nearly) every file: record ids
+    distinct: dict[str, int] = field(default_factory=dict)  # distinct values of each column in the samples
 
 
 @dataclass
@@ -150,6 +152,10 @@ def infer_source(name: str, folder: Path) -> InferredSource:
         and sum(uniques[c]) >= 0.9 * len(uniques[c])
     ]
     source = InferredSource(name, files, "events", timestamp, columns, None, unique[:1], notes)
+    source.unique_columns = [
+        c for c in columns if uniques.get(c) and sum(uniques[c]) >= 0.9 * len(uniques[c])
+    ]
+    source.distinct = {str(c): int(frame[c].nunique()) for c in frame.columns}
     source.frame = frame  # type: ignore[attr-defined]
     return source
 
@@ -199,6 +205,39 @@ def _features(source: InferredSource) -> dict[str, dict]:
     return features
 
 
+def entity_key(sources: list[InferredSource]) -> str | None:
+    """The column the records are about: a string or integer column found in the most sources (the one joining
+    them), then one that is not a record id (unique on every row of every file, such as an event id), not a small
+    categorical set, named like an id (``*_id``), with the most distinct values."""
+
+    def is_id(c: str) -> bool:
+        return c.lower().endswith("_id") or c.lower() == "id"
+
+    candidates = {
+        c
+        for s in sources
+        for c, e in s.columns.items()
+        if e["type"] in ("string", "int64") and c != s.timestamp
+    }
+    if not candidates:
+        return None
+
+    def rank(c: str) -> tuple:
+        having = [s for s in sources if c in s.columns]
+        record_id = all(c in s.unique_columns for s in having)
+        categorical = any("values" in s.columns[c] for s in having)
+        return (
+            len(having),
+            not record_id,
+            not categorical,
+            is_id(c),
+            max(s.distinct.get(c, 0) for s in having),
+            c,
+        )
+
+    return max(sorted(candidates), key=rank)
+
+
 def init_project(
     landing: Path,
     output: Path,
@@ -218,20 +257,11 @@ def init_project(
         raise ValueError(f"{landing} has no sub-folder: put each source's files in landing/<source>/")
     sources = [infer_source(re.sub(r"\W", "_", f.name), f) for f in folders]
     notes: list[str] = []
-    ids = [c for s in sources for c in s.columns if c.lower().endswith("_id") or c.lower() == "id"]
-    shared = (
-        [
-            c
-            for c in set(ids)
-            if sum(c in s.columns for s in sources) == max(sum(i in s.columns for s in sources) for i in ids)
-        ]
-        if ids
-        else []
-    )
-    key = sorted(shared, key=lambda c: (any(c in s.unique_key for s in sources), c))[0] if shared else None
+    key = entity_key(sources)
     if key is None:
         raise ValueError(
-            "no entity key column (a column named *_id) found in the sources; add one to the files"
+            "no entity key found: no string or integer column (other than a timestamp) in the sources; add the "
+            "column the records are about (a customer, a machine, ...) to the files"
         )
     if labels is not None and labels not in [s.name for s in sources]:
         raise ValueError(
@@ -282,6 +312,11 @@ def init_project(
             spec["target"] = {"source": label.name, "column": column, "task": task}
             spec["model"] = {"name": f"{spec['name']}-model", "features": "all"}
             label.columns[column].pop("values", None)
+    elif any(s.kind == "labels" for s in sources):
+        notes.append(
+            f"labels source(s) {[s.name for s in sources if s.kind == 'labels']} have no {key} column (the entity "
+            "key) or no timestamp: add them, or set `target:` and `model:` by hand"
+        )
     else:
         notes.append(
             "no labels source (a folder named *label*) found: add `target:` and `model:` to train a model"
