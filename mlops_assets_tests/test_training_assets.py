@@ -234,7 +234,9 @@ def test_failing_gates_stop_before_promotion_and_the_sensor_alerts(churn, mlflow
     assert failed == ["p99_latency", "training_data_valid"]
     latency = checks["p99_latency"]
     measured = latency.metadata["measured"].value
-    assert f"{measured:.4g} ms > max_p99_latency_ms 0.0001" in latency.description
+    shown = re.search(r"latency ([0-9.]+) ms > max_p99_latency_ms 0\.0001", latency.description)
+    assert shown, latency.description  # 4 significant digits of the same measurement the metadata carries
+    assert float(shown.group(1)) == pytest.approx(measured, rel=1e-3)
     assert latency.metadata["threshold"].value == 0.0001
     data_gate = checks["training_data_valid"].description
     assert "raw_events.quarantine_rate_within_threshold failed" in data_gate and "10.00% > 5.00%" in data_gate

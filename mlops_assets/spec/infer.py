@@ -261,7 +261,7 @@ def init_project(
     if key is None:
         raise ValueError(
             "no entity key found: no string or integer column (other than a timestamp) in the sources; add the "
-            "column the records are about (a customer, a machine, ...) to the files"
+            "column the records are about (the key the features and labels join on) to the files"
         )
     if labels is not None and labels not in [s.name for s in sources]:
         raise ValueError(
