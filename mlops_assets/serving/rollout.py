@@ -163,9 +163,9 @@ def metrics_window(log: pd.DataFrame, include_shadow: bool = True) -> MetricsWin
         ok = rows["status"] == "ok"
         scored = rows.loc[ok & rows["score"].notna()]
         if "entity_id" in scored.columns and scored["entity_id"].notna().all():
-            sort = [c for c in ("ts",) if c in scored.columns]
-            ordered = scored.sort_values(sort, kind="stable") if sort else scored
-            scored = ordered.drop_duplicates("entity_id", keep="last")
+            if "ts" in scored.columns:
+                scored = scored.sort_values("ts", kind="stable")
+            scored = scored.drop_duplicates("entity_id", keep="last")
         arms[str(arm)] = ArmWindow(
             requests=len(rows),
             errors=int((~ok).sum()),
@@ -263,11 +263,12 @@ def evaluate_step(
     if reference is not None and reference.count >= enough:
         metrics["reference_samples"] = float(reference.count)
         if len(ch.scores) >= enough:
+            sample = reference.sample()
             judged = (
                 "reference",
                 abs(float(ch.scores.mean()) - reference.mean),
-                score_psi(reference.sample(), ch.scores),
-                reference.sample(),
+                score_psi(sample, ch.scores),
+                sample,
             )
     elif guardrails.champion_fallback and champion_shift is not None and champion_psi is not None:
         judged = ("champion", champion_shift, champion_psi, champ.scores)

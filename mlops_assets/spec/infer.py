@@ -33,7 +33,6 @@ class InferredSource:
     unique_key: list[str]
     notes: list[str] = field(default_factory=list)
     unique_columns: list[str] = field(default_factory=list)  # unique within (nearly) every file: record ids
-    distinct: dict[str, int] = field(default_factory=dict)  # distinct values of each column in the samples
 
 
 @dataclass
@@ -93,6 +92,10 @@ def _column_type(values: pd.Series) -> str:
     return "string"
 
 
+def _is_id(column: str) -> bool:
+    return column.lower().endswith("_id") or column.lower() == "id"
+
+
 def infer_source(name: str, folder: Path) -> InferredSource:
     """Columns, types and a timestamp of one source folder (kind and key are decided across sources)."""
     files = sorted(
@@ -144,18 +147,11 @@ def infer_source(name: str, folder: Path) -> InferredSource:
         notes.append("no timestamp column found: add one (type timestamp) placing each record in its day")
     else:
         columns[timestamp].pop("nullable", None)
-    unique = [  # an id unique in (nearly) every file: the record's key
-        c
-        for c in columns
-        if (c.lower().endswith("_id") or c.lower() == "id")
-        and uniques.get(c)
-        and sum(uniques[c]) >= 0.9 * len(uniques[c])
-    ]
-    source = InferredSource(name, files, "events", timestamp, columns, None, unique[:1], notes)
-    source.unique_columns = [
-        c for c in columns if uniques.get(c) and sum(uniques[c]) >= 0.9 * len(uniques[c])
-    ]
-    source.distinct = {str(c): int(frame[c].nunique()) for c in frame.columns}
+    # columns unique in (nearly) every file: record ids; the first one named like an id is the record's key
+    unique = [c for c in columns if uniques.get(c) and sum(uniques[c]) >= 0.9 * len(uniques[c])]
+    source = InferredSource(
+        name, files, "events", timestamp, columns, None, [c for c in unique if _is_id(c)][:1], notes, unique
+    )
     source.frame = frame  # type: ignore[attr-defined]
     return source
 
@@ -209,10 +205,6 @@ def entity_key(sources: list[InferredSource]) -> str | None:
     """The column the records are about: a string or integer column found in the most sources (the one joining
     them), then one that is not a record id (unique on every row of every file, such as an event id), not a small
     categorical set, named like an id (``*_id``), with the most distinct values."""
-
-    def is_id(c: str) -> bool:
-        return c.lower().endswith("_id") or c.lower() == "id"
-
     candidates = {
         c
         for s in sources
@@ -230,8 +222,8 @@ def entity_key(sources: list[InferredSource]) -> str | None:
             len(having),
             not record_id,
             not categorical,
-            is_id(c),
-            max(s.distinct.get(c, 0) for s in having),
+            _is_id(c),
+            max(int(s.frame[c].nunique()) for s in having),  # type: ignore[attr-defined]
             c,
         )
 
