@@ -26,12 +26,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlops_assets.dayranges import range_tags
 from mlops_assets.instance import ensure_dagster_home
 from mlops_assets.project import Project
 from mlops_assets.settings import DataPaths
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ def run_job(
     assets have single-run backfill policies), tagged with the demo phase and its trigger."""
     tags = {PHASE_TAG: phase, TRIGGER_TAG: trigger}
     if first is not None:
-        tags |= {RANGE_START_TAG: first, RANGE_END_TAG: last or first}
+        tags |= range_tags(first, last or first)
     return defs.resolve_job_def(job).execute_in_process(
         instance=instance, tags=tags, run_config={**QUIET, **(run_config or {})}, raise_on_error=False
     )
@@ -124,7 +122,7 @@ def materialize_range(
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
         asset_selection=[dg.AssetKey(k) for k in selection],
-        tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
+        tags=range_tags(first, last),
         run_config=QUIET,
         raise_on_error=False,
     )

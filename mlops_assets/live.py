@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from mlops_assets.dayranges import run_days_text
 from mlops_assets.project import PARTITIONS_END_ENV, Project, project_root
 
 LIVE_MARKER = ".mlops-live"  # a DAGSTER_HOME this replay created (and may wipe on the next start)
@@ -276,11 +277,7 @@ class Progress:
             tags = run.tags
             status = "succeeded" if run.status == dg.DagsterRunStatus.SUCCESS else run.status.value
             self.counts[f"{run.job_name} {status}"] = self.counts.get(f"{run.job_name} {status}", 0) + 1
-            part = tags.get("dagster/partition") or (
-                f"{tags['dagster/asset_partition_range_start']}..{tags['dagster/asset_partition_range_end']}"
-                if "dagster/asset_partition_range_start" in tags
-                else ""
-            )
+            part = run_days_text(tags)
             assets = sorted(k.to_user_string() for k in run.asset_selection or ())
             shown = ", ".join(assets[:5]) + (" ..." if len(assets) > 5 else "")
             _say(
@@ -472,11 +469,13 @@ def run_live(project: Project, config: LiveConfig) -> int:
             _say("the daemon's sensors have not ticked yet; dripping anyway (see daemon.log)")
         progress = Progress(instance)
         landed: str | None = None
-        _say(
-            f"dripping {len(by_day)} days into {paths.landing}, one every {config.drip_seconds:g}s; Ctrl-C stops"
-        )
         history_days = min(config.history_days or round(demo.history_days * days / demo.days), days)
         history_end = (date.fromisoformat(start) + timedelta(days=history_days - 1)).isoformat()
+        history = sum(day <= history_end for day in by_day)
+        _say(
+            f"landing {len(by_day)} days into {paths.landing}: the {history} days of history at once, then one day "
+            f"every {config.drip_seconds:g}s; Ctrl-C stops"
+        )
         for i, (day, files) in enumerate(by_day.items(), 1):
             if config.hold_for_champion and day > history_end and not first_model_judged(instance):
                 _say(f"history {start}..{history_end} landed: holding the drip until a first model is judged")
@@ -488,7 +487,12 @@ def run_live(project: Project, config: LiveConfig) -> int:
                 _say("a first model was judged: the new days arrive")
             drip(files)
             landed = day
-            _say(f"landed {day} ({i}/{len(by_day)}): {', '.join(sorted(t.name for _, t in files))}")
+            if i < history:  # the history lands at once, a backlog the landing sensor ingests in ranged runs
+                continue
+            if i == history:
+                _say(f"landed the history {start}..{day} ({i}/{len(by_day)} days) at once")
+            else:
+                _say(f"landed {day} ({i}/{len(by_day)}): {', '.join(sorted(t.name for _, t in files))}")
             deadline = time.monotonic() + config.drip_seconds
             while True:
                 procs.check_alive()

@@ -1,4 +1,5 @@
-"""The new-data sensor: one run per changed source-day, decided by content hash, and a reason when it skips."""
+"""The new-data sensor: a run per day with changed sources (a backlog of consecutive days in ranged runs), decided
+by content hash, and a reason when it skips."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import os
 import dagster as dg
 
 from mlops_assets.ingestion.assets import build_ingestion_assets
-from mlops_assets.ingestion.sensors import INGESTION_JOB, LANDING_SENSOR, build_landing_sensor
+from mlops_assets.ingestion.sensors import (
+    INGESTION_JOB,
+    LANDING_SENSOR,
+    MAX_DAYS_PER_RUN,
+    build_landing_sensor,
+)
 from mlops_assets.partitions import daily_partitions
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
@@ -185,3 +191,54 @@ def test_the_sensor_watches_every_source_of_the_spec_and_launches_the_named_inge
     assert {key.to_user_string() for key in watched} == set(churn.spec.sources)
     (request,) = SensorHarness(churn).tick().run_requests
     assert request.job_name == INGESTION_JOB and request.asset_selection == [dg.AssetKey("raw_events")]
+
+
+def _days(request: dg.RunRequest) -> tuple[str, str]:
+    if request.partition_key is not None:
+        return request.partition_key, request.partition_key
+    return request.tags["dagster/asset_partition_range_start"], request.tags[
+        "dagster/asset_partition_range_end"
+    ]
+
+
+def test_a_backlog_of_consecutive_days_is_ingested_in_ranged_runs_that_materialize_every_day(churn):
+    days = [f"2026-01-{d:02d}" for d in (10, 11, 12, 13, 15)]
+    for day in days:
+        write_events(churn.paths, day)
+    _write_labels(churn, "2026-01-13")
+    result = SensorHarness(churn).tick()
+    # consecutive days with the same changed sources share a run; a different set of sources or a gap starts one
+    runs = {(_days(r), tuple(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests}
+    assert runs == {
+        (("2026-01-10", "2026-01-12"), ("raw_events",)),
+        (("2026-01-13", "2026-01-13"), ("raw_events", "raw_labels")),
+        (("2026-01-15", "2026-01-15"), ("raw_events",)),
+    }
+    assert len({r.run_key for r in result.run_requests}) == 3
+    ranged = next(r for r in result.run_requests if r.partition_key is None)
+    assert ranged.job_name == INGESTION_JOB and ranged.tags["mlops/trigger"] == "new_landing_data"
+    assert set(ranged.tags["mlops/landing_files"].split(",")) == {f"events_{d}.parquet" for d in days[:3]}
+
+    # the ranged request, run as the daemon runs it (its job, selection and tags): one run, every day materialized
+    instance = dg.DagsterInstance.ephemeral()
+    job = definitions(churn).resolve_job_def(INGESTION_JOB)
+    run = job.execute_in_process(
+        instance=instance, asset_selection=ranged.asset_selection, tags=ranged.tags, raise_on_error=False
+    )
+    assert run.success
+    assert set(instance.get_materialized_partitions(dg.AssetKey("raw_events"))) == set(days[:3])
+    for day in days[:3]:
+        assert (churn.paths.partition_dir("raw_events", day)).is_dir(), day
+
+
+def test_a_long_backlog_is_cut_into_runs_of_at_most_a_month(churn):
+    from datetime import date, timedelta
+
+    days = [(date(2026, 1, 1) + timedelta(days=i)).isoformat() for i in range(MAX_DAYS_PER_RUN + 9)]
+    for day in days:
+        write_events(churn.paths, day, events_frame(day, n=3))
+    requests = SensorHarness(churn).tick().run_requests
+    assert sorted(_days(r) for r in requests) == [
+        (days[0], days[MAX_DAYS_PER_RUN - 1]),
+        (days[MAX_DAYS_PER_RUN], days[-1]),
+    ]

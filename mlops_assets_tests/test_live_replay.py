@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -45,6 +46,8 @@ SOURCES = ("raw_events", "raw_labels", "customers")
 REACH_TIMEOUT = (
     600  # seconds from the start to the retrained model promoted by its canary (about 250 s alone)
 )
+START = date.fromisoformat(str(yaml.safe_load(CHURN_SPEC.read_text())["partitions"]["start"]))
+DAYS_TEXT = [(START + timedelta(days=i)).isoformat() for i in range(DAYS)]
 STAGES = ("ingested", "views", "online", "evaluated", "retrained", "canary", "promoted")
 
 
@@ -197,13 +200,14 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         assert set(jobs) - named <= {"new_data_automation_sensor", "features_automation_sensor"}, jobs
         landing_runs = [r for r in runs if launched_by[r.run_id] == "landing_files_sensor"]
         assert {r.tags["mlops/trigger"] for r in landing_runs} <= {"new_landing_data", "reconcile"}
-        # one run per landed day, of the sources whose files it dripped (a replayed day drips every source; a tick
-        # between two of a day's renames may split one day in two runs)
+        # the history landed at once: a few ranged runs ingested it, not a run per day; then one run per dripped
+        # day (a tick between two of a day's renames may split one day in two runs)
         new_data = [r for r in landing_runs if r.tags["mlops/trigger"] == "new_landing_data"]
-        assert {r.tags["dagster/partition"] for r in new_data} == materialized_partitions(
-            instance, "raw_events"
-        )
-        assert len(new_data) < DAYS * len(SOURCES), len(new_data)
+        covered = [day for r in new_data for day in _run_days(r.tags)]
+        assert set(covered) == materialized_partitions(instance, "raw_events")
+        history = [r for r in new_data if min(_run_days(r.tags)) < DAYS_TEXT[HISTORY_DAYS - 1]]
+        assert any(len(_run_days(r.tags)) > 1 for r in history), [r.tags for r in history]
+        assert len(new_data) <= 2 * (DAYS - HISTORY_DAYS) + 6, len(new_data)
         assert all(
             {k.to_user_string() for k in r.asset_selection or ()} <= set(SOURCES) for r in landing_runs
         )
@@ -266,6 +270,15 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
     assert served, text[-3000:]
     arms = ast.literal_eval(served.group(1))
     assert arms.get("champion", 0) > 0 and arms.get("challenger", 0) > 0, arms
+
+
+def _run_days(tags: dict[str, str]) -> list[str]:
+    """The days a run covers: its partition, or every day of its partition range."""
+    if "dagster/partition" in tags:
+        return [tags["dagster/partition"]]
+    first = date.fromisoformat(tags["dagster/asset_partition_range_start"])
+    last = date.fromisoformat(tags["dagster/asset_partition_range_end"])
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def _state_text(data: Path) -> str:

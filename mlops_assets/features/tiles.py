@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mlops_assets.dayranges import consecutive_days
 from mlops_assets.features import windows
 from mlops_assets.features.exact import dd_add, group_sums
 from mlops_assets.features.layout import DAY_COLUMN, RECORD_TS, ViewLayout, day_index, day_text, quote
@@ -433,16 +434,6 @@ def build_event_state(paths: DataPaths, layout: ViewLayout, until: str) -> pa.Ta
 # ------------------------------------------------------------------------------------------ materialize
 
 
-def _consecutive_runs(days: list[str]) -> list[list[str]]:
-    runs: list[list[str]] = []
-    for day in days:
-        if runs and (date.fromisoformat(day) - date.fromisoformat(runs[-1][-1])).days == 1:
-            runs[-1].append(day)
-        else:
-            runs.append([day])
-    return runs
-
-
 #: Most days computed from one read of the source (their tiles are held in memory until written).
 DAYS_PER_PASS = 64
 
@@ -495,7 +486,7 @@ def materialize_days(
             f"{len(gaps)} day(s) ({shown}){why}; materialize {layout.source_name} for them first"
         )
     out: dict[str, dict] = {}
-    for run in _consecutive_runs(days):
+    for run in consecutive_days(days):
         for i in range(0, len(run), DAYS_PER_PASS):
             chunk = run[i : i + DAYS_PER_PASS]
             files = {d: files_all[d] for d in chunk}

@@ -8,12 +8,9 @@ import argparse
 import json
 import os
 import sys
-from datetime import date
 
+from mlops_assets.dayranges import consecutive_days, range_tags
 from mlops_assets.project import Project
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def add_reconcile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,16 +26,6 @@ def add_reconcile_arguments(parser: argparse.ArgumentParser) -> None:
         "--asset", action="append", default=None, help="only this source or view (repeatable)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _consecutive(days: list[str]) -> list[tuple[str, str]]:
-    runs: list[list[str]] = []
-    for day in sorted(days):
-        if runs and (date.fromisoformat(day) - date.fromisoformat(runs[-1][-1])).days == 1:
-            runs[-1].append(day)
-        else:
-            runs.append([day])
-    return [(r[0], r[-1]) for r in runs]
 
 
 def check(instance, project: Project, assets: list[str]) -> dict:  # noqa: ANN001 - a DagsterInstance
@@ -112,12 +99,13 @@ def _fix(instance, project: Project, todo: dict[str, list[str]]) -> list[str]:  
             failures.append(
                 f"{name}: {len(outside)} day(s) outside the partitions ({', '.join(outside[:5])})"
             )
-        for first, last in _consecutive([d for d in days if d in valid]):
+        for run in consecutive_days([d for d in days if d in valid]):
+            first, last = run[0], run[-1]
             print(f"re-materializing {name} {first}..{last}")
             result = job.execute_in_process(
                 instance=instance,
                 asset_selection=[dg.AssetKey(name)],
-                tags={RANGE_START_TAG: first, RANGE_END_TAG: last, "mlops/trigger": "reconcile"},
+                tags={**range_tags(first, last), "mlops/trigger": "reconcile"},
                 raise_on_error=False,
             )
             if not result.success:

@@ -8,11 +8,52 @@ import dagster as dg
 
 from mlops_assets.agreement import in_progress_runs, source_agreement
 from mlops_assets.automation import sensor_interval
+from mlops_assets.dayranges import follows, range_tags
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 
 LANDING_SENSOR = "landing_files_sensor"
 INGESTION_JOB = "ingestion_job"  # the job its runs are of (a subset: the changed source), named in the UI
+
+
+#: Most days one ingestion run covers: a backlog of landed days is ingested a month per run, not a run per day.
+MAX_DAYS_PER_RUN = 31
+
+
+def landing_requests(by_day: dict[str, list]) -> list[dg.RunRequest]:
+    """One run per day with changed files, of the sources whose files changed that day; consecutive days whose
+    changed sources are the same share one run over their range (at most ``MAX_DAYS_PER_RUN`` days)."""
+    groups: list[tuple[tuple[str, ...], list[str]]] = []
+    for day, changes in sorted(by_day.items()):
+        tables = tuple(sorted({c.table for c in changes}))
+        last = groups[-1] if groups else None
+        if last and last[0] == tables and len(last[1]) < MAX_DAYS_PER_RUN and follows(day, last[1][-1]):
+            last[1].append(day)
+        else:
+            groups.append((tables, [day]))
+    requests = []
+    for tables, days in groups:
+        changes = [c for d in days for c in sorted(by_day[d], key=lambda c: c.table)]
+        content = ",".join(f"{c.table}:{c.landing_hash[:16]}" for c in changes)
+        if len(days) == 1:
+            key, where = f"{days[0]}:{content}", {"partition_key": days[0]}
+        else:
+            digest = hashlib.sha256(f"{days}:{content}".encode()).hexdigest()[:32]
+            key, where = f"{days[0]}..{days[-1]}:{digest}", {}
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                job_name=INGESTION_JOB,
+                asset_selection=[dg.AssetKey(t) for t in tables],
+                tags={
+                    **(range_tags(days[0], days[-1]) if len(days) > 1 else {}),
+                    "mlops/trigger": "new_landing_data",
+                    "mlops/landing_files": ",".join(f for c in changes for f in c.files)[:1000],
+                },
+                **where,
+            )
+        )
+    return requests
 
 
 def reconcile_requests(
@@ -94,19 +135,7 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
         by_day: dict[str, list] = {}
         for change in scan.changes:
             by_day.setdefault(change.day, []).append(change)
-        run_requests = [
-            dg.RunRequest(  # one run per day: the sources whose files changed that day, not the others
-                run_key=f"{day}:" + ",".join(f"{c.table}:{c.landing_hash[:16]}" for c in changes),
-                job_name=INGESTION_JOB,
-                partition_key=day,
-                asset_selection=[dg.AssetKey(c.table) for c in changes],
-                tags={
-                    "mlops/trigger": "new_landing_data",
-                    "mlops/landing_files": ",".join(f for c in changes for f in c.files)[:1000],
-                },
-            )
-            for day, changes in sorted(by_day.items())
-        ]
+        run_requests = landing_requests(by_day)
         changed = {(c.table, c.day) for c in scan.changes}
         verified = cursor.get("verified", {})
         repairs, notes = reconcile_requests(
