@@ -23,6 +23,8 @@ HEAVY = (
     "fastapi",
     "uvicorn",
     "skops",
+    "pyarrow.compute",  # pyarrow's core builds the column schemas; its compute and Parquet modules are ~0.1 s more
+    "pyarrow.parquet",
 )
 
 _PROBE = """
