@@ -28,6 +28,17 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
+def covered_days(tags: dict[str, str], partition_key: str | None = None) -> list[str]:
+    """The days a run (or run request) covers: its partition, or every day of its partition-range tags."""
+    from datetime import date, timedelta
+
+    key = partition_key or tags.get("dagster/partition")
+    if key is not None:
+        return [key]
+    first, last = date.fromisoformat(tags[RANGE_START_TAG]), date.fromisoformat(tags[RANGE_END_TAG])
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
 # --------------------------------------------------------------------------- test order
 #: The longest test modules (minutes each on 2 cores), grouped where they share a session fixture. pytest-xdist's
 #: worksteal scheduler hands each worker a contiguous share of the collection and steals from the tails, so these

@@ -35,6 +35,7 @@ from mlops_assets.storage import FAULT_ENV, STAGING_DIR, SWAP_ENV, read_partitio
 from mlops_assets_tests.conftest import (
     CHURN_SPEC,
     REPO,
+    covered_days,
     definitions,
     events_frame,
     materialize_range,
@@ -523,7 +524,9 @@ def test_kill_9_of_a_real_ingestion_run_is_reconciled_and_the_next_run_equals_a_
     # the sensor: days 3-5 still hold v1 beside v2 landing files (new data); days 1-2 disagree, but the killed
     # run still shows as started, so the sensor waits for it instead of racing a run that may be alive
     tick = _sensor_tick(churn, instance)
-    requested = {(r.partition_key, r.tags["mlops/trigger"]) for r in tick.run_requests}
+    requested = {
+        (d, r.tags["mlops/trigger"]) for r in tick.run_requests for d in covered_days(r.tags, r.partition_key)
+    }
     assert requested == {(d, "new_landing_data") for d in days[2:]}
     assert killed.dagster_run.run_id in {
         d["run_id"] for d in payload["assets"]["raw_events"]["disagreements"]

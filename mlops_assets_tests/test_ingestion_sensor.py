@@ -18,7 +18,7 @@ from mlops_assets.ingestion.sensors import (
 from mlops_assets.partitions import daily_partitions
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
-from mlops_assets_tests.conftest import definitions, events_frame, write_events
+from mlops_assets_tests.conftest import covered_days, definitions, events_frame, write_events
 
 DAY = "2026-01-10"
 
@@ -194,11 +194,8 @@ def test_the_sensor_watches_every_source_of_the_spec_and_launches_the_named_inge
 
 
 def _days(request: dg.RunRequest) -> tuple[str, str]:
-    if request.partition_key is not None:
-        return request.partition_key, request.partition_key
-    return request.tags["dagster/asset_partition_range_start"], request.tags[
-        "dagster/asset_partition_range_end"
-    ]
+    days = covered_days(request.tags, request.partition_key)
+    return days[0], days[-1]
 
 
 def test_a_backlog_of_consecutive_days_is_ingested_in_ranged_runs_that_materialize_every_day(churn):

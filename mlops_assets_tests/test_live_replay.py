@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from mlops_assets.live import processes_with_home
-from mlops_assets_tests.conftest import CHURN_SPEC, free_port
+from mlops_assets_tests.conftest import CHURN_SPEC, covered_days, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -203,10 +203,10 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
         # the history landed at once: a few ranged runs ingested it, not a run per day; then one run per dripped
         # day (a tick between two of a day's renames may split one day in two runs)
         new_data = [r for r in landing_runs if r.tags["mlops/trigger"] == "new_landing_data"]
-        covered = [day for r in new_data for day in _run_days(r.tags)]
+        covered = [day for r in new_data for day in covered_days(r.tags)]
         assert set(covered) == materialized_partitions(instance, "raw_events")
-        history = [r for r in new_data if min(_run_days(r.tags)) < DAYS_TEXT[HISTORY_DAYS - 1]]
-        assert any(len(_run_days(r.tags)) > 1 for r in history), [r.tags for r in history]
+        history = [r for r in new_data if min(covered_days(r.tags)) < DAYS_TEXT[HISTORY_DAYS - 1]]
+        assert any(len(covered_days(r.tags)) > 1 for r in history), [r.tags for r in history]
         assert len(new_data) <= 2 * (DAYS - HISTORY_DAYS) + 6, len(new_data)
         assert all(
             {k.to_user_string() for k in r.asset_selection or ()} <= set(SOURCES) for r in landing_runs
@@ -270,15 +270,6 @@ def test_live_replay_runs_the_lifecycle_through_the_daemon_and_stops_cleanly(wor
     assert served, text[-3000:]
     arms = ast.literal_eval(served.group(1))
     assert arms.get("champion", 0) > 0 and arms.get("challenger", 0) > 0, arms
-
-
-def _run_days(tags: dict[str, str]) -> list[str]:
-    """The days a run covers: its partition, or every day of its partition range."""
-    if "dagster/partition" in tags:
-        return [tags["dagster/partition"]]
-    first = date.fromisoformat(tags["dagster/asset_partition_range_start"])
-    last = date.fromisoformat(tags["dagster/asset_partition_range_end"])
-    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def _state_text(data: Path) -> str:
