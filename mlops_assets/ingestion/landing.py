@@ -40,11 +40,6 @@ class LandingScan:
             reason += f"; {len(self.outside_partitions)} table-day(s) outside the partitions ({shown})"
         return reason
 
-    def describe_changes(self) -> str:
-        return ", ".join(f"{c.table} {c.day}" for c in self.changes[:20]) + (
-            " ..." if len(self.changes) > 20 else ""
-        )
-
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()

@@ -8,7 +8,7 @@ import dagster as dg
 
 from mlops_assets.agreement import in_progress_runs, source_agreement
 from mlops_assets.automation import sensor_interval
-from mlops_assets.dayranges import follows, range_tags
+from mlops_assets.dayranges import follows, range_tags, run_days_text
 from mlops_assets.project import Project
 from mlops_assets.resources import DataDirResource
 
@@ -147,7 +147,11 @@ def build_landing_sensor(project: Project, partitions: dg.PartitionsDefinition) 
         if not run_requests and not repairs:
             return dg.SensorResult(skip_reason="; ".join([scan.skip_reason(), *notes]), cursor=new_cursor)
         if run_requests:
-            context.log.info(f"requesting {len(run_requests)} ingestion run(s): {scan.describe_changes()}")
+            runs = "; ".join(
+                f"{', '.join(k.to_user_string() for k in r.asset_selection)} {run_days_text(r.tags) or r.partition_key}"
+                for r in run_requests[:20]
+            )
+            context.log.info(f"requesting {len(run_requests)} ingestion run(s): {runs}")
         for note in notes:
             context.log.info(note)
         return dg.SensorResult(run_requests=run_requests + repairs, cursor=new_cursor)
