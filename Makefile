@@ -101,7 +101,7 @@ WORKERS_DIR ?= $(DAGSTER_HOME)/celery-workers
 workers: env
 	@mkdir -p $(WORKERS_DIR)
 	@# the instance's storage is created once, here: workers starting together on a fresh database collide on its schema
-	@if [ -n "$$DAGSTER_HOME" ]; then $(RUN) python -c "import sys; from mlops_assets.live import open_instance; open_instance(sys.argv[1])" "$$DAGSTER_HOME"; fi
+	@if [ -n "$$DAGSTER_HOME" ]; then $(RUN) python -c "import sys; from mlops_assets.instance import open_instance; open_instance(sys.argv[1])" "$$DAGSTER_HOME"; fi
 	@for i in $$(seq 1 $(WORKERS)); do \
 	  PATH=$(CURDIR)/.venv/bin:$$PATH MLOPS_EXECUTOR=celery setsid dagster-celery worker start -A dagster_celery.app \
 	    -y $(CELERY_CONFIG) -n mlops-w$$i -- --concurrency=1 >$(WORKERS_DIR)/w$$i.log 2>&1 </dev/null & \

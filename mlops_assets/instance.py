@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from mlops_assets.project import project_root
@@ -26,3 +27,22 @@ def ensure_dagster_home() -> Path:
         config.write_text(DEFAULT_DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def open_instance(home: Path):  # noqa: ANN202 - DagsterInstance
+    """The instance under ``home``, its storage created if needed; another process creating it at the same moment
+    (a reader polling it) makes SQLite report a table that already exists: open it again, it is complete then."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(5):
+        try:
+            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+            instance.get_runs(limit=1)
+            return instance
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")

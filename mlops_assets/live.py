@@ -34,6 +34,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from mlops_assets.dayranges import run_days_text
+from mlops_assets.instance import open_instance
 from mlops_assets.project import PARTITIONS_END_ENV, Project, project_root
 
 LIVE_MARKER = ".mlops-live"  # a DAGSTER_HOME this replay created (and may wipe on the next start)
@@ -205,25 +206,6 @@ def wait_for_ui(url: str, procs: Processes, timeout: float) -> bool:
                     return True
         time.sleep(0.5)
     return False
-
-
-def open_instance(home: Path):  # noqa: ANN202 - DagsterInstance
-    """The instance under ``home``, its storage created if needed; another process creating it at the same moment
-    (a reader polling it) makes SQLite report a table that already exists: open it again, it is complete then."""
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-    from sqlalchemy.exc import OperationalError
-
-    for attempt in range(5):
-        try:
-            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-            instance.get_runs(limit=1)
-            return instance
-        except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == 4:
-                raise
-            time.sleep(1.0)
-    raise AssertionError("unreachable")
 
 
 def sensor_ticks(instance) -> dict[str, int]:  # noqa: ANN001 - DagsterInstance

@@ -63,7 +63,7 @@ def small_spec(folder: Path) -> Path:
 
 
 def read_instance(home: Path) -> dg.DagsterInstance:
-    from mlops_assets.live import open_instance  # retries while the replay is still creating the storage
+    from mlops_assets.instance import open_instance  # retries while the replay is still creating the storage
 
     return open_instance(home)
 
